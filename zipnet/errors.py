@@ -1,0 +1,13 @@
+"""Errors a user can act on: each names the key or file and what is allowed."""
+
+
+class ConfigError(ValueError):
+    """A config value that zipnet cannot use. The message names the key."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class DataError(RuntimeError):
+    """A data file that is missing, corrupt or fails its checksum. The message names the file."""
