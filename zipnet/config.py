@@ -1,0 +1,114 @@
+"""From a composed Hydra config to validated engine inputs.
+
+Hydra already refuses unknown keys and unknown group options; this module checks the
+values, and every error names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from zipnet.engine import MSE_C, Member
+from zipnet.errors import ConfigError
+from zipnet.net import ACTIVATIONS, INITS, TABLES, InitSpec
+from zipnet.optim import OPTIMS, OptimSpec
+
+PROGRESS = ("auto", "on", "off")
+
+
+def _get(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if value is None and OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+        raise ConfigError(key, "is missing from the config")
+    return value
+
+
+def choice(cfg: DictConfig, key: str, allowed: Sequence[str]) -> str:
+    value = _get(cfg, key)
+    if value not in allowed:
+        raise ConfigError(key, f"{value!r} is not allowed; choose one of {', '.join(allowed)}")
+    return value
+
+
+def number(cfg: DictConfig, key: str, positive: bool = False) -> float:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"{value!r} is not allowed; give a finite number")
+    if positive and value <= 0:
+        raise ConfigError(key, f"{value!r} is not allowed; give a number > 0")
+    return float(value)
+
+
+def integer(cfg: DictConfig, key: str, minimum: int | None = None) -> int:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"{value!r} is not allowed; give an integer")
+    if minimum is not None and value < minimum:
+        raise ConfigError(key, f"{value!r} is not allowed; give an integer >= {minimum}")
+    return value
+
+
+def flag(cfg: DictConfig, key: str) -> bool:
+    value = _get(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"{value!r} is not allowed; choose one of true, false")
+    return value
+
+
+def lr_by_pass(cfg: DictConfig, key: str) -> tuple[float, ...] | None:
+    value = _get(cfg, key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, ListConfig)) or not value:
+        raise ConfigError(key, f"{value!r} is not allowed; give null or a non-empty list of learning rates, one per pass")
+    out = []
+    for i, lr in enumerate(value):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"{key}[{i}]", f"{lr!r} is not allowed; give a number > 0")
+        out.append(float(lr))
+    return tuple(out)
+
+
+def member(cfg: DictConfig) -> Member:
+    """The engine's description of the model, loss and optimiser that `cfg` asks for."""
+    init = InitSpec(
+        init=choice(cfg, "model.init", INITS),
+        gain=number(cfg, "model.init_gain", positive=True),
+        fan_in_bias=flag(cfg, "model.fan_in_bias"),
+        out_bias=number(cfg, "model.out_bias_init"),
+        seed=integer(cfg, "seed", minimum=0),
+    )
+    negative = number(cfg, "data.target_negative")
+    positive = number(cfg, "data.target_positive")
+    if not negative < positive:
+        raise ConfigError("data.target_negative", f"{negative} must be below data.target_positive ({positive})")
+    return Member(
+        init=init,
+        table=choice(cfg, "model.table", TABLES),
+        table_seed=integer(cfg, "model.table_seed", minimum=0),
+        activation=choice(cfg, "model.activation", tuple(ACTIVATIONS)),
+        mse=choice(cfg, "loss.mse", tuple(MSE_C)),
+        target_negative=negative,
+        target_positive=positive,
+        optim=OptimSpec(
+            name=choice(cfg, "optim.name", OPTIMS),
+            lr=number(cfg, "optim.lr", positive=True),
+            lr_by_pass=lr_by_pass(cfg, "optim.lr_by_pass"),
+        ),
+    )
+
+
+def trainer(cfg: DictConfig) -> dict:
+    """The trainer group, checked: passes, device, threads, progress."""
+    device = _get(cfg, "trainer.device")
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError("trainer.device", f"{device!r} is not allowed; choose one of cpu, cuda, cuda:N")
+    return {
+        "passes": integer(cfg, "trainer.passes", minimum=1),
+        "device": device,
+        "threads": integer(cfg, "trainer.threads", minimum=0),
+        "progress": choice(cfg, "trainer.progress", PROGRESS),
+    }
