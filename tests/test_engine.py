@@ -1,0 +1,161 @@
+"""The population engine against the autograd reference: gradients, SGD steps, members vs single runs."""
+
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from zipnet.engine import Member, Population, input_patches, train
+from zipnet.net import PARAM_NAMES, InitSpec, connection_table
+from zipnet.optim import OptimSpec
+from zipnet.reference import Net1989, example_loss, train_pass
+
+
+def _digits(n: int, seed: int = 0):
+    """Learnable stand-in digits: a fixed random prototype per class plus noise, in [-1, 1]."""
+    prototypes = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(99)) * 2 - 1
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (prototypes[y] + 0.8 * torch.randn(n, 1, 16, 16, generator=g)).clamp(-1, 1)
+    return x, y
+
+
+def _close(got, want, tol=1e-6):
+    """Equal to ~1e-6 of the tensor's scale (float32 sums in another order differ in the last bits)."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=tol * max(1.0, float(want.abs().max())))
+
+
+MEMBERS = [
+    Member(init=InitSpec(seed=0), mse="mean", optim=OptimSpec(lr=0.03)),
+    Member(init=InitSpec(init="linear", seed=1, fan_in_bias=True), table="random", table_seed=4,
+           activation="scaled_tanh", mse="half_sum", target_negative=-0.8, target_positive=0.9, optim=OptimSpec(lr=0.01)),
+    Member(init=InitSpec(seed=2, out_bias=0.0), table="full", mse="sum", optim=OptimSpec(lr=0.005)),
+]
+
+
+def _reference(pop: Population, k: int) -> Net1989:
+    m = pop.members[k]
+    return Net1989(pop.member_params(k), connection_table(m.table, m.table_seed), m.activation)
+
+
+@pytest.mark.parametrize("members", [MEMBERS[:1], MEMBERS], ids=["K=1", "K=3"])
+def test_gradients_match_autograd(members):
+    x, y = _digits(4)
+    pop = Population(members)
+    patches = input_patches(x)
+    for i in range(4):
+        grads = pop.gradients(patches[i], int(y[i]))
+        for k, m in enumerate(members):
+            ref = _reference(pop, k)
+            example_loss(ref(x[i : i + 1])[0], pop.targets[k, y[i]], m.mse).backward()
+            expected = ref.engine_grads()
+            for name in PARAM_NAMES:
+                want = expected[name] * (pop.mask[k] if name == "H2w" else 1)
+                _close(grads[name][k], want)
+
+
+@pytest.mark.parametrize("mse", ["mean", "sum", "half_sum"])
+def test_each_mse_gradient_equals_autograd_of_its_loss(mse):
+    x, y = _digits(1, seed=5)
+    member = Member(mse=mse)
+    pop = Population([member])
+    grads = pop.gradients(input_patches(x)[0], int(y[0]))
+    ref = _reference(pop, 0)
+    out = ref(x)[0]
+    t = pop.targets[0, y[0]]
+    scale = {"mean": 1 / 10, "sum": 1.0, "half_sum": 0.5}[mse]  # written out independently of the engine
+    (scale * ((out - t) ** 2).sum()).backward()
+    _close(grads["outb"][0], ref.outb.grad)
+    _close(grads["H1w"][0], ref.H1w.grad.reshape(12, 25))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "explicit-gradients"])
+@pytest.mark.parametrize("members", [MEMBERS[:1], MEMBERS], ids=["K=1", "K=3"])
+def test_sgd_steps_match_the_reference_loop(members, fused):
+    x, y = _digits(5, seed=1)
+    pop = Population(members, fused=fused)
+    refs = [_reference(pop, k) for k in range(len(members))]
+    pop.optim.start_pass(0)
+    patches = input_patches(x)
+    with torch.no_grad():
+        for i in range(5):
+            pop.step(patches[i], int(y[i]))
+    for k, (m, ref) in enumerate(zip(members, refs)):
+        train_pass(ref, x, pop.targets[k, y], lr=m.optim.lr, mse=m.mse)
+        want = ref.engine_params()
+        for name in PARAM_NAMES:
+            _close(pop.params[name][k], want[name])
+
+
+def test_evaluation_matches_the_reference_forward():
+    x, y = _digits(50, seed=2)
+    pop = Population(MEMBERS)
+    loss, misses, out = pop.evaluate(input_patches(x), y)
+    for k in range(len(MEMBERS)):
+        with torch.no_grad():
+            ref_out = _reference(pop, k)(x)
+        torch.testing.assert_close(out[k], ref_out, rtol=1e-5, atol=1e-6)
+        t = pop.targets[k, y]
+        assert float(loss[k]) == pytest.approx(float(((ref_out - t) ** 2).mean()), rel=1e-5)
+        assert int(misses[k]) == int((ref_out.argmax(1) != y).sum())
+
+
+@dataclass
+class _Digits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def _data(n_train=1000, n_test=200):
+    x, y = _digits(n_train + n_test, seed=3)
+    return _Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def test_population_member_equals_its_single_run():
+    data = _data()
+    together = train(MEMBERS, data, passes=2, log=None)
+    for member, got in zip(MEMBERS, together):
+        (alone,) = train([member], data, passes=2, log=None)
+        assert got.status == alone.status == "finished"
+        for a, b in zip(got.history, alone.history):
+            assert a["train/misses"] == b["train/misses"] and a["test/misses"] == b["test/misses"]
+            assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
+            assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
+
+
+def test_a_diverging_member_stops_and_the_others_go_on():
+    data = _data()
+    bad = replace(MEMBERS[0], optim=OptimSpec(lr=1e6), activation="scaled_tanh", mse="sum", target_positive=1e30)
+    lines = []
+    results = train([MEMBERS[0], bad], data, passes=3, log=lines.append)
+    (alone,) = train([MEMBERS[0]], data, passes=3, log=None)
+    assert results[1].status == "diverged" and results[1].diverged_at_pass == 1
+    assert len(results[1].history) == 1
+    assert any("diverged at pass 1" in line for line in lines)
+    assert results[0].status == "finished" and len(results[0].history) == 3
+    assert [r["test/misses"] for r in results[0].history] == [r["test/misses"] for r in alone.history]
+
+
+def test_pruned_members_leave_after_their_pass():
+    data = _data()
+    members = [replace(MEMBERS[0], init=InitSpec(seed=s)) for s in range(3)]
+    seen = []
+
+    def prune_second(pass_number, live):
+        seen.append((pass_number, len(live)))
+        return {1} if pass_number == 1 else set()
+
+    results = train(members, data, passes=2, log=None, on_pass=prune_second)
+    assert seen == [(1, 3), (2, 2)]
+    assert [r.status for r in results] == ["finished", "pruned", "finished"]
+    assert [len(r.history) for r in results] == [2, 1, 2]
+    assert results[1].params is not None
+
+
+def test_per_pass_lr_schedule_is_applied():
+    data = _data(50, 10)
+    member = replace(MEMBERS[0], optim=OptimSpec(lr=0.03, lr_by_pass=(0.05, 0.02)))
+    (result,) = train([member], data, passes=3, log=None)
+    assert [row["lr"] for row in result.history] == [0.05, 0.02, 0.02]
