@@ -1,0 +1,25 @@
+# make repro   the 23-pass 1989 reproduction on the embedded digits (creates .venv if missing)
+# make test    the fast test suite (what CI runs); make test-all adds the slow tests
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.zipnet-installed
+
+.PHONY: repro test test-all bench ui
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+repro: $(STAMP)
+	$(BIN)/zipnet-train
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-all: $(STAMP)
+	$(BIN)/pytest -m "slow or not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
