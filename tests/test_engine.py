@@ -127,7 +127,7 @@ def test_population_member_equals_its_single_run():
 
 def test_a_diverging_member_stops_and_the_others_go_on():
     data = _data()
-    bad = replace(MEMBERS[0], optim=OptimSpec(lr=1e38))  # weights overflow to inf, then NaN
+    bad = replace(MEMBERS[0], mse="sum", optim=OptimSpec(lr=1e38))  # weights overflow to inf, then NaN
     lines = []
     results = train([MEMBERS[0], bad], data, passes=3, log=lines.append)
     (alone,) = train([MEMBERS[0]], data, passes=3, log=None)

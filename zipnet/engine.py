@@ -237,6 +237,13 @@ class Population:
         self._derive()
         self._make_views()
 
+    def finite(self) -> torch.Tensor:
+        """(K,) bool: whether all of a member's parameters are finite."""
+        ok = torch.ones(self.K, dtype=torch.bool, device=self.device)
+        for t in self.params.values():
+            ok &= torch.isfinite(t.view(self.K, -1)).all(dim=1)
+        return ok
+
     def member_params(self, k: int) -> dict[str, torch.Tensor]:
         return {n: t[k].detach().cpu().clone() for n, t in self.params.items()}
 
@@ -276,6 +283,7 @@ def train(
                 pop.step(xs[i], label)
             seconds = time.perf_counter() - started
             metrics = {split: pop.evaluate(x[split], y[split]) for split in SPLITS}
+            finite = pop.finite().tolist()
             gone: list[int] = []
             for k, pos in enumerate(active):
                 row: dict[str, float] = {"pass": pass_number}
@@ -290,7 +298,7 @@ def train(
                 result = results[pos]
                 result.history.append(row)
                 result.test_outputs = metrics["test"][2][k].cpu()
-                if not (math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
+                if not (finite[k] and math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
                     result.status, result.diverged_at_pass = "diverged", pass_number
                     gone.append(k)
             if log is not None:
@@ -329,5 +337,5 @@ def format_pass(result: RunResult, prefix: str = "") -> str:
             f"error {row[f'{split}/error']:.2f}%. misses: {row[f'{split}/misses']}"
         )
     if result.status == "diverged":
-        lines.append(f"{prefix}diverged at pass {result.diverged_at_pass}: the loss is not finite")
+        lines.append(f"{prefix}diverged at pass {result.diverged_at_pass}: the loss or the weights are not finite")
     return "\n".join(lines)
