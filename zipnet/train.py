@@ -23,8 +23,12 @@ from zipnet.progress import PassBar
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def run(cfg: DictConfig, log=print, out_dir: Path | None = None) -> RunResult:
-    """Train the one configuration `cfg` describes: a population of one."""
+def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None) -> RunResult:
+    """Train the one configuration `cfg` describes: a population of one.
+
+    `on_pass(pass_number, [result])` runs after each pass (trackers log there; a pruner
+    returns {0} to stop the run).
+    """
     member = checks.member(cfg)
     opts = checks.trainer(cfg)
     if opts["threads"]:
@@ -34,7 +38,7 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None) -> RunResult:
     digits = load_digits(cfg.data)
     log(f"data: {cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, fingerprint {digits.fingerprint[:12]}")
     bar = PassBar(opts["passes"], enabled={"auto": None, "on": True, "off": False}[opts["progress"]])
-    (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, progress=bar)
+    (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass, progress=bar)
     if result.status == "diverged":
         bar.close()
         log(f"diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
