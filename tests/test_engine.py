@@ -90,7 +90,7 @@ def test_sgd_steps_match_the_reference_loop(members, fused):
 def test_evaluation_matches_the_reference_forward():
     x, y = _digits(50, seed=2)
     pop = Population(MEMBERS)
-    loss, misses, out = pop.evaluate(input_patches(x), y)
+    loss, misses, out = pop.evaluate(x, y)
     for k in range(len(MEMBERS)):
         with torch.no_grad():
             ref_out = _reference(pop, k)(x)

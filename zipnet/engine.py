@@ -200,27 +200,31 @@ class Population:
         p["outw"].baddbmm_(d4, x3.view(K, 1, 30), alpha=-1.0)
         v["outb"].sub_(d4)
 
-    def outputs(self, patches: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """Forward a batch of (N, 25, 64) patches through every member: (K, N, 10)."""
-        p = self.params
-        K, N = self.K, patches.shape[0]
-        chunk = chunk or max(1, 4096 // K)
+    def outputs(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """Forward a batch of (N, 1, 16, 16) digits through every member: (K, N, 10).
+
+        H1 and H2 run as convolutions over all members at once (H2 grouped by member).
+        """
+        p, K, N = self.params, self.K, x.shape[0]
+        chunk = chunk or max(16, 16384 // K)
         out = torch.empty(K, N, 10, device=self.device)
-        k4, k3 = (K, 1, 1, 1), (K, 1, 1)
+        w1 = p["H1w"].reshape(K * 12, 1, 5, 5)
+        w2 = p["H2w"].reshape(K * 12, 12, 5, 5)
         for lo in range(0, N, chunk):
-            P = patches[lo : lo + chunk]
-            B = P.shape[0]
-            x1 = self._f(torch.matmul(p["H1w"].unsqueeze(1), P.unsqueeze(0)) + p["H1b"].unsqueeze(1), k4)
-            pad = F.pad(x1.view(K * B, 12, 8, 8), (2, 2, 2, 2), "constant", -1.0)
-            p2 = F.unfold(pad, kernel_size=5, stride=2).view(K, B, 300, 16)
-            x2 = self._f(torch.matmul(p["H2w"].unsqueeze(1), p2) + p["H2b"].unsqueeze(1), k4)
-            x3 = self._f(torch.matmul(x2.reshape(K, B, 192), p["H3w"].transpose(1, 2)) + p["H3b"].unsqueeze(1), k3)
-            out[:, lo : lo + B] = self._f(torch.matmul(x3, p["outw"].transpose(1, 2)) + p["outb"].unsqueeze(1), k3)
+            B = min(chunk, N - lo)
+            inp = F.pad(x[lo : lo + B], (2, 2, 2, 2), "constant", -1.0)
+            x1 = F.conv2d(inp, w1, stride=2).add_(p["H1b"].reshape(1, K * 12, 8, 8))
+            x1 = self._f(x1.view(B, K, 12 * 64), (1, K, 1))
+            x1 = F.pad(x1.view(B, K * 12, 8, 8), (2, 2, 2, 2), "constant", -1.0)
+            x2 = F.conv2d(x1, w2, stride=2, groups=K).add_(p["H2b"].reshape(1, K * 12, 4, 4))
+            x2 = self._f(x2.view(B, K, 192), (1, K, 1)).transpose(0, 1)  # (K, B, 192)
+            x3 = self._f(torch.baddbmm(p["H3b"].unsqueeze(1), x2, p["H3w"].transpose(1, 2)), (K, 1, 1))
+            out[:, lo : lo + B] = self._f(torch.baddbmm(p["outb"].unsqueeze(1), x3, p["outw"].transpose(1, 2)), (K, 1, 1))
         return out
 
-    def evaluate(self, patches: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: MSE "averaged over the patterns and over the output units", misses, and the outputs."""
-        y = self.outputs(patches)
+        y = self.outputs(x)
         t = self.targets[:, labels]  # (K, N, 10)
         loss = ((y - t) ** 2).mean(dim=(1, 2))
         misses = (y.argmax(dim=2) != labels.unsqueeze(0)).sum(dim=1)
@@ -270,17 +274,17 @@ def train(
     pop = Population(members, dev)
     results = [RunResult(member=m) for m in members]
     active = list(range(len(members)))  # positions in `results` of the population's members
-    x = {"train": input_patches(digits.train_x).to(dev), "test": input_patches(digits.test_x).to(dev)}
+    x = {"train": digits.train_x.to(dev), "test": digits.test_x.to(dev)}
     y = {"train": digits.train_y.to(dev), "test": digits.test_y.to(dev)}
+    train_patches = input_patches(x["train"])
     order = digits.train_y.tolist()  # labels as Python ints: no device sync per step
     with torch.no_grad():
         for pass_index in range(passes):
             pass_number = pass_index + 1
             lrs = pop.optim.start_pass(pass_index)
             started = time.perf_counter()
-            xs = x["train"]
             for i, label in enumerate(order):
-                pop.step(xs[i], label)
+                pop.step(train_patches[i], label)
             seconds = time.perf_counter() - started
             metrics = {split: pop.evaluate(x[split], y[split]) for split in SPLITS}
             finite = pop.finite().tolist()
