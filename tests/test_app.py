@@ -121,7 +121,7 @@ def test_same_config_in_two_processes_gives_bit_identical_metrics(tmp_path):
 def test_one_pass_on_500_digits_is_far_below_chance():
     result = run(_compose(SMALL + ["trainer.progress=off"]), log=lambda line: None)
     assert result.status == "finished"
-    assert result.history[0]["test/error"] < 30.0  # chance is 90%
+    assert result.history[0]["test/error"] < 50.0  # chance is 90%
 
 
 def test_a_diverging_run_stops_cleanly_with_its_pass(tmp_path):
