@@ -22,6 +22,8 @@ from zipnet.errors import ConfigError
 # name -> module; imported only when asked for, so h5py etc. load only for the sources that need them
 SOURCES = {
     "embedded": "zipnet.sources.embedded",
+    "mnist": "zipnet.sources.mnist",
+    "usps": "zipnet.sources.usps",
 }
 
 
