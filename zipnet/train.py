@@ -2,6 +2,9 @@
 
     zipnet-train
     zipnet-train model.init=linear loss.mse=half_sum optim.lr=0.01 trainer.passes=5
+    zipnet-train -m model.init=sqrt,linear loss.mse=mean,sum,half_sum   (a grid: one MLflow parent, 6 children)
+
+Every run is logged to MLflow (zipnet/tracking.py) unless tracking.enabled=false.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
+from zipnet import tracking
 from zipnet.data import load_digits
 from zipnet.engine import RunResult, train
 from zipnet.errors import ConfigError, DataError
@@ -23,11 +27,11 @@ from zipnet.progress import PassBar
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None) -> RunResult:
+def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None, digits=None) -> RunResult:
     """Train the one configuration `cfg` describes: a population of one.
 
     `on_pass(pass_number, [result])` runs after each pass (trackers log there; a pruner
-    returns {0} to stop the run).
+    returns {0} to stop the run). `digits`, when given, is cfg.data already loaded.
     """
     member = checks.member(cfg)
     opts = checks.trainer(cfg)
@@ -35,7 +39,7 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None) -
         torch.set_num_threads(opts["threads"])
     if opts["device"].startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.device", f"{opts['device']!r} asked for, but no CUDA device is available; use cpu")
-    digits = load_digits(cfg.data)
+    digits = load_digits(cfg.data) if digits is None else digits
     log(f"data: {cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, fingerprint {digits.fingerprint[:12]}")
     bar = PassBar(opts["passes"], enabled={"auto": None, "on": True, "off": False}[opts["progress"]])
     (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass, progress=bar)
@@ -51,19 +55,79 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None) -
     return result
 
 
+def tracked_run(cfg: DictConfig, tracker: "tracking.Tracker", overrides: list[str], log=print,
+                out_dir: Path | None = None, tags: dict | None = None, parent_run_id: str | None = None,
+                run_name: str | None = None, role: str = "run") -> tuple[RunResult, str]:
+    """`run`, streamed into a new MLflow run: config first, one log_batch per pass, then the
+    artifacts. The run ends FINISHED, FAILED (diverged, or an exception) or KILLED (Ctrl-C).
+
+    The config and the data are checked before the run is created, so a typo leaves no run.
+    """
+    checks.member(cfg)
+    checks.trainer(cfg)
+    digits = load_digits(cfg.data)
+    run_id = tracker.start(run_name, tags, role=role, parent_run_id=parent_run_id)
+    logged = 0
+
+    def stream(pass_number, live):
+        nonlocal logged
+        if live:
+            tracker.log_pass(run_id, live[0].history[-1])
+            logged = len(live[0].history)
+        return set()
+
+    try:
+        tracker.log_config(run_id, cfg, overrides, digits.fingerprint)
+        result = run(cfg, log=log, out_dir=out_dir, on_pass=stream, digits=digits)
+        tracker.log_history(run_id, result.history[logged:])  # the pass a member diverged in
+        tracker.finish(run_id, result, digits)
+    except KeyboardInterrupt as err:
+        tracker.end(run_id, "KILLED", err)
+        raise
+    except BaseException as err:
+        tracker.end(run_id, "FAILED", err)
+        raise
+    log(f"mlflow: run {run_id} in experiment {tracker.experiment!r} at {tracker.uri}")
+    return result, run_id
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
     try:
-        run(cfg, out_dir=Path(HydraConfig.get().runtime.output_dir))
+        tracker = tracking.Tracker.from_config(cfg)
+        if tracker is None:
+            run(cfg, out_dir=out_dir)
+            return
+        tags, parent, name = {}, None, None
+        if hc.mode == RunMode.MULTIRUN:
+            parent = tracking.multirun_parent()
+            tags = {"zipnet.sweep": str(hc.sweep.dir), "zipnet.job": str(hc.job.num)}
+            name = f"job {hc.job.num}"
+        tracked_run(cfg, tracker, list(hc.overrides.task), out_dir=out_dir, tags=tags, parent_run_id=parent,
+                    run_name=name, role="job" if parent else "run")
     except (ConfigError, DataError) as err:
         print(f"zipnet-train: error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def main() -> None:
-    _app()
+    try:
+        _app()
+    except KeyboardInterrupt as err:
+        tracking.abort_open_runs("KILLED", err)
+        raise
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):  # Hydra reports a failed job by exiting 1
+            tracking.abort_open_runs("FAILED")
+        raise
+    except BaseException as err:
+        tracking.abort_open_runs("FAILED", err)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""The pictures a run leaves behind: learning curve, misclassified digits, confusion matrix.
+
+Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global figure
+state), small and fast, because a sweep draws them for every trial.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def learning_curve(history: list[dict], path: Path, title: str = "") -> Path:
+    """Train and test error (%) per pass, the paper's figure 3 plotted the same way."""
+    fig = _figure(5.0, 3.5)
+    ax = fig.add_subplot()
+    passes = [row["pass"] for row in history]
+    for split, style in (("train", "o-"), ("test", "s-")):
+        values = [row[f"{split}/error"] for row in history]
+        ax.plot(passes, values, style, markersize=3, label=f"{split} error")
+    ax.set_xlabel("pass")
+    ax.set_ylabel("error (%)")
+    if all(row[f"{s}/error"] > 0 for row in history for s in ("train", "test")):
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """(10, 10) counts: row = true digit, column = predicted digit."""
+    matrix = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix
+
+
+def confusion_csv(matrix: np.ndarray, path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["true\\predicted", *range(10)])
+        for digit, row in enumerate(matrix):
+            out.writerow([digit, *row.tolist()])
+    return path
+
+
+def confusion_png(matrix: np.ndarray, path: Path) -> Path:
+    fig = _figure(4.2, 3.8)
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    top = matrix.max() or 1
+    for i in range(10):
+        for j in range(10):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if matrix[i, j] > top / 2 else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"test: {int(matrix.sum() - np.trace(matrix))} misses of {int(matrix.sum())}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, path: Path,
+                       limit: int = 100) -> Path:
+    """The misclassified test digits (up to `limit`), each captioned `true->predicted`.
+
+    One mosaic image plus one caption per cell keeps this to a single Axes.
+    """
+    wrong = np.flatnonzero(labels != predicted)[:limit]
+    cols = 10
+    rows = max(1, -(-len(wrong) // cols))
+    cell = 20  # 16 pixels and a 4-pixel gutter for the caption
+    mosaic = np.full((rows * cell, cols * cell), np.nan, dtype=np.float32)
+    for n, index in enumerate(wrong):
+        r, c = divmod(n, cols)
+        mosaic[r * cell + 4 : r * cell + 20, c * cell + 2 : c * cell + 18] = images[index].reshape(16, 16)
+    fig = _figure(5.0, 0.55 * rows + 0.4)
+    ax = fig.add_axes((0, 0, 1, 1 - 0.3 / (0.55 * rows + 0.4)))
+    ax.imshow(mosaic, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
+    for n, index in enumerate(wrong):
+        r, c = divmod(n, cols)
+        ax.text(c * cell + 10, r * cell + 2, f"{labels[index]}->{predicted[index]}", ha="center", va="center",
+                fontsize=6, color="crimson")
+    ax.set_axis_off()
+    fig.suptitle(f"misclassified test digits (true->predicted), {len(wrong)} shown", fontsize=8, y=0.995)
+    fig.savefig(path)
+    return path
