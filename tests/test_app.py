@@ -126,7 +126,7 @@ def test_one_pass_on_500_digits_is_far_below_chance():
 
 def test_a_diverging_run_stops_cleanly_with_its_pass(tmp_path):
     lines = []
-    cfg = _compose(["data.n_train=200", "data.n_test=50", "trainer.passes=3", "optim.lr=1e38", "loss.mse=sum",
+    cfg = _compose(["data.n_train=200", "data.n_test=50", "trainer.passes=3", "optim.lr=3e38", "loss.mse=sum",
                     "trainer.progress=off"])
     result = run(cfg, log=lines.append)
     assert result.status == "diverged" and result.diverged_at_pass == 1

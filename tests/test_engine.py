@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from zipnet import kernel
 from zipnet.engine import Member, Population, input_patches, train
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
@@ -113,11 +114,15 @@ def _data(n_train=1000, n_test=200):
     return _Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-def test_population_member_equals_its_single_run():
+KERNEL_MEMBERS = [replace(m, table="block") for m in MEMBERS]
+
+
+@pytest.mark.parametrize("backend,members", [("torch", MEMBERS), ("c", KERNEL_MEMBERS)])
+def test_population_member_equals_its_single_run(backend, members):
     data = _data()
-    together = train(MEMBERS, data, passes=2, log=None)
-    for member, got in zip(MEMBERS, together):
-        (alone,) = train([member], data, passes=2, log=None)
+    together = train(members, data, passes=1, log=None, backend=backend)
+    for member, got in zip(members, together):
+        (alone,) = train([member], data, passes=1, log=None, backend=backend)
         assert got.status == alone.status == "finished"
         for a, b in zip(got.history, alone.history):
             assert a["train/misses"] == b["train/misses"] and a["test/misses"] == b["test/misses"]
@@ -125,12 +130,13 @@ def test_population_member_equals_its_single_run():
             assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)
 
 
-def test_a_diverging_member_stops_and_the_others_go_on():
+@pytest.mark.parametrize("backend", ["torch", "c"])
+def test_a_diverging_member_stops_and_the_others_go_on(backend):
     data = _data()
-    bad = replace(MEMBERS[0], mse="sum", optim=OptimSpec(lr=1e38))  # weights overflow to inf, then NaN
+    bad = replace(MEMBERS[0], mse="sum", optim=OptimSpec(lr=3e38))  # weights overflow to inf, then NaN
     lines = []
-    results = train([MEMBERS[0], bad], data, passes=3, log=lines.append)
-    (alone,) = train([MEMBERS[0]], data, passes=3, log=None)
+    results = train([MEMBERS[0], bad], data, passes=3, log=lines.append, backend=backend)
+    (alone,) = train([MEMBERS[0]], data, passes=3, log=None, backend=backend)
     assert results[1].status == "diverged" and results[1].diverged_at_pass == 1
     assert len(results[1].history) == 1
     assert any("diverged at pass 1" in line for line in lines)
@@ -138,7 +144,8 @@ def test_a_diverging_member_stops_and_the_others_go_on():
     assert [r["test/misses"] for r in results[0].history] == [r["test/misses"] for r in alone.history]
 
 
-def test_pruned_members_leave_after_their_pass():
+@pytest.mark.parametrize("backend", ["torch", "c"])
+def test_pruned_members_leave_after_their_pass(backend):
     data = _data()
     members = [replace(MEMBERS[0], init=InitSpec(seed=s)) for s in range(3)]
     seen = []
@@ -147,7 +154,7 @@ def test_pruned_members_leave_after_their_pass():
         seen.append((pass_number, len(live)))
         return {1} if pass_number == 1 else set()
 
-    results = train(members, data, passes=2, log=None, on_pass=prune_second)
+    results = train(members, data, passes=2, log=None, on_pass=prune_second, backend=backend)
     assert seen == [(1, 3), (2, 2)]
     assert [r.status for r in results] == ["finished", "pruned", "finished"]
     assert [len(r.history) for r in results] == [2, 1, 2]
@@ -159,3 +166,33 @@ def test_per_pass_lr_schedule_is_applied():
     member = replace(MEMBERS[0], optim=OptimSpec(lr=0.03, lr_by_pass=(0.05, 0.02)))
     (result,) = train([member], data, passes=3, log=None)
     assert [row["lr"] for row in result.history] == [0.05, 0.02, 0.02]
+
+
+def test_compiled_kernel_matches_the_torch_path():
+    """The C kernel (members in SIMD lanes) against the torch ops, over 300 updates and an evaluation."""
+    x, y = _digits(300, seed=6)
+    members = KERNEL_MEMBERS + [Member(init=InitSpec(seed=s)) for s in range(10, 25)]  # 18: two kernel blocks
+    ops, comp = Population(members, backend="torch"), Population(members, backend="c")
+    assert ops.kernel is None and comp.kernel is not None
+    for pop in (ops, comp):
+        pop.optim.start_pass(0)
+        with torch.no_grad():
+            pop.train_pass(input_patches(x), y.tolist(), kernel.padded_inputs(x))
+    for name in PARAM_NAMES:
+        _close(comp.params[name], ops.params[name], tol=1e-5)
+    loss_ops, misses_ops, out_ops = ops.evaluate(x, y)
+    loss_c, misses_c, out_c = comp.evaluate(x, y)
+    _close(out_c, out_ops, tol=1e-5)
+    torch.testing.assert_close(loss_c, loss_ops, rtol=1e-4, atol=0)
+
+
+def test_kernel_results_do_not_depend_on_threads_or_neighbours():
+    data = _data(300, 100)
+    members = [Member(init=InitSpec(seed=s), optim=OptimSpec(lr=0.01 * (1 + s))) for s in range(20)]
+    one = train(members, data, passes=1, log=None, backend="c", threads=1)
+    two = train(members, data, passes=1, log=None, backend="c", threads=2)
+    alone = train(members[17:18], data, passes=1, log=None, backend="c", threads=1)
+    assert [r.history for r in one] == [r.history for r in two] or all(
+        {k: v for k, v in a.history[0].items() if k != "seconds"} == {k: v for k, v in b.history[0].items() if k != "seconds"}
+        for a, b in zip(one, two))
+    assert all(torch.equal(one[17].params[n], alone[0].params[n]) for n in PARAM_NAMES)

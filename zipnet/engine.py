@@ -13,6 +13,7 @@ after every pass.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,9 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zipnet import kernel
+from zipnet.errors import ConfigError
 from zipnet.net import ACTIVATIONS, InitSpec, PARAM_NAMES, connection_table, h2_mask, init_params
 from zipnet.optim import OptimSpec, make_optimiser
 
+BACKENDS = ("auto", "torch", "c")
+KERNEL_BLOCK = 16  # members per SIMD block in the compiled kernel
+AUTO_KERNEL_MIN_K = 8  # below this the torch path is faster
 MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (REFERENCE.md §2)
 SPLITS = ("train", "test")
 
@@ -79,11 +85,14 @@ def h2_field_index() -> tuple[torch.Tensor, torch.Tensor]:
 class Population:
     """K members' parameters stacked on a leading axis, with the batched per-example step."""
 
-    def __init__(self, members: list[Member], device: str | torch.device = "cpu", fused: bool = True):
+    def __init__(self, members: list[Member], device: str | torch.device = "cpu", fused: bool = True,
+                 backend: str = "torch", threads: int = 0):
         self.fused = fused  # False: always go through optim.step with explicit gradients (for tests)
         self.device = torch.device(device)
         self.members = list(members)
+        self.threads = threads or os.cpu_count() or 1  # for the compiled kernel; its results do not depend on it
         tables = [connection_table(m.table, m.table_seed) for m in members]
+        self.table = tables[0]
         per_member = [init_params(m.init, t) for m, t in zip(members, tables)]
         self.params = {n: torch.stack([p[n] for p in per_member]).to(self.device) for n in PARAM_NAMES}
         self.mask = torch.stack([h2_mask(t) for t in tables]).to(self.device)  # (K, 12, 300)
@@ -97,8 +106,38 @@ class Population:
         pos = torch.tensor([m.target_positive for m in members]).view(-1, 1, 1)
         self.targets = (neg + (pos - neg) * torch.eye(10)).to(self.device)
         self.optim = make_optimiser([m.optim for m in members], self.device)
+        self.kernel = self._kernel(backend, same_table=all(np.array_equal(t, self.table) for t in tables))
         self._h2_fields, self._h1_units = (t.to(self.device) for t in h2_field_index())
         self._make_views()
+
+    def _kernel(self, backend: str, same_table: bool):
+        """The compiled CPU kernel when it applies (cpu, SGD, one table), else None (torch ops)."""
+        if backend not in BACKENDS:
+            raise ConfigError("trainer.backend", f"{backend!r} is not allowed; choose one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            return None
+        why = ("it runs on the CPU only" if self.device.type != "cpu" else
+               "it implements SGD only" if not self.optim.fused else
+               "its members must share one connection table" if not same_table else None)
+        lib = kernel.library(KERNEL_BLOCK) if why is None else None
+        if lib is None and backend == "c":
+            raise ConfigError("trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
+        return lib
+
+    def _packed(self) -> kernel.Packed:
+        neg, pos = self.targets[:, 0, 1], self.targets[:, 0, 0]
+        consts = torch.stack([self.A, self.S, self.c, self.optim.lr, neg, pos], dim=1)
+        return kernel.Packed(self.params, consts, KERNEL_BLOCK)
+
+    def train_pass(self, patches: torch.Tensor, order: list[int], inputs: torch.Tensor | None = None) -> None:
+        """One pass of per-pattern updates in the given order (the kernel reads `inputs`, padded 20x20)."""
+        if self.kernel is None:
+            for i, label in enumerate(order):
+                self.step(patches[i], label)
+            return
+        packed = self._packed()
+        kernel.train_pass(self.kernel, packed, self.table, inputs, torch.tensor(order, dtype=torch.int32), self.threads)
+        packed.unpack_into(self.params)
 
     def _derive(self) -> None:
         """Constants that follow from the members: f' factors, and which shortcuts apply."""
@@ -224,7 +263,10 @@ class Population:
 
     def evaluate(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per member: MSE "averaged over the patterns and over the output units", misses, and the outputs."""
-        y = self.outputs(x)
+        if self.kernel is None:
+            y = self.outputs(x)
+        else:
+            y = kernel.outputs(self.kernel, self._packed(), self.table, kernel.padded_inputs(x), self.threads)
         t = self.targets[:, labels]  # (K, N, 10)
         loss = ((y - t) ** 2).mean(dim=(1, 2))
         misses = (y.argmax(dim=2) != labels.unsqueeze(0)).sum(dim=1)
@@ -263,28 +305,34 @@ def train(
     log: Callable[[str], None] | None = print,
     on_pass: PassHook | None = None,
     progress=None,
+    backend: str = "auto",
+    threads: int = 0,
 ) -> list[RunResult]:
     """Train members in lockstep and return one RunResult each, in the order given.
 
     `on_pass(pass_number, active_results)` runs after each pass's evaluation and may return
     the positions (in `members`) of results to stop as pruned. A member whose loss turns
     NaN or inf is stopped as diverged, with its pass number; the others go on undisturbed.
+    `backend`: "torch" (torch ops), "c" (the compiled CPU kernel), or "auto" (the kernel
+    for populations of AUTO_KERNEL_MIN_K or more where it applies).
     """
     dev = torch.device(device)
-    pop = Population(members, dev)
+    if backend == "auto" and len(members) < AUTO_KERNEL_MIN_K:
+        backend = "torch"
+    pop = Population(members, dev, backend=backend, threads=threads)
     results = [RunResult(member=m) for m in members]
     active = list(range(len(members)))  # positions in `results` of the population's members
     x = {"train": digits.train_x.to(dev), "test": digits.test_x.to(dev)}
     y = {"train": digits.train_y.to(dev), "test": digits.test_y.to(dev)}
     train_patches = input_patches(x["train"])
+    train_inputs = kernel.padded_inputs(x["train"]) if pop.kernel is not None else None
     order = digits.train_y.tolist()  # labels as Python ints: no device sync per step
     with torch.no_grad():
         for pass_index in range(passes):
             pass_number = pass_index + 1
             lrs = pop.optim.start_pass(pass_index)
             started = time.perf_counter()
-            for i, label in enumerate(order):
-                pop.step(train_patches[i], label)
+            pop.train_pass(train_patches, order, train_inputs)
             seconds = time.perf_counter() - started
             metrics = {split: pop.evaluate(x[split], y[split]) for split in SPLITS}
             finite = pop.finite().tolist()
