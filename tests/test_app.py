@@ -61,6 +61,7 @@ def test_overrides_reach_the_member():
         ("optim.lr=abc", "optim.lr", "finite number"),
         ("trainer.passes=0", "trainer.passes", ">= 1"),
         ("trainer.device=tpu", "trainer.device", "cpu, cuda"),
+        ("trainer.backend=fortran", "trainer.backend", "auto, torch, c"),
         ("model.fan_in_bias=maybe", "model.fan_in_bias", "true, false"),
         ("data.target_negative=2", "data.target_negative", "below"),
     ],

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from zipnet.engine import MSE_C, Member
+from zipnet.engine import BACKENDS, MSE_C, Member
 from zipnet.errors import ConfigError
 from zipnet.net import ACTIVATIONS, INITS, TABLES, InitSpec
 from zipnet.optim import OPTIMS, OptimSpec
@@ -111,4 +111,5 @@ def trainer(cfg: DictConfig) -> dict:
         "device": device,
         "threads": integer(cfg, "trainer.threads", minimum=0),
         "progress": choice(cfg, "trainer.progress", PROGRESS),
+        "backend": choice(cfg, "trainer.backend", BACKENDS),
     }

@@ -42,7 +42,8 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None, d
     digits = load_digits(cfg.data) if digits is None else digits
     log(f"data: {cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, fingerprint {digits.fingerprint[:12]}")
     bar = PassBar(opts["passes"], enabled={"auto": None, "on": True, "off": False}[opts["progress"]])
-    (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass, progress=bar)
+    (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass, progress=bar,
+                      backend=opts["backend"])
     if result.status == "diverged":
         bar.close()
         log(f"diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
