@@ -28,7 +28,6 @@ from zipnet.net import ACTIVATIONS, InitSpec, PARAM_NAMES, connection_table, h2_
 from zipnet.optim import OptimSpec, make_optimiser
 
 BACKENDS = ("auto", "torch", "c")
-KERNEL_BLOCK = 16  # members per SIMD block in the compiled kernel
 AUTO_KERNEL_MIN_K = 8  # below this the torch path is faster
 MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (REFERENCE.md §2)
 SPLITS = ("train", "test")
@@ -119,7 +118,8 @@ class Population:
         why = ("it runs on the CPU only" if self.device.type != "cpu" else
                "it implements SGD only" if not self.optim.fused else
                "its members must share one connection table" if not same_table else None)
-        lib = kernel.library(KERNEL_BLOCK) if why is None else None
+        self.block = kernel.block_for(self.K)
+        lib = kernel.library(self.block) if why is None else None
         if lib is None and backend == "c":
             raise ConfigError("trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
         return lib
@@ -127,7 +127,7 @@ class Population:
     def _packed(self) -> kernel.Packed:
         neg, pos = self.targets[:, 0, 1], self.targets[:, 0, 0]
         consts = torch.stack([self.A, self.S, self.c, self.optim.lr, neg, pos], dim=1)
-        return kernel.Packed(self.params, consts, KERNEL_BLOCK)
+        return kernel.Packed(self.params, consts, self.block)
 
     def train_pass(self, patches: torch.Tensor, order: list[int], inputs: torch.Tensor | None = None) -> None:
         """One pass of per-pattern updates in the given order (the kernel reads `inputs`, padded 20x20)."""

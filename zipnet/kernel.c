@@ -73,59 +73,69 @@ typedef struct {
 
 #define LANES for (int b = 0; b < BLK; b++)
 
+/* The loops below keep several independent accumulators ("register tiles") so that the
+ * vector FMAs do not wait on each other; each tile is a few [BLK] vectors. */
 static void forward(const float (*restrict w)[BLK], const float (*restrict k)[BLK], const signed char *restrict table,
                     const float *restrict in /* 20x20, border -1 */, Scratch *restrict s) {
     const float *A = k[C_A], *S = k[C_S];
     for (int m = 0; m < 12; m++)
-        for (int oy = 0; oy < 8; oy++)
-            for (int ox = 0; ox < 8; ox++) {
-                float a[BLK];
-                const float *bias = w[O_H1B + m * 64 + oy * 8 + ox];
-                LANES a[b] = bias[b];
-                for (int ky = 0; ky < 5; ky++)
-                    for (int kx = 0; kx < 5; kx++) {
-                        const float v = in[(2 * oy + ky) * 20 + 2 * ox + kx];
-                        const float *wk = w[O_H1W + m * 25 + ky * 5 + kx];
-                        LANES a[b] += wk[b] * v;
+        for (int oy = 0; oy < 8; oy++) {
+            float a[8][BLK];
+            for (int ox = 0; ox < 8; ox++) LANES a[ox][b] = w[O_H1B + m * 64 + oy * 8 + ox][b];
+            for (int ky = 0; ky < 5; ky++)
+                for (int kx = 0; kx < 5; kx++) {
+                    const float *wk = w[O_H1W + m * 25 + ky * 5 + kx];
+                    const float *row = in + (2 * oy + ky) * 20 + kx;
+                    for (int ox = 0; ox < 8; ox++) {
+                        const float v = row[2 * ox];
+                        LANES a[ox][b] += wk[b] * v;
                     }
+                }
+            for (int ox = 0; ox < 8; ox++) {
                 float *x = s->x1[m * 144 + (oy + 2) * 12 + ox + 2];
-                LANES x[b] = A[b] * ztanh(S[b] * a[b]);
+                LANES x[b] = A[b] * ztanh(S[b] * a[ox][b]);
             }
-    for (int o = 0; o < 12; o++)
-        for (int oy = 0; oy < 4; oy++)
-            for (int ox = 0; ox < 4; ox++) {
-                float a[BLK];
-                const float *bias = w[O_H2B + o * 16 + oy * 4 + ox];
-                LANES a[b] = bias[b];
-                for (int i = 0; i < 12; i++) {
-                    if (!table[o * 12 + i]) continue;
-                    for (int ky = 0; ky < 5; ky++)
-                        for (int kx = 0; kx < 5; kx++) {
-                            const float *wk = w[O_H2W + (o * 12 + i) * 25 + ky * 5 + kx];
+        }
+    for (int o = 0; o < 12; o++) {
+        float a[16][BLK];
+        for (int p = 0; p < 16; p++) LANES a[p][b] = w[O_H2B + o * 16 + p][b];
+        for (int i = 0; i < 12; i++) {
+            if (!table[o * 12 + i]) continue;
+            for (int ky = 0; ky < 5; ky++)
+                for (int kx = 0; kx < 5; kx++) {
+                    const float *wk = w[O_H2W + (o * 12 + i) * 25 + ky * 5 + kx];
+                    for (int oy = 0; oy < 4; oy++)
+                        for (int ox = 0; ox < 4; ox++) {
                             const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            LANES a[b] += wk[b] * x[b];
+                            LANES a[oy * 4 + ox][b] += wk[b] * x[b];
                         }
                 }
-                float *x = s->x2[o * 16 + oy * 4 + ox];
-                LANES x[b] = A[b] * ztanh(S[b] * a[b]);
-            }
-    for (int h = 0; h < 30; h++) {
-        float a[BLK];
-        LANES a[b] = w[O_H3B + h][b];
-        for (int q = 0; q < 192; q++) {
-            const float *wk = w[O_H3W + h * 192 + q];
-            LANES a[b] += wk[b] * s->x2[q][b];
         }
-        LANES s->x3[h][b] = A[b] * ztanh(S[b] * a[b]);
+        for (int p = 0; p < 16; p++) LANES s->x2[o * 16 + p][b] = A[b] * ztanh(S[b] * a[p][b]);
     }
-    for (int j = 0; j < 10; j++) {
-        float a[BLK];
-        LANES a[b] = w[O_OUTB + j][b];
-        for (int h = 0; h < 30; h++) {
-            const float *wk = w[O_OUTW + j * 30 + h];
-            LANES a[b] += wk[b] * s->x3[h][b];
+    for (int h0 = 0; h0 < 30; h0 += 6) {
+        float a[6][BLK];
+        for (int t = 0; t < 6; t++) LANES a[t][b] = w[O_H3B + h0 + t][b];
+        for (int q = 0; q < 192; q++) {
+            const float *x = s->x2[q];
+            for (int t = 0; t < 6; t++) {
+                const float *wk = w[O_H3W + (h0 + t) * 192 + q];
+                LANES a[t][b] += wk[b] * x[b];
+            }
         }
-        LANES s->y[j][b] = A[b] * ztanh(S[b] * a[b]);
+        for (int t = 0; t < 6; t++) LANES s->x3[h0 + t][b] = A[b] * ztanh(S[b] * a[t][b]);
+    }
+    {
+        float a[10][BLK];
+        for (int j = 0; j < 10; j++) LANES a[j][b] = w[O_OUTB + j][b];
+        for (int h = 0; h < 30; h++) {
+            const float *x = s->x3[h];
+            for (int j = 0; j < 10; j++) {
+                const float *wk = w[O_OUTW + j * 30 + h];
+                LANES a[j][b] += wk[b] * x[b];
+            }
+        }
+        for (int j = 0; j < 10; j++) LANES s->y[j][b] = A[b] * ztanh(S[b] * a[j][b]);
     }
 }
 
@@ -145,14 +155,17 @@ static void backward_update(float (*restrict w)[BLK], const float (*restrict k)[
             d[b] = c[b] * (y[b] - t) * FPRIME(y[b]);
         }
     }
-    for (int h = 0; h < 30; h++) {
-        float g[BLK];
-        LANES g[b] = 0.0f;
+    for (int h0 = 0; h0 < 30; h0 += 10) {
+        float g[10][BLK];
+        for (int t = 0; t < 10; t++) LANES g[t][b] = 0.0f;
         for (int j = 0; j < 10; j++) {
-            const float *wk = w[O_OUTW + j * 30 + h];
-            LANES g[b] += wk[b] * s->d4[j][b];
+            const float *d = s->d4[j];
+            for (int t = 0; t < 10; t++) {
+                const float *wk = w[O_OUTW + j * 30 + h0 + t];
+                LANES g[t][b] += wk[b] * d[b];
+            }
         }
-        LANES s->d3[h][b] = g[b] * FPRIME(s->x3[h][b]);
+        for (int t = 0; t < 10; t++) LANES s->d3[h0 + t][b] = g[t][b] * FPRIME(s->x3[h0 + t][b]);
     }
     for (int j = 0; j < 10; j++) {
         float ld[BLK];
@@ -163,14 +176,17 @@ static void backward_update(float (*restrict w)[BLK], const float (*restrict k)[
         }
         LANES w[O_OUTB + j][b] -= ld[b];
     }
-    for (int q = 0; q < 192; q++) {
-        float g[BLK];
-        LANES g[b] = 0.0f;
+    for (int q0 = 0; q0 < 192; q0 += 8) {
+        float g[8][BLK];
+        for (int t = 0; t < 8; t++) LANES g[t][b] = 0.0f;
         for (int h = 0; h < 30; h++) {
-            const float *wk = w[O_H3W + h * 192 + q];
-            LANES g[b] += wk[b] * s->d3[h][b];
+            const float *d = s->d3[h];
+            for (int t = 0; t < 8; t++) {
+                const float *wk = w[O_H3W + h * 192 + q0 + t];
+                LANES g[t][b] += wk[b] * d[b];
+            }
         }
-        LANES s->d2[q][b] = g[b] * FPRIME(s->x2[q][b]);
+        for (int t = 0; t < 8; t++) LANES s->d2[q0 + t][b] = g[t][b] * FPRIME(s->x2[q0 + t][b]);
     }
     for (int h = 0; h < 30; h++) {
         float ld[BLK];
@@ -181,22 +197,24 @@ static void backward_update(float (*restrict w)[BLK], const float (*restrict k)[
         }
         LANES w[O_H3B + h][b] -= ld[b];
     }
-    /* H2: dE/dx1 with the old weights, then the update */
-    memset(s->d1, 0, sizeof s->d1);
-    for (int o = 0; o < 12; o++)
-        for (int i = 0; i < 12; i++) {
+    /* H2: dE/dx1 with the old weights, one H1 map at a time, then the update */
+    for (int i = 0; i < 12; i++) {
+        float (*g)[BLK] = s->d1 + i * 144;
+        memset(g, 0, 144 * sizeof *g);
+        for (int o = 0; o < 12; o++) {
             if (!table[o * 12 + i]) continue;
-            for (int oy = 0; oy < 4; oy++)
-                for (int ox = 0; ox < 4; ox++) {
-                    const float *d = s->d2[o * 16 + oy * 4 + ox];
-                    for (int ky = 0; ky < 5; ky++)
-                        for (int kx = 0; kx < 5; kx++) {
-                            const float *wk = w[O_H2W + (o * 12 + i) * 25 + ky * 5 + kx];
-                            float *g = s->d1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            LANES g[b] += wk[b] * d[b];
+            for (int ky = 0; ky < 5; ky++)
+                for (int kx = 0; kx < 5; kx++) {
+                    const float *wk = w[O_H2W + (o * 12 + i) * 25 + ky * 5 + kx];
+                    for (int oy = 0; oy < 4; oy++)
+                        for (int ox = 0; ox < 4; ox++) {
+                            const float *d = s->d2[o * 16 + oy * 4 + ox];
+                            float *gu = g[(2 * oy + ky) * 12 + 2 * ox + kx];
+                            LANES gu[b] += wk[b] * d[b];
                         }
                 }
         }
+    }
     for (int o = 0; o < 12; o++) {
         float ld[16][BLK];
         for (int p = 0; p < 16; p++) {
@@ -205,19 +223,22 @@ static void backward_update(float (*restrict w)[BLK], const float (*restrict k)[
         }
         for (int i = 0; i < 12; i++) {
             if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    float g[BLK];
-                    LANES g[b] = 0.0f;
-                    for (int oy = 0; oy < 4; oy++)
-                        for (int ox = 0; ox < 4; ox++) {
+            for (int ky = 0; ky < 5; ky++) {
+                float g[5][BLK];
+                for (int kx = 0; kx < 5; kx++) LANES g[kx][b] = 0.0f;
+                for (int oy = 0; oy < 4; oy++)
+                    for (int ox = 0; ox < 4; ox++) {
+                        const float *l = ld[oy * 4 + ox];
+                        for (int kx = 0; kx < 5; kx++) {
                             const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            const float *l = ld[oy * 4 + ox];
-                            LANES g[b] += l[b] * x[b];
+                            LANES g[kx][b] += l[b] * x[b];
                         }
+                    }
+                for (int kx = 0; kx < 5; kx++) {
                     float *wk = w[O_H2W + (o * 12 + i) * 25 + ky * 5 + kx];
-                    LANES wk[b] -= g[b];
+                    LANES wk[b] -= g[kx][b];
                 }
+            }
         }
     }
     /* H1: deltas on the 8x8 interior, then the shared kernels and the per-unit biases */
@@ -232,19 +253,23 @@ static void backward_update(float (*restrict w)[BLK], const float (*restrict k)[
                 LANES l[b] = lr[b] * g[b] * FPRIME(x[b]);
                 LANES w[O_H1B + m * 64 + oy * 8 + ox][b] -= l[b];
             }
-        for (int ky = 0; ky < 5; ky++)
-            for (int kx = 0; kx < 5; kx++) {
-                float g[BLK];
-                LANES g[b] = 0.0f;
-                for (int oy = 0; oy < 8; oy++)
-                    for (int ox = 0; ox < 8; ox++) {
-                        const float v = in[(2 * oy + ky) * 20 + 2 * ox + kx];
-                        const float *l = ld[oy * 8 + ox];
-                        LANES g[b] += l[b] * v;
+        for (int ky = 0; ky < 5; ky++) {
+            float g[5][BLK];
+            for (int kx = 0; kx < 5; kx++) LANES g[kx][b] = 0.0f;
+            for (int oy = 0; oy < 8; oy++)
+                for (int ox = 0; ox < 8; ox++) {
+                    const float *l = ld[oy * 8 + ox];
+                    const float *row = in + (2 * oy + ky) * 20 + 2 * ox;
+                    for (int kx = 0; kx < 5; kx++) {
+                        const float v = row[kx];
+                        LANES g[kx][b] += l[b] * v;
                     }
+                }
+            for (int kx = 0; kx < 5; kx++) {
                 float *wk = w[O_H1W + m * 25 + ky * 5 + kx];
-                LANES wk[b] -= g[b];
+                LANES wk[b] -= g[kx][b];
             }
+        }
     }
 }
 

@@ -23,7 +23,7 @@ import torch
 from zipnet.net import PARAM_NAMES
 
 SOURCE = Path(__file__).with_name("kernel.c")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 BLOCKS = (8, 16, 32)  # compiled lane counts; the engine picks one per population size
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
 SHAPES = {"H1w": (12, 25), "H1b": (12, 64), "H2w": (12, 300), "H2b": (12, 16),
@@ -79,6 +79,15 @@ def _load(blk: int) -> ctypes.CDLL:
     lib.zn_forward.argtypes = [ptr, ptr, i32, ptr, ptr, i32, ptr, i32]
     lib.zn_train_pass.restype = lib.zn_forward.restype = i32
     return lib
+
+
+def block_for(K: int) -> int:
+    """Lanes per block: the widest that still makes two blocks (wider tiles run faster; two cores).
+
+    It depends on K only, never on the thread count, so results do not depend on the machine's cores.
+    """
+    fits = [blk for blk in BLOCKS if K >= 2 * blk]
+    return fits[-1] if fits else BLOCKS[0]
 
 
 def padded_inputs(x: torch.Tensor) -> torch.Tensor:
