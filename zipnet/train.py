@@ -22,6 +22,7 @@ from zipnet import tracking
 from zipnet.data import load_digits
 from zipnet.engine import RunResult, train
 from zipnet.errors import ConfigError, DataError
+from zipnet import population
 from zipnet.progress import PassBar
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -42,8 +43,12 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None, d
     digits = load_digits(cfg.data) if digits is None else digits
     log(f"data: {cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, fingerprint {digits.fingerprint[:12]}")
     bar = PassBar(opts["passes"], enabled={"auto": None, "on": True, "off": False}[opts["progress"]])
-    (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass, progress=bar,
-                      backend=opts["backend"])
+    result = population.take(cfg)  # trained already, with others, by hydra/launcher=population
+    if result is not None:
+        population.replay(result, log=log, on_pass=on_pass, progress=bar)
+    else:
+        (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass,
+                          progress=bar, backend=opts["backend"])
     if result.status == "diverged":
         bar.close()
         log(f"diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")

@@ -1,0 +1,1 @@
+"""zipnet's Hydra launcher: hydra/launcher=population."""
