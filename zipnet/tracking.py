@@ -19,6 +19,8 @@ under `mlruns/`; `tracking.uri`, else `MLFLOW_TRACKING_URI`, points elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -148,6 +150,20 @@ def base_tags(role: str) -> dict[str, str]:
     return tags
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """An exclusive file lock beside a sqlite store (no-op for a server)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    with open(uri[len("sqlite:///"):] + ".zipnet-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 _OPEN: dict[str, "Tracker"] = {}  # runs started in this process and not yet ended
 
 
@@ -160,9 +176,10 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         self.figures, self.weights = figures, weights
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = experiment
-        self.experiment_id = self._experiment_id(experiment)
+        with _store_lock(self.uri):  # the client creates the tables; two processes must not race
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment_id(experiment)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Tracker | None":
