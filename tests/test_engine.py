@@ -196,3 +196,14 @@ def test_kernel_results_do_not_depend_on_threads_or_neighbours():
     assert [strip(a) for a in one] == [strip(b) for b in two]
     assert strip(one[17]) == strip(alone[0])
     assert all(torch.equal(one[17].params[n], alone[0].params[n]) for n in PARAM_NAMES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_population_matches_the_cpu():
+    data = _data(300, 100)
+    members = [Member(init=InitSpec(seed=s), optim=OptimSpec(lr=0.01)) for s in range(4)]
+    cpu = train(members, data, passes=1, log=None, backend="torch")
+    gpu = train(members, data, passes=1, device="cuda", log=None, backend="auto")
+    for a, b in zip(cpu, gpu):
+        assert a.history[0]["test/misses"] == b.history[0]["test/misses"]
+        assert a.history[0]["test/loss"] == pytest.approx(b.history[0]["test/loss"], rel=1e-4)

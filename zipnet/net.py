@@ -136,3 +136,7 @@ def init_bound(spec: InitSpec, fan_in: int) -> float:
     """The half-width of the uniform init for a given fan-in (for tests and docs)."""
     f = fan_in + (1 if spec.fan_in_bias else 0)
     return spec.gain / (math.sqrt(f) if spec.init == "sqrt" else f)
+
+
+# The paper's figures hold for the seed's table, checked whenever the net is imported.
+check_paper_counts(connection_table("block"))
