@@ -711,9 +711,11 @@ class Sweep:
                 self._failed(job, err)
                 continue
             jobs.append(job)
+        from zipnet.population import group_key
+
         groups: dict[str, list[Job]] = {}
         for job in jobs:
-            groups.setdefault(_group_key(job), []).append(job)
+            groups.setdefault(group_key(job.cfg), []).append(job)
         first, last = trials[0].number, trials[-1].number
         self.log(f"batch: trials {first}-{last}, {len(jobs)} members in {len(groups)} population(s)")
         for group in groups.values():
@@ -735,6 +737,9 @@ class Sweep:
             torch.set_num_threads(opts["threads"])
         metric = self.spec.metric
         position = {id(job.member): k for k, job in enumerate(group)}
+        # who trained in each pass, in population order: a member's last bits depend on how
+        # many trained with it and where it sat, so its run records both (see reproduce.py)
+        schedule = [list(range(len(group)))]
 
         def on_pass(pass_number: int, live) -> set[int]:
             stop = set()
@@ -744,6 +749,9 @@ class Sweep:
                 trial.report(float(result.history[-1][metric]), pass_number)
                 if pass_number < opts["passes"] and trial.should_prune():
                     stop.add(k)
+            if pass_number < opts["passes"]:
+                alive = {position[id(r.member)] for r in live}
+                schedule.append([k for k in schedule[-1] if k in alive and k not in stop])
             values = [r.history[-1][metric] for r in live]
             if values:
                 best = min(values) if self.spec.direction == "minimize" else max(values)
@@ -753,30 +761,31 @@ class Sweep:
 
         try:
             results = train([job.member for job in group], digits, passes=opts["passes"], device=opts["device"],
-                            log=None, on_pass=on_pass)
+                            log=None, on_pass=on_pass, backend=opts["backend"], threads=opts["threads"])
         except KeyboardInterrupt:
             raise
         except Exception as err:
             for job in group:
                 self._failed(job, err)
             return
-        for job, result in zip(group, results):
-            self._finished(job, result, digits, len(group))
+        for k, (job, result) in enumerate(zip(group, results)):
+            passes = schedule[: len(result.history)]
+            self._finished(job, result, digits, [len(s) for s in passes], [s.index(k) for s in passes])
 
-    def _tags(self, job: Job, population: int) -> dict[str, str]:
+    def _tags(self, job: Job, sizes: list[int], positions: list[int] | None = None) -> dict[str, str]:
         tags = {"zipnet.study": self.spec.study, "zipnet.trial": str(job.trial.number),
-                "zipnet.population_size": str(population), "zipnet.worker": self.worker}
+                **tracking.population_tags(sizes, positions), "zipnet.worker": self.worker}
         retry = job.trial.user_attrs.get("zipnet.retry_of")
         if retry is not None:
             tags["zipnet.retry_of"] = str(retry)
         return tags
 
-    def _finished(self, job: Job, result, digits, population: int) -> None:
+    def _finished(self, job: Job, result, digits, sizes: list[int], positions: list[int]) -> None:
         """Log the member as a child run first, then tell Optuna (a kill in between is
         recovered: the trial is still RUNNING, so its run is deleted and it is asked again)."""
         if self.tracker is not None:
             run_id = self.tracker.log_result(result, job.cfg, job.overrides, digits, parent_run_id=self.parent,
-                                             tags=self._tags(job, population), role="trial",
+                                             tags=self._tags(job, sizes, positions), role="trial",
                                              run_name=f"{self.spec.study} #{job.trial.number}")
             job.trial.set_user_attr(RUN_ID, run_id)
         if result.status == "finished":
@@ -791,7 +800,7 @@ class Sweep:
     def _failed(self, job: Job, err: BaseException) -> None:
         if self.tracker is not None:
             run_id = self.tracker.log_failure(job.cfg, job.overrides, err, parent_run_id=self.parent,
-                                              tags=self._tags(job, 0), role="trial",
+                                              tags=self._tags(job, []), role="trial",
                                               run_name=f"{self.spec.study} #{job.trial.number}")
             job.trial.set_user_attr(RUN_ID, run_id)
         job.trial.set_user_attr(REASON, _one_line(err)[:500])
@@ -835,16 +844,6 @@ class Sweep:
                     client.log_artifacts(self.parent, tmp)
                 self.tracker.end(self.parent, "FINISHED")
         return now
-
-
-def _group_key(job: Job) -> str:
-    """Members share a population when they share data and trainer settings; the targets
-    are per member (Member.target_*), everything else in `data` is shared."""
-    data = OmegaConf.to_container(job.cfg.data, resolve=True)
-    for key in ("target_negative", "target_positive"):
-        data.pop(key, None)
-    opts = {k: v for k, v in job.opts.items() if k != "progress"}
-    return json.dumps([data, opts], sort_keys=True, default=str)
 
 
 def run_sweep(path: str | Path, overrides: list[str] = (), log=print, **settings) -> Tally:

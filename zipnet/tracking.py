@@ -324,11 +324,8 @@ class Tracker:
 
     def children(self, parent_run_id: str):
         """The parent's child runs as a DataFrame (mlflow.search_runs)."""
-        import mlflow
-
-        mlflow.set_tracking_uri(self.uri)  # search_runs reads the global URI
-        return mlflow.search_runs(experiment_ids=[self.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        return search_runs(self.uri, experiment_ids=[self.experiment_id],
+                           filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
     def summarise(self, parent_run_id: str, metric: str = "test/error", direction: str = "minimize") -> dict:
         """Counts by status and the best child by `metric`, logged onto the parent."""
@@ -353,6 +350,38 @@ class Tracker:
         tags = [RunTag("zipnet.best_run_id", summary["best_run_id"])] if "best_run_id" in summary else []
         self.client.log_batch(parent_run_id, metrics=metrics, tags=tags)
         return summary
+
+
+def search_runs(uri: str, **kwargs):
+    """`mlflow.search_runs` (a DataFrame) against `uri`, leaving MLflow's global URI and
+    $MLFLOW_TRACKING_URI (which set_tracking_uri exports to subprocesses) as they were."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as service
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = getattr(service, "_tracking_uri", None)
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.search_runs(**kwargs)
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def population_tags(sizes: list[int], positions: list[int] | None = None) -> dict[str, str]:
+    """How many members trained together in each pass, and the member's place among them.
+
+    The engine's arithmetic path, and so the last bits of a member's metrics, depends on
+    both; zipnet-reproduce replays them with copies of the member."""
+    if not sizes:
+        return {}
+    tags = {"zipnet.population_size": str(sizes[0]), "zipnet.population_sizes": ",".join(map(str, sizes))}
+    if positions:
+        tags["zipnet.population_positions"] = ",".join(map(str, positions))
+    return tags
 
 
 def abort_open_runs(status: str, error: BaseException | None = None) -> None:

@@ -86,7 +86,10 @@ def tracked_run(cfg: DictConfig, tracker: "tracking.Tracker", overrides: list[st
         tracker.log_config(run_id, cfg, overrides, digits.fingerprint)
         result = run(cfg, log=log, out_dir=out_dir, on_pass=stream, digits=digits)
         tracker.log_history(run_id, result.history[logged:])  # the pass a member diverged in
-        tracker.finish(run_id, result, digits)
+        sizes = getattr(result, "population_sizes", None)  # set when a population trained it
+        positions = getattr(result, "population_positions", None)
+        tracker.finish(run_id, result, digits,
+                       extra_tags=tracking.population_tags(list(sizes or [1]), list(positions or [0])))
     except KeyboardInterrupt as err:
         tracker.end(run_id, "KILLED", err)
         raise
