@@ -1,6 +1,8 @@
 # make repro   the 23-pass 1989 reproduction on the embedded digits (creates .venv if missing)
 # make test    the fast test suite (what CI runs); make test-all adds the slow tests
+# make ui      the MLflow UI on http://127.0.0.1:5000 over this project's store (PORT=5001 make ui)
 VENV ?= .venv
+PORT ?= 5000
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zipnet-installed
 
@@ -23,3 +25,8 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+
+ui: $(STAMP)
+	mkdir -p mlruns
+	$(BIN)/mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts \
+		--host 127.0.0.1 --port $(PORT)

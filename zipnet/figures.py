@@ -37,7 +37,7 @@ def learning_curve(history: list[dict], path: Path, title: str = "") -> Path:
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)  # fixed: tight_layout costs a draw
     fig.savefig(path)
     return path
 
@@ -73,7 +73,7 @@ def confusion_png(matrix: np.ndarray, path: Path) -> Path:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"test: {int(matrix.sum() - np.trace(matrix))} misses of {int(matrix.sum())}", fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.12, top=0.92)
     fig.savefig(path)
     return path
 

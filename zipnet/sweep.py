@@ -718,6 +718,8 @@ class Sweep:
             groups.setdefault(group_key(job.cfg), []).append(job)
         first, last = trials[0].number, trials[-1].number
         self.log(f"batch: trials {first}-{last}, {len(jobs)} members in {len(groups)} population(s)")
+        self.seconds = {"train": 0.0, "log": 0.0}
+        started = time.perf_counter()
         for group in groups.values():
             try:
                 digits = load_digits(group[0].cfg.data)
@@ -726,6 +728,9 @@ class Sweep:
                     self._failed(job, err)
                 continue
             self._train_group(group, digits)
+        total = time.perf_counter() - started
+        self.log(f"batch done in {total:.1f} s: training {self.seconds['train']:.1f} s, "
+                 f"MLflow and Optuna {self.seconds['log']:.1f} s")
 
     def _train_group(self, group: list[Job], digits) -> None:
         import torch
@@ -759,6 +764,7 @@ class Sweep:
                          + (f", {len(stop)} pruned" if stop else ""))
             return stop
 
+        started = time.perf_counter()
         try:
             results = train([job.member for job in group], digits, passes=opts["passes"], device=opts["device"],
                             log=None, on_pass=on_pass, backend=opts["backend"], threads=opts["threads"])
@@ -768,9 +774,13 @@ class Sweep:
             for job in group:
                 self._failed(job, err)
             return
+        finally:
+            self.seconds["train"] += time.perf_counter() - started
+        started = time.perf_counter()
         for k, (job, result) in enumerate(zip(group, results)):
             passes = schedule[: len(result.history)]
             self._finished(job, result, digits, [len(s) for s in passes], [s.index(k) for s in passes])
+        self.seconds["log"] += time.perf_counter() - started
 
     def _tags(self, job: Job, sizes: list[int], positions: list[int] | None = None) -> dict[str, str]:
         tags = {"zipnet.study": self.spec.study, "zipnet.trial": str(job.trial.number),
@@ -860,7 +870,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, help="trials trained together as one population (overrides the file)")
     parser.add_argument("--storage", help="Optuna storage URL, or journal:PATH (overrides the file)")
     parser.add_argument("--study", help="study name (overrides the file)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         run_sweep(args.study_file, args.overrides, n_trials=args.n_trials, batch=args.batch, storage=args.storage,
                   study=args.study)
