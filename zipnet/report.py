@@ -106,7 +106,7 @@ def _levels(values: pd.Series) -> pd.Series:
     fractional = numeric.notna().all() and bool((numeric % 1 != 0).any())
     if numeric.notna().all() and values.nunique() > (4 if fractional else MAX_LEVELS):
         bins = pd.qcut(numeric, q=4, duplicates="drop")
-        return bins.astype(str)
+        return bins.map(lambda b: f"{max(b.left, numeric.min()):.3g} to {b.right:.3g}").astype(str)
     return values.astype(str)
 
 
