@@ -159,6 +159,9 @@ def test_pruned_members_leave_after_their_pass(backend):
     assert [r.status for r in results] == ["finished", "pruned", "finished"]
     assert [len(r.history) for r in results] == [2, 1, 2]
     assert results[1].params is not None
+    # each result records who trained with it per pass (zipnet-reproduce replays this)
+    assert [r.population_sizes for r in results] == [[3, 2], [3], [3, 2]]
+    assert [r.population_positions for r in results] == [[0, 0], [1], [2, 1]]
 
 
 def test_per_pass_lr_schedule_is_applied():

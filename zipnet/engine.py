@@ -57,6 +57,10 @@ class RunResult:
     diverged_at_pass: int | None = None
     params: dict[str, torch.Tensor] | None = None
     test_outputs: torch.Tensor | None = None  # (N_test, 10) after the last evaluated pass
+    # per pass: how many members trained together, and this one's place among them; the
+    # last bits of its metrics depend on both (zipnet-reproduce replays them)
+    population_sizes: list[int] = field(default_factory=list)
+    population_positions: list[int] = field(default_factory=list)
 
 
 def input_patches(x: torch.Tensor) -> torch.Tensor:
@@ -349,6 +353,8 @@ def train(
                 row["seconds"] = seconds
                 result = results[pos]
                 result.history.append(row)
+                result.population_sizes.append(len(active))
+                result.population_positions.append(k)
                 result.test_outputs = metrics["test"][2][k].cpu()
                 if not (finite[k] and math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
                     result.status, result.diverged_at_pass = "diverged", pass_number
