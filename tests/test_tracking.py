@@ -17,7 +17,7 @@ from zipnet.train import CONF_DIR, tracked_run
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.progress=off"]
 ARTIFACTS = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "learning_curve.png", "misclassified.png",
-             "confusion.png", "confusion.csv"}
+             "confusion.png", "confusion.csv", "rejection_curve.png", "rejection.csv"}
 
 
 def _compose(overrides):
@@ -134,7 +134,8 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
         stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
         assert stored == [(row["pass"], row["train/loss"]) for row in result.history]
         assert {a.path for a in client.list_artifacts(run_id)} == {"config_resolved.yaml", "overrides.yaml",
-                                                                     "weights.pt", "confusion.csv"}
+                                                                     "weights.pt", "confusion.csv",
+                                                                     "rejection.csv"}
 
 
 def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ last logged value, i.e. the final pass), prints the tables, and writes leaderboa
 leaderboard.md, effects.csv and effects.md to --out (default reports/<study|experiment>).
 
 The leaderboard ranks finished runs by final test error (pruned ones too with
---include-pruned). The effect table has, for every factor that varies between those
-runs, the mean ± std of the final test error per level; a numeric factor with many
-values (a log-scaled lr) is cut into quartiles.
+--include-pruned); where runs carry it, a column gives the % of test digits rejected for
+1% error on the rest (the paper's 12.1%). The effect table has, for every factor that
+varies between those runs, the mean ± std of the final test error per level; a numeric
+factor with many values (a log-scaled lr) is cut into quartiles.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ COLUMNS = {  # leaderboard column -> search_runs column
     "train/misses": "metrics.train/misses", "test/misses": "metrics.test/misses",
     "train/mse": "metrics.train/loss", "test/mse": "metrics.test/loss",
 }
+OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}"}  # shown only where some run has it
 MAX_LEVELS = 6
 
 
@@ -67,7 +69,8 @@ def _status(df: pd.DataFrame) -> pd.Series:
 
 
 def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False) -> pd.DataFrame:
-    """The top runs by final test error: overrides, train/test error, misses and MSE."""
+    """The top runs by final test error: overrides, train/test error, misses and MSE, and
+    the rejection rate at 1% error where the runs have one."""
     keep = ("finished", "pruned") if include_pruned else ("finished",)
     runs = df[_status(df).isin(keep)]
     runs = runs[runs.get("metrics.test/error", pd.Series(dtype=float)).notna()] if len(runs) else runs
@@ -77,6 +80,7 @@ def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False) -
         "status": _status(runs) if len(runs) else [],
         "passes": pd.to_numeric(runs.get("tags.zipnet.passes_done", pd.Series(index=runs.index, dtype=float))),
         **{name: runs.get(col, pd.Series(index=runs.index, dtype=float)) for name, col in COLUMNS.items()},
+        **{name: runs[col] for name, col in OPTIONAL.items() if col in runs and runs[col].notna().any()},
         "overrides": runs.get("tags.zipnet.overrides", pd.Series("", index=runs.index)),
     })
     for col in ("train/misses", "test/misses", "passes"):

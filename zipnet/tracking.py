@@ -5,8 +5,11 @@ A run holds
 - tags: git commit and dirty flag, zipnet version, data fingerprint, status, and the
   sweep or study with the job or trial number when it is part of one;
 - metrics per pass (step = pass number): train/test loss, error %, misses, lr, seconds;
+- metric `test/reject_at_1pct` at the last pass: the % of test digits to reject, smallest
+  top-two margin first, for 1% error on the rest (the paper's 12.1%; zipnet/rejection.py);
 - artifacts: config_resolved.yaml, overrides.yaml, weights.pt (a state_dict), the
-  learning curve, the misclassified test digits and the confusion matrix (PNG and CSV).
+  learning curve, the misclassified test digits, the confusion matrix (PNG and CSV) and
+  the rejection curve (rejection_curve.png, rejection.csv).
 
 Two ways in. A single `zipnet-train` run streams: `start` before training, `log_pass`
 after every pass (one `log_batch` call), `finish` at the end. A population trains K
@@ -45,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # per-pass metrics as the engine writes them; `seconds` is wall time, never compared
 METRICS = ("train/loss", "train/error", "train/misses", "test/loss", "test/error", "test/misses", "lr", "seconds")
+# once per run, at its last pass: rejection rate (%) for 1% error on the accepted test digits
+REJECT_METRIC = "test/reject_at_1pct"
 # keys that describe where and how a run was watched, not what was trained
 NOT_TRAINING = ("tracking.", "trainer.progress", "data.cache_dir")
 
@@ -262,8 +267,9 @@ class Tracker:
     def _log_outputs(self, run_id: str, result, digits) -> None:
         import numpy as np
         import torch
+        from mlflow.entities import Metric
 
-        from zipnet import figures
+        from zipnet import figures, rejection
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
@@ -280,6 +286,14 @@ class Tracker:
                 if self.figures:
                     figures.confusion_png(matrix, out / "confusion.png")
                     figures.misclassified_grid(digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png")
+                reject_rate, error = rejection.curve(outputs.cpu().numpy(), labels)
+                figures.rejection_csv(reject_rate, error, out / "rejection.csv")
+                if self.figures:
+                    figures.rejection_curve(reject_rate, error, out / "rejection_curve.png", title=run_id[:8])
+                if result.history:  # outputs are those of the last pass evaluated
+                    at_1pct = rejection.rate_on_curve(reject_rate, error, 1.0)
+                    step = int(result.history[-1]["pass"])
+                    self.client.log_batch(run_id, metrics=[Metric(REJECT_METRIC, at_1pct, int(time.time() * 1000), step)])
             if any(out.iterdir()):
                 self.client.log_artifacts(run_id, tmp)
 
