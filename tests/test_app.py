@@ -54,7 +54,7 @@ def test_overrides_reach_the_member():
     "override,key,allowed",
     [
         ("model.init=foo", "model.init", "sqrt, linear"),
-        ("model.activation=relu", "model.activation", "tanh, scaled_tanh"),
+        ("model.activation=sigmoid", "model.activation", "tanh, scaled_tanh, relu"),
         ("model.table=diag", "model.table", "block, random, full"),
         ("loss.mse=l1", "loss.mse", "mean, sum, half_sum"),
         ("optim.lr=-0.1", "optim.lr", "> 0"),

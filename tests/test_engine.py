@@ -1,6 +1,6 @@
 """The population engine against the autograd reference: gradients, SGD steps, members vs single runs."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,20 +10,7 @@ from zipnet.engine import Member, Population, input_patches, train
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_loss, train_pass
-
-
-def _digits(n: int, seed: int = 0):
-    """Learnable stand-in digits: a fixed random prototype per class plus noise, in [-1, 1]."""
-    prototypes = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(99)) * 2 - 1
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    x = (prototypes[y] + 0.8 * torch.randn(n, 1, 16, 16, generator=g)).clamp(-1, 1)
-    return x, y
-
-
-def _close(got, want, tol=1e-6):
-    """Equal to ~1e-6 of the tensor's scale (float32 sums in another order differ in the last bits)."""
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=tol * max(1.0, float(want.abs().max())))
+from stand_ins import close as _close, data as _data, digits as _digits
 
 
 MEMBERS = [
@@ -99,19 +86,6 @@ def test_evaluation_matches_the_reference_forward():
         t = pop.targets[k, y]
         assert float(loss[k]) == pytest.approx(float(((ref_out - t) ** 2).mean()), rel=1e-5)
         assert int(misses[k]) == int((ref_out.argmax(1) != y).sum())
-
-
-@dataclass
-class _Digits:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def _data(n_train=1000, n_test=200):
-    x, y = _digits(n_train + n_test, seed=3)
-    return _Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
 KERNEL_MEMBERS = [replace(m, table="block") for m in MEMBERS]

@@ -13,10 +13,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from zipnet.engine import BACKENDS, MSE_C, Member
 from zipnet.errors import ConfigError
-from zipnet.net import ACTIVATIONS, INITS, TABLES, InitSpec
-from zipnet.optim import OPTIMS, OptimSpec
+from zipnet.net import ACTIVATIONS, INITS, OUTPUTS, TABLES, InitSpec
+from zipnet.optim import HESSIANS, OPTIMS, OptimSpec
 
 PROGRESS = ("auto", "on", "off")
+LOSSES = ("mse", "cross_entropy")
 
 
 def _get(cfg: DictConfig, key: str):
@@ -85,24 +86,56 @@ def member(cfg: DictConfig) -> Member:
     positive = number(cfg, "data.target_positive")
     if not negative < positive:
         raise ConfigError("data.target_negative", f"{negative} must be below data.target_positive ({positive})")
+    loss = choice(cfg, "loss.name", LOSSES)
+    dropout = number(cfg, "model.dropout")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError("model.dropout", f"{dropout!r} is not allowed; give a rate in [0, 1)")
     return Member(
         init=init,
         table=choice(cfg, "model.table", TABLES),
         table_seed=integer(cfg, "model.table_seed", minimum=0),
-        activation=choice(cfg, "model.activation", tuple(ACTIVATIONS)),
-        mse=choice(cfg, "loss.mse", tuple(MSE_C)),
+        activation=choice(cfg, "model.activation", ACTIVATIONS),
+        output=choice(cfg, "model.output", OUTPUTS),
+        loss=loss,
+        mse=choice(cfg, "loss.mse", tuple(MSE_C)) if loss == "mse" else "mean",
         target_negative=negative,
         target_positive=positive,
-        optim=OptimSpec(
-            name=choice(cfg, "optim.name", OPTIMS),
-            lr=number(cfg, "optim.lr", positive=True),
-            lr_by_pass=lr_by_pass(cfg, "optim.lr_by_pass"),
-        ),
+        dropout=dropout,
+        optim=optim(cfg),
     )
 
 
+def optim(cfg: DictConfig) -> OptimSpec:
+    """The optim group: the keys every rule has, then the chosen rule's own."""
+    name = choice(cfg, "optim.name", OPTIMS)
+    lr_end = _get(cfg, "optim.lr_end") if OmegaConf.select(cfg, "optim.lr_end", default="<absent>") != "<absent>" else None
+    spec = dict(
+        name=name,
+        lr=number(cfg, "optim.lr", positive=True),
+        lr_by_pass=lr_by_pass(cfg, "optim.lr_by_pass"),
+        lr_end=None if lr_end is None else number(cfg, "optim.lr_end", positive=True),
+    )
+    if name == "sdlm":
+        spec.update(mu=number(cfg, "optim.mu", positive=True), hessian=choice(cfg, "optim.hessian", HESSIANS),
+                    hessian_samples=integer(cfg, "optim.hessian_samples", minimum=1))
+        decay = number(cfg, "optim.hessian_decay", positive=True)
+        if decay > 1:
+            raise ConfigError("optim.hessian_decay", f"{decay!r} is not allowed; give a number in (0, 1]")
+        spec["hessian_decay"] = decay
+    if name == "adamw":
+        for key in ("beta1", "beta2"):
+            beta = number(cfg, f"optim.{key}")
+            if not 0.0 <= beta < 1.0:
+                raise ConfigError(f"optim.{key}", f"{beta!r} is not allowed; give a number in [0, 1)")
+            spec[key] = beta
+        spec.update(eps=number(cfg, "optim.eps", positive=True), weight_decay=number(cfg, "optim.weight_decay"))
+        if spec["weight_decay"] < 0:
+            raise ConfigError("optim.weight_decay", f"{spec['weight_decay']!r} is not allowed; give a number >= 0")
+    return OptimSpec(**spec)
+
+
 def trainer(cfg: DictConfig) -> dict:
-    """The trainer group, checked: passes, device, threads, progress."""
+    """The trainer group, checked: passes, device, threads, progress, backend, shifts."""
     device = _get(cfg, "trainer.device")
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError("trainer.device", f"{device!r} is not allowed; choose one of cpu, cuda, cuda:N")
@@ -112,4 +145,12 @@ def trainer(cfg: DictConfig) -> dict:
         "threads": integer(cfg, "trainer.threads", minimum=0),
         "progress": choice(cfg, "trainer.progress", PROGRESS),
         "backend": choice(cfg, "trainer.backend", BACKENDS),
+        "shift": integer(cfg, "trainer.shift", minimum=0),
+        "shift_seed": integer(cfg, "trainer.shift_seed", minimum=0),
     }
+
+
+def engine_options(opts: dict) -> dict:
+    """The keyword arguments of engine.train that the trainer group sets."""
+    keys = ("passes", "device", "backend", "threads", "shift", "shift_seed")
+    return {key: opts[key] for key in keys}

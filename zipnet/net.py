@@ -30,7 +30,9 @@ PAPER_UNITS, PAPER_CONNECTIONS, PAPER_PARAMETERS, PAPER_MACS = 1_256, 64_660, 9_
 
 TABLES = ("block", "random", "full")
 INITS = ("sqrt", "linear")
-ACTIVATIONS = {"tanh": (1.0, 1.0), "scaled_tanh": (1.7159, 2.0 / 3.0)}  # f(a) = A tanh(S a)
+SQUASHES = {"tanh": (1.0, 1.0), "scaled_tanh": (1.7159, 2.0 / 3.0)}  # f(a) = A tanh(S a)
+ACTIVATIONS = (*SQUASHES, "relu")  # relu: the modern recipe's hidden units
+OUTPUTS = ("squash", "linear")  # the paper squashes its outputs too; linear feeds a softmax
 
 
 def connection_table(kind: str, seed: int = 0) -> np.ndarray:

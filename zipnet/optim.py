@@ -1,8 +1,14 @@
-"""Per-example update rules for a population: each member has its own learning rate and schedule.
+"""Per-example update rules for a population: each member has its own rates and schedule.
 
 An optimiser sees the gradients of one example for all K members and updates the
-parameters in place. The paper's diagonal-Hessian method ("a special version of
-Newton's algorithm") and a modern one plug in here with the same three methods.
+parameters in place. Three rules:
+
+- `sgd`: w <- w - lr dE/dw.
+- `sdlm`: the paper's "special version of Newton's algorithm that uses a positive,
+  diagonal approximation of the Hessian" (stochastic diagonal Levenberg-Marquardt,
+  REFERENCE.md §2): w_k <- w_k - eta / (mu + h_k) dE/dw_k, with h_k >= 0 a Gauss-Newton
+  estimate of d2E/dw_k^2 that the engine computes (engine.Population.curvature).
+- `adamw`: the modern recipe's rule (decoupled weight decay), one step per example.
 """
 
 from __future__ import annotations
@@ -11,43 +17,157 @@ from dataclasses import dataclass
 
 import torch
 
-OPTIMS = ("sgd",)
+OPTIMS = ("sgd", "sdlm", "adamw")
+HESSIANS = ("pass", "running")  # sdlm: h fixed per pass from a sample, or a running average
 
 
 @dataclass(frozen=True)
 class OptimSpec:
     name: str = "sgd"
-    lr: float = 0.03  # the seed's value; the paper publishes none
+    lr: float = 0.03  # sgd's lr, sdlm's eta, adamw's lr; the paper publishes none
     lr_by_pass: tuple[float, ...] | None = None  # one lr per pass, the last one repeating
+    lr_end: float | None = None  # linear from lr (first pass) to lr_end (last pass)
+    # sdlm
+    mu: float = 0.02  # LeNet-5's value; keeps eta / (mu + h) bounded where h is small
+    hessian: str = "pass"
+    hessian_samples: int = 500  # patterns averaged for h before each pass ("pass")
+    hessian_decay: float = 0.01  # h <- (1 - g) h + g h_pattern ("running")
+    # adamw (torch's defaults)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
 
-    def lr_at(self, pass_index: int) -> float:
+    def lr_at(self, pass_index: int, passes: int) -> float:
         if self.lr_by_pass:
             return float(self.lr_by_pass[min(pass_index, len(self.lr_by_pass) - 1)])
+        if self.lr_end is not None and passes > 1:
+            return float(self.lr + (self.lr_end - self.lr) * pass_index / (passes - 1))
         return float(self.lr)
+
+
+def _per_member(values: list[float], device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (K,) vector shaped to broadcast against a (K, ...) parameter."""
+    return v.view(-1, *([1] * (like.dim() - 1)))
 
 
 class SGD:
     """w <- w - lr * dE/dw after every example."""
 
+    fused = True  # the engine may fold lr into the deltas and fuse the outer products
+    curvature: str | None = None  # what second-order information the engine must supply
+
     def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
         self.specs = list(specs)
+        self.device = device
         self.lr = torch.zeros(len(self.specs), device=device)
-        self.fused = True  # the engine may apply lr * delta outer products directly
 
-    def start_pass(self, pass_index: int) -> list[float]:
-        lrs = [spec.lr_at(pass_index) for spec in self.specs]
+    def start_pass(self, pass_index: int, passes: int = 1) -> list[float]:
+        lrs = [spec.lr_at(pass_index, passes) for spec in self.specs]
         self.lr.copy_(torch.tensor(lrs))
         return lrs
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         for name, p in params.items():
-            g = grads[name]
-            p.addcmul_(self.lr.view(-1, *([1] * (g.dim() - 1))), g, value=-1.0)
+            p.addcmul_(_expand(self.lr, p), grads[name], value=-1.0)
 
     def keep(self, index: torch.Tensor) -> None:
         """Drop members: keep only those at `index` (diverged or pruned ones leave)."""
         self.specs = [self.specs[i] for i in index.tolist()]
-        self.lr = self.lr[index.to(self.lr.device)].clone()
+        for name, value in list(vars(self).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, value[index.to(value.device)].clone())
+            elif isinstance(value, dict):
+                setattr(self, name, {k: v[index.to(v.device)].clone() for k, v in value.items()})
+
+
+class SDLM(SGD):
+    """Stochastic diagonal Levenberg-Marquardt: a step eta / (mu + h_k) per parameter.
+
+    "pass": before each pass the engine averages h over `hessian_samples` patterns and
+    calls `set_curvature`; the step sizes then hold for the pass (LeNet-5's procedure).
+    "running": the engine hands every pattern's h to `observe` before the step.
+    """
+
+    fused = False
+
+    def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
+        super().__init__(specs, device)
+        modes = {(s.hessian, s.hessian_samples) for s in specs}
+        if len(modes) != 1:
+            raise ValueError(f"one population estimates h one way; got {sorted(modes)}")
+        self.curvature, self.samples = modes.pop()
+        self.mu = _per_member([s.mu for s in specs], device)
+        self.decay = _per_member([s.hessian_decay for s in specs], device)
+        self.h: dict[str, torch.Tensor] = {}
+        self.step_size: dict[str, torch.Tensor] = {}
+
+    def set_curvature(self, h: dict[str, torch.Tensor]) -> None:
+        self.h = {name: t.clone() for name, t in h.items()}
+        self._step_sizes()
+
+    def observe(self, h: dict[str, torch.Tensor]) -> None:
+        """Running average: h <- (1 - g) h + g h_pattern."""
+        for name, t in h.items():
+            g = _expand(self.decay, t)
+            self.h[name].mul_(1 - g).addcmul_(g, t)
+        self._step_sizes()
+
+    def start_pass(self, pass_index: int, passes: int = 1) -> list[float]:
+        lrs = super().start_pass(pass_index, passes)
+        if self.h:
+            self._step_sizes()
+        return lrs
+
+    def _step_sizes(self) -> None:
+        # eps_k = eta / (mu + h_k)
+        self.step_size = {
+            name: _expand(self.lr, h) / (_expand(self.mu, h) + h) for name, h in self.h.items()
+        }
+
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        for name, p in params.items():
+            p.addcmul_(self.step_size[name], grads[name], value=-1.0)
+
+
+class AdamW(SGD):
+    """Adam with decoupled weight decay, one step per example (the seed's modern.py rule)."""
+
+    fused = False
+
+    def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
+        super().__init__(specs, device)
+        self.beta1 = _per_member([s.beta1 for s in specs], device)
+        self.beta2 = _per_member([s.beta2 for s in specs], device)
+        self.eps = _per_member([s.eps for s in specs], device)
+        self.weight_decay = _per_member([s.weight_decay for s in specs], device)
+        self.t = 0
+        self.m: dict[str, torch.Tensor] = {}
+        self.v: dict[str, torch.Tensor] = {}
+
+    def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
+        # one flat (K, P) vector per state: a handful of tensor ops per pattern, not eight times as many
+        g = torch.cat([grads[name].reshape(len(self.specs), -1) for name in params], dim=1)
+        if not self.m:
+            self.m, self.v = {"flat": torch.zeros_like(g)}, {"flat": torch.zeros_like(g)}
+        self.t += 1
+        m, v = self.m["flat"], self.v["flat"]
+        b1, b2 = self.beta1.view(-1, 1), self.beta2.view(-1, 1)
+        m.mul_(b1).addcmul_(1 - b1, g)
+        v.mul_(b2).addcmul_((1 - b2) * g, g)
+        lr = self.lr.view(-1, 1)
+        denom = (v / (1 - b2 ** self.t)).sqrt_().add_(self.eps.view(-1, 1))
+        update = (m * (lr / (1 - b1 ** self.t))).div_(denom)
+        offset = 0
+        for name, p in params.items():
+            size = p[0].numel()
+            p.mul_(1 - lr.view(-1, *([1] * (p.dim() - 1))) * _expand(self.weight_decay, p))  # decoupled decay
+            p.sub_(update[:, offset : offset + size].view_as(p))
+            offset += size
 
 
 def make_optimiser(specs: list[OptimSpec], device) -> SGD:
@@ -55,8 +175,9 @@ def make_optimiser(specs: list[OptimSpec], device) -> SGD:
     if len(names) != 1:
         raise ValueError(f"one population trains with one optimiser; got {sorted(names)}")
     name = names.pop()
-    if name == "sgd":
-        return SGD(specs, device)
-    from zipnet.errors import ConfigError
+    rules = {"sgd": SGD, "sdlm": SDLM, "adamw": AdamW}
+    if name not in rules:
+        from zipnet.errors import ConfigError
 
-    raise ConfigError("optim.name", f"{name!r} is not allowed; choose one of {', '.join(OPTIMS)}")
+        raise ConfigError("optim.name", f"{name!r} is not allowed; choose one of {', '.join(OPTIMS)}")
+    return rules[name](specs, device)

@@ -1,8 +1,8 @@
 """Many configurations trained as populations, for the Hydra launcher and batched sweeps.
 
 Configurations that differ only in per-member values (lr, init, seeds, MSE scaling, targets,
-activation) train together in lockstep; those that differ in data, trainer settings, the
-connection table or the optimiser form separate groups. Each trained result is then handed
+tanh or scaled tanh, dropout) train together in lockstep; those that differ in data, trainer
+settings, the connection table, relu, the output or loss, or the optimiser form separate groups. Each trained result is then handed
 to its own job, which logs it exactly as if it had trained alone.
 """
 
@@ -40,8 +40,11 @@ def group_key(cfg: DictConfig) -> str:
     plain = _plain(cfg)
     data = {k: v for k, v in plain["data"].items() if not k.startswith("target_")}
     model = plain["model"]
+    optim = plain["optim"]
     shared = {"data": data, "trainer": plain["trainer"], "table": [model["table"], model["table_seed"]],
-              "optim": plain["optim"]["name"]}
+              "relu": model.get("activation") == "relu", "output": model.get("output"),
+              "loss": plain["loss"].get("name"),
+              "optim": [optim["name"], optim.get("hessian"), optim.get("hessian_samples")]}
     return json.dumps(shared, sort_keys=True)
 
 
@@ -67,8 +70,7 @@ def train_configs(cfgs: list[DictConfig], log=None) -> list[RunResult | None]:
         if log:
             log(f"population {n}/{len(groups)}: {len(indices)} members, {opts['passes']} passes")
         members = [checks.member(cfgs[i]) for i in indices]
-        trained = train(members, digits, passes=opts["passes"], device=opts["device"], log=None,
-                        backend=opts["backend"], threads=opts["threads"])
+        trained = train(members, digits, log=None, **checks.engine_options(opts))
         for i, result in zip(indices, trained):
             results[i] = result
     return results

@@ -11,15 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipnet.net import ACTIVATIONS, h2_mask
+from zipnet.net import SQUASHES, h2_mask
 
 MSE_SCALE = {"mean": 0.1, "sum": 1.0, "half_sum": 0.5}  # E = scale * sum_k (y_k - t_k)^2
 
 
 class Net1989(nn.Module):
-    def __init__(self, params: dict[str, torch.Tensor], table: np.ndarray, activation: str = "tanh"):
+    def __init__(self, params: dict[str, torch.Tensor], table: np.ndarray, activation: str = "tanh",
+                 output: str = "squash"):
         super().__init__()
-        self.A, self.S = ACTIVATIONS[activation]
+        self.relu = activation == "relu"
+        self.A, self.S = SQUASHES.get(activation, (1.0, 1.0))
+        self.linear_out = output == "linear"
+        self.keep = None  # optional (B, 192) dropout multipliers on H2's output (0 or 1/(1-p))
         self.register_buffer("mask", h2_mask(table).reshape(12, 12, 5, 5))
         self.H1w = nn.Parameter(params["H1w"].reshape(12, 1, 5, 5).clone())
         self.H1b = nn.Parameter(params["H1b"].reshape(12, 8, 8).clone())
@@ -31,15 +35,19 @@ class Net1989(nn.Module):
         self.outb = nn.Parameter(params["outb"].clone())
 
     def f(self, a):
-        return self.A * torch.tanh(self.S * a)
+        return torch.relu(a) if self.relu else self.A * torch.tanh(self.S * a)
 
     def forward(self, x):  # x: (B, 1, 16, 16)
         x = F.pad(x, (2, 2, 2, 2), "constant", -1.0)  # "constant padding of -1"
         x = self.f(F.conv2d(x, self.H1w, stride=2) + self.H1b)
         x = F.pad(x, (2, 2, 2, 2), "constant", -1.0)
         x = self.f(F.conv2d(x, self.H2w * self.mask, stride=2) + self.H2b)
-        x = self.f(x.flatten(start_dim=1) @ self.H3w + self.H3b)
-        return self.f(x @ self.outw + self.outb)
+        x = x.flatten(start_dim=1)
+        if self.keep is not None:
+            x = x * self.keep
+        x = self.f(x @ self.H3w + self.H3b)
+        y = x @ self.outw + self.outb
+        return y if self.linear_out else self.f(y)
 
     def engine_params(self) -> dict[str, torch.Tensor]:
         """The parameters in the engine's layout (no K axis)."""
@@ -70,6 +78,10 @@ class Net1989(nn.Module):
 
 def example_loss(y: torch.Tensor, t: torch.Tensor, mse: str) -> torch.Tensor:
     return MSE_SCALE[mse] * ((y - t) ** 2).sum()
+
+
+def example_cross_entropy(y: torch.Tensor, label: int) -> torch.Tensor:
+    return -torch.log_softmax(y, dim=0)[label]
 
 
 def train_pass(model: Net1989, x: torch.Tensor, targets: torch.Tensor, lr: float, mse: str = "mean") -> None:

@@ -161,8 +161,7 @@ def rerun_population(overrides: list[str], sizes: list[int], positions: list[int
         want_after = sizes[pass_number] - want_before - 1
         return set(before[: len(before) - want_before]) | set(after[max(0, want_after):])
 
-    results = train(copies, load_digits(cfg.data), passes=opts["passes"], device=opts["device"], log=None,
-                    on_pass=follow, backend=opts["backend"], threads=opts["threads"])
+    results = train(copies, load_digits(cfg.data), log=None, on_pass=follow, **checks.engine_options(opts))
     return results[target].history
 
 

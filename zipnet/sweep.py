@@ -766,8 +766,8 @@ class Sweep:
 
         started = time.perf_counter()
         try:
-            results = train([job.member for job in group], digits, passes=opts["passes"], device=opts["device"],
-                            log=None, on_pass=on_pass, backend=opts["backend"], threads=opts["threads"])
+            results = train([job.member for job in group], digits, log=None, on_pass=on_pass,
+                            **checks.engine_options(opts))
         except KeyboardInterrupt:
             raise
         except Exception as err:

@@ -47,8 +47,7 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None, d
     if result is not None:
         population.replay(result, log=log, on_pass=on_pass, progress=bar)
     else:
-        (result,) = train([member], digits, passes=opts["passes"], device=opts["device"], log=log, on_pass=on_pass,
-                          progress=bar, backend=opts["backend"])
+        (result,) = train([member], digits, log=log, on_pass=on_pass, progress=bar, **checks.engine_options(opts))
     if result.status == "diverged":
         bar.close()
         log(f"diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")

@@ -1,0 +1,34 @@
+"""Learnable stand-in digits for engine tests: fast, no data files."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+def digits(n: int, seed: int = 0):
+    """Learnable stand-in digits: a fixed random prototype per class plus noise, in [-1, 1]."""
+    prototypes = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(99)) * 2 - 1
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = (prototypes[y] + 0.8 * torch.randn(n, 1, 16, 16, generator=g)).clamp(-1, 1)
+    return x, y
+
+
+def close(got, want, tol=1e-6):
+    """Equal to ~1e-6 of the tensor's scale (float32 sums in another order differ in the last bits)."""
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=tol * max(1.0, float(want.abs().max())))
+
+
+@dataclass
+class Digits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def data(n_train=1000, n_test=200):
+    x, y = digits(n_train + n_test, seed=3)
+    return Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
