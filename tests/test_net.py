@@ -1,5 +1,7 @@
 """The 1989 net's shapes, counts and initialisation against the paper's figures."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,16 @@ def test_unknown_table_and_init_name_the_key():
         connection_table("diagonal")
     with pytest.raises(ValueError, match=r"model\.init.*sqrt, linear"):
         init_params(InitSpec(init="foo"), connection_table("block"))
+
+
+def test_the_gap_to_the_paper_is_zero_on_its_figures_and_symmetric_in_log_ratio():
+    from zipnet import paper
+
+    figures = dict(paper.FIGURES)
+    assert paper.gap(figures, 7291, 2007) == 0.0
+    twice = {k: 2 * v for k, v in figures.items()}
+    half = {k: v / 2 for k, v in figures.items()}
+    assert paper.gap(twice, 7291, 2007) == pytest.approx(math.log(2))
+    assert paper.gap(half, 7291, 2007) == pytest.approx(math.log(2))
+    perfect = dict(figures, **{"train/error": 0.0})  # 0 misses counts as half a miss
+    assert paper.gap(perfect, 7291, 2007) == pytest.approx(abs(math.log((50 / 7291) / 0.14)) / 4)

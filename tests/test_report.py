@@ -85,6 +85,24 @@ def test_the_effect_table_matches_mlflow(store):
     assert lr["runs"].sum() == 6 and len(lr) <= 4  # six distinct lrs fall into quartile bins
 
 
+def test_ranking_by_the_gap_to_the_paper_and_the_summary_match_mlflow(store):
+    from zipnet import paper
+
+    df = report.load_runs(study="rep", tracking_uri=store["uri"])
+    runs = [r for r in _independent(store["client"], "tags.`zipnet.study` = 'rep'") if r["status"] == "finished"]
+    gaps = {r["run_id"]: paper.gap(r, 200, 100) for r in runs}  # recomputed from the logged figures
+    board = report.leaderboard(df, top=3, by="paper/gap")
+    assert list(board["run_id"]) == sorted(gaps, key=lambda k: (gaps[k], k))[:3]
+    assert list(board["paper/gap"]) == pytest.approx([gaps[k] for k in board["run_id"]], rel=1e-6)
+    totals = report.summary(df).set_index("metric")
+    for metric in ("train/error", "test/error", "test/loss"):
+        values = [r[metric] for r in runs]
+        assert totals.loc[metric, "runs"] == len(values)
+        assert totals.loc[metric, "mean"] == pytest.approx(statistics.mean(values))
+        assert totals.loc[metric, "std"] == pytest.approx(statistics.stdev(values))
+        assert (totals.loc[metric, "min"], totals.loc[metric, "max"]) == (min(values), max(values))
+
+
 def test_the_cli_writes_csv_and_markdown_and_filters_by_tag(store, tmp_path):
     out = tmp_path / "rep"
     proc = subprocess.run([sys.executable, "-m", "zipnet.report", "--tracking-uri", store["uri"], "--tag",
@@ -93,7 +111,7 @@ def test_the_cli_writes_csv_and_markdown_and_filters_by_tag(store, tmp_path):
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board["run_id"]) == [store["single"]]
     assert (out / "leaderboard.md").read_text().startswith("| rank | run_id |")
-    assert (out / "effects.md").exists() and (out / "effects.csv").exists()
+    assert (out / "effects.md").exists() and (out / "effects.csv").exists() and (out / "summary.md").exists()
     assert "## Leaderboard" in proc.stdout and store["single"] in proc.stdout
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zipnet import kernel
+from zipnet import kernel, paper
 from zipnet.errors import ConfigError
 from zipnet.net import SQUASHES, InitSpec, PARAM_NAMES, connection_table, h2_mask, init_params
 from zipnet.optim import OptimSpec, make_optimiser
@@ -496,6 +496,8 @@ def train(
                     row[f"{split}/error"] = 100.0 * int(misses[k]) / n
                 row["lr"] = lrs[k]
                 row["seconds"] = seconds
+                if not pop.cross_entropy:  # the paper's figures are MSEs: no gap for a cross-entropy run
+                    row[paper.GAP] = paper.gap(row, len(order), y["test"].shape[0])
                 result = results[pos]
                 result.history.append(row)
                 result.population_sizes.append(len(active))

@@ -33,7 +33,10 @@ COLUMNS = {  # leaderboard column -> search_runs column
     "train/misses": "metrics.train/misses", "test/misses": "metrics.test/misses",
     "train/mse": "metrics.train/loss", "test/mse": "metrics.test/loss",
 }
-OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}"}  # shown only where some run has it
+OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}",  # shown only where some run has them
+            "paper/gap": "metrics.paper/gap"}
+RANKS = ("test/error", "paper/gap")  # what a leaderboard can rank by (paper/gap: zipnet/paper.py)
+SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", "paper/gap")
 MAX_LEVELS = 6
 
 
@@ -68,9 +71,9 @@ def _status(df: pd.DataFrame) -> pd.Series:
     return df["tags.zipnet.status"] if "tags.zipnet.status" in df else pd.Series("finished", index=df.index)
 
 
-def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False) -> pd.DataFrame:
-    """The top runs by final test error: overrides, train/test error, misses and MSE, and
-    the rejection rate at 1% error where the runs have one."""
+def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False, by: str = "test/error") -> pd.DataFrame:
+    """The top runs by final test error (or `by`): overrides, train/test error, misses and MSE,
+    and the rejection rate at 1% error and the gap to the paper where the runs have them."""
     keep = ("finished", "pruned") if include_pruned else ("finished",)
     runs = df[_status(df).isin(keep)]
     runs = runs[runs.get("metrics.test/error", pd.Series(dtype=float)).notna()] if len(runs) else runs
@@ -85,7 +88,9 @@ def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False) -
     })
     for col in ("train/misses", "test/misses", "passes"):
         out[col] = out[col].astype("Int64")
-    out = out.sort_values(["test/error", "test/mse", "run_id"], kind="stable").head(top).reset_index(drop=True)
+    if by not in out:
+        out[by] = float("nan")
+    out = out.sort_values([by, "test/error", "test/mse", "run_id"], kind="stable").head(top).reset_index(drop=True)
     out.insert(0, "rank", range(1, len(out) + 1))
     return out
 
@@ -129,6 +134,19 @@ def effects(df: pd.DataFrame, metric: str = "test/error") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["factor", "level", "runs", f"mean {metric}", f"std {metric}"])
 
 
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over the selected finished runs of each final figure (e.g. a config over seeds)."""
+    runs = df[_status(df) == "finished"] if len(df) else df
+    rows = []
+    for metric in SUMMARY:
+        values = pd.to_numeric(runs[f"metrics.{metric}"]) if f"metrics.{metric}" in runs else pd.Series(dtype=float)
+        if values.count():
+            rows.append({"metric": metric, "runs": int(values.count()), "mean": float(values.mean()),
+                         "std": float(values.std()) if values.count() > 1 else float("nan"),
+                         "min": float(values.min()), "max": float(values.max())})
+    return pd.DataFrame(rows, columns=["metric", "runs", "mean", "std", "min", "max"])
+
+
 def markdown(df: pd.DataFrame) -> str:
     """A GitHub-style Markdown table (no tabulate needed)."""
     def cell(v) -> str:
@@ -154,15 +172,18 @@ def effects_markdown(table: pd.DataFrame, metric: str = "test/error") -> str:
     return markdown(shown)
 
 
-def write(df: pd.DataFrame, out: Path, top: int = 10, include_pruned: bool = False) -> dict[str, Path]:
+def write(df: pd.DataFrame, out: Path, top: int = 10, include_pruned: bool = False, by: str = "test/error") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    board, table = leaderboard(df, top, include_pruned), effects(df)
+    board, table, totals = leaderboard(df, top, include_pruned, by), effects(df, by), summary(df)
     paths = {"leaderboard.csv": out / "leaderboard.csv", "leaderboard.md": out / "leaderboard.md",
-             "effects.csv": out / "effects.csv", "effects.md": out / "effects.md"}
+             "effects.csv": out / "effects.csv", "effects.md": out / "effects.md",
+             "summary.csv": out / "summary.csv", "summary.md": out / "summary.md"}
+    totals.to_csv(paths["summary.csv"], index=False)
+    paths["summary.md"].write_text(markdown(totals) + "\n")
     board.to_csv(paths["leaderboard.csv"], index=False)
     paths["leaderboard.md"].write_text(markdown(board) + "\n")
     table.to_csv(paths["effects.csv"], index=False)
-    paths["effects.md"].write_text(effects_markdown(table) + "\n")
+    paths["effects.md"].write_text(effects_markdown(table, by) + "\n")
     return paths
 
 
@@ -174,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag")
     parser.add_argument("--top", type=int, default=10, help="leaderboard length (default 10)")
     parser.add_argument("--include-pruned", action="store_true", help="rank pruned runs too (at their last pass)")
+    parser.add_argument("--by", default="test/error", choices=RANKS,
+                        help="rank and tabulate effects by this final metric (default test/error)")
     parser.add_argument("--out", type=Path, help="output folder (default reports/<study or experiment>)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     args = parser.parse_args(argv)
@@ -188,11 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         print("zipnet-report: no runs match", file=sys.stderr)
         sys.exit(1)
     out = args.out or Path("reports") / (args.study or args.experiment)
-    paths = write(df, out, args.top, args.include_pruned)
-    print(f"## Leaderboard: top {args.top} of {len(df)} runs by final test error\n")
+    paths = write(df, out, args.top, args.include_pruned, args.by)
+    print(f"## Leaderboard: top {args.top} of {len(df)} runs by final {args.by}\n")
     print(paths["leaderboard.md"].read_text())
-    print("## Effects: final test error (%) per level of each factor, finished runs\n")
+    print(f"## Effects: final {args.by} per level of each factor, finished runs\n")
     print(paths["effects.md"].read_text())
+    print("## Summary: mean ± std over the finished runs\n")
+    print(paths["summary.md"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 
 

@@ -47,7 +47,7 @@ from zipnet import config as checks
 from zipnet import tracking
 from zipnet.errors import ConfigError, DataError
 
-METRICS = tuple(f"{split}/{name}" for split in ("train", "test") for name in ("loss", "error", "misses"))
+METRICS = (*(f"{split}/{name}" for split in ("train", "test") for name in ("loss", "error", "misses")), "paper/gap")
 FILE_KEYS = ("study", "storage", "storage_timeout", "metric", "direction", "n_trials", "batch", "max_failure_rate",
              "sampler", "pruner", "overrides", "space")
 PARAM_KEYS = ("choices", "type", "low", "high", "log", "step")
