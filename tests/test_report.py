@@ -199,3 +199,13 @@ def test_reading_a_store_leaves_the_environment_alone(store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     report.load_runs(study="rep", tracking_uri=store["uri"])
     assert "MLFLOW_TRACKING_URI" not in os.environ  # subprocesses must not inherit the report's store
+
+
+def test_levels_bin_in_numeric_order_and_keep_runs_without_the_key():
+    values = pd.Series([1e-5, 2e-5, 3e-4, 4e-4, 5e-3, 6e-3, 7e-2, 8e-2, None, None], dtype=object)
+    levels = report._levels(values)
+    assert list(levels[8:]) == ["(not set)", "(not set)"]
+    order = list(levels.cat.categories)
+    assert order[-1] == "(not set)" and len(order) == 5
+    lows = [float(label.split(" to ")[0]) for label in order[:-1]]
+    assert lows == sorted(lows) and lows[0] == 1e-5  # "1e-05 to ..." comes first, not last

@@ -36,7 +36,7 @@ COLUMNS = {  # leaderboard column -> search_runs column
 OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}",  # shown only where some run has them
             "paper/gap": "metrics.paper/gap"}
 RANKS = ("test/error", "paper/gap")  # what a leaderboard can rank by (paper/gap: zipnet/paper.py)
-SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", "paper/gap")
+SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", "paper/gap", tracking.REJECT_METRIC)
 MAX_LEVELS = 6
 
 
@@ -110,13 +110,19 @@ def factors(df: pd.DataFrame) -> list[str]:
 
 
 def _levels(values: pd.Series) -> pd.Series:
-    """The level of each run; many numeric values become quartile bins."""
-    numeric = pd.to_numeric(values, errors="coerce")
+    """The level of each run; many numeric values become quartile bins, in numeric order.
+    A run without the key (an SDLM setting in an SGD run) is at the level "(not set)"."""
+    present = values.notna()
+    numeric = pd.to_numeric(values[present], errors="coerce")
+    labels = values.astype(str).where(present, "(not set)")
     fractional = numeric.notna().all() and bool((numeric % 1 != 0).any())
-    if numeric.notna().all() and values.nunique() > (4 if fractional else MAX_LEVELS):
+    if len(numeric) and numeric.notna().all() and numeric.nunique() > (4 if fractional else MAX_LEVELS):
         bins = pd.qcut(numeric, q=4, duplicates="drop")
-        return bins.map(lambda b: f"{max(b.left, numeric.min()):.3g} to {b.right:.3g}").astype(str)
-    return values.astype(str)
+        name = {b: f"{max(b.left, numeric.min()):.3g} to {b.right:.3g}" for b in bins.cat.categories}
+        labels[present] = bins.map(name).astype(str)
+        order = [name[b] for b in bins.cat.categories] + (["(not set)"] if not present.all() else [])
+        return pd.Series(pd.Categorical(labels, categories=order, ordered=True), index=values.index)
+    return labels
 
 
 def effects(df: pd.DataFrame, metric: str = "test/error") -> pd.DataFrame:
@@ -127,7 +133,7 @@ def effects(df: pd.DataFrame, metric: str = "test/error") -> pd.DataFrame:
     if len(runs) and column in runs:
         for key in factors(runs):
             levels = _levels(runs[f"params.{key}"])
-            for level, values in runs[column].groupby(levels, sort=True):
+            for level, values in runs[column].groupby(levels, sort=True, observed=True):
                 rows.append({"factor": key, "level": level, "runs": int(values.count()),
                              f"mean {metric}": float(values.mean()),
                              f"std {metric}": float(values.std()) if values.count() > 1 else float("nan")})
