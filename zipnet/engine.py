@@ -28,7 +28,7 @@ from zipnet.net import SQUASHES, InitSpec, PARAM_NAMES, connection_table, h2_mas
 from zipnet.optim import OptimSpec, make_optimiser
 
 BACKENDS = ("auto", "torch", "c")
-AUTO_KERNEL_MIN_K = 8  # below this the torch path is faster
+AUTO_KERNEL_MIN_K = 8  # from 2 members to this, the torch path is faster; one member has its own kernel path
 MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (REFERENCE.md §2)
 SPLITS = ("train", "test")
 
@@ -136,8 +136,9 @@ class Population:
                "it implements the paper's squashed net with MSE only" if self.relu or self.linear_out or self.cross_entropy
                else "it has no dropout" if bool((self.dropout > 0).any()) else
                "its members must share one connection table" if not same_table else None)
-        self.block = kernel.block_for(self.K)
-        lib = kernel.library(self.block) if why is None else None
+        # a population of one takes the kernel's single-member path (vectorised over units)
+        self.block = 1 if self.K == 1 else kernel.block_for(self.K)
+        lib = kernel.library(kernel.block_for(self.K)) if why is None else None
         if lib is None and backend == "c":
             raise ConfigError("trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
         return lib
@@ -154,7 +155,11 @@ class Population:
                 self.step(patches[i], label, i)
             return
         packed = self._packed()
-        kernel.train_pass(self.kernel, packed, self.table, inputs, torch.tensor(order, dtype=torch.int32), self.threads)
+        labels = torch.tensor(order, dtype=torch.int32)
+        if self.block == 1:
+            kernel.train_pass_one(self.kernel, packed, self.table, inputs, labels)
+        else:
+            kernel.train_pass(self.kernel, packed, self.table, inputs, labels, self.threads)
         packed.unpack_into(self.params)
 
     def draw_dropout(self, n: int, pass_index: int) -> None:
@@ -393,16 +398,16 @@ class Population:
         cross-entropy members the mean cross-entropy; either way it is computed from this
         split's outputs (the seed's modern.py reported the last training example's loss).
         """
-        if self.kernel is None:
+        if self.kernel is None or self.block == 1:  # one member: torch's batched convolutions are faster
             y = self.outputs(x)
         else:
             y = kernel.outputs(self.kernel, self._packed(), self.table, kernel.padded_inputs(x), self.threads)
         if self.cross_entropy:
-            logp = torch.log_softmax(y, dim=2)
-            loss = -logp.gather(2, labels.view(1, -1, 1).expand(self.K, -1, 1)).mean(dim=(1, 2))
+            per_pattern = -torch.log_softmax(y, dim=2).gather(2, labels.view(1, -1, 1).expand(self.K, -1, 1))
         else:
-            t = self.targets[:, labels]  # (K, N, 10)
-            loss = ((y - t) ** 2).mean(dim=(1, 2))
+            per_pattern = (y - self.targets[:, labels]) ** 2  # (K, N, 10)
+        # one reduction per member, over its own contiguous block: the same sum whatever K is
+        loss = torch.stack([per_pattern[k].contiguous().mean() for k in range(self.K)])
         misses = (y.argmax(dim=2) != labels.unsqueeze(0)).sum(dim=1)
         return loss, misses, y
 
@@ -452,12 +457,12 @@ def train(
     the positions (in `members`) of results to stop as pruned. A member whose loss turns
     NaN or inf is stopped as diverged, with its pass number; the others go on undisturbed.
     `backend`: "torch" (torch ops), "c" (the compiled CPU kernel), or "auto" (the kernel
-    for populations of AUTO_KERNEL_MIN_K or more where it applies). `shift`: each training
+    for a single run and for populations of AUTO_KERNEL_MIN_K or more, where it applies). `shift`: each training
     pattern moved by up to that many pixels per pass (the modern recipe), drawn from
     `shift_seed` and the pass.
     """
     dev = torch.device(device)
-    if backend == "auto" and len(members) < AUTO_KERNEL_MIN_K:
+    if backend == "auto" and 1 < len(members) < AUTO_KERNEL_MIN_K:
         backend = "torch"
     pop = Population(members, dev, backend=backend, threads=threads)
     results = [RunResult(member=m) for m in members]

@@ -324,3 +324,151 @@ int zn_forward(const float *params, const float *consts, int nblocks, const sign
     }
     return failed ? -1 : 0;
 }
+
+/* ---------------------------------------------------------------------------------------
+ * One member (a population of one): the same step, vectorised across units and positions
+ * instead of members. Parameters in the block layout with BLK = 1 (plain per-member order).
+ * Reductions keep 16 partial sums, so the sums (and the results) do not depend on the
+ * compiler's vector width.
+ */
+#define PS 16
+
+static inline float dot(const float *restrict a, const float *restrict b, int n) {
+    float acc[PS] = {0};
+    int i = 0;
+    for (; i + PS <= n; i += PS)
+        for (int j = 0; j < PS; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i + j < n; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0.0f;
+    for (int j = 0; j < PS; j++) s += acc[j];
+    return s;
+}
+
+typedef struct {
+    float patch[25][64];  /* H1 receptive fields, [kernel offset][unit] */
+    float x1[12][64];
+    float x1pad[12][144]; /* H1 maps with the -1 border */
+    float f2[16][300];    /* H2 receptive fields, [position][H1 map x 25] */
+    float x2[12][16];
+    float x3[32];
+    float y[10];
+    float d4[10], d3[32], d2[12][16], d1[12][64];
+    float df2[16][300];   /* dE/d(field value), summed back onto H1 units */
+    float g1pad[12][144];
+    float mask[12][300];  /* 1 where the table links the H1 map */
+} One;
+
+static void one_fields(One *restrict s, const float *restrict in) {
+    for (int ky = 0; ky < 5; ky++)
+        for (int kx = 0; kx < 5; kx++)
+            for (int oy = 0; oy < 8; oy++)
+                for (int ox = 0; ox < 8; ox++) s->patch[ky * 5 + kx][oy * 8 + ox] = in[(2 * oy + ky) * 20 + 2 * ox + kx];
+}
+
+static void one_forward(const float *restrict w, float A, float S, One *restrict s) {
+    for (int m = 0; m < 12; m++) {
+        float a[64];
+        for (int u = 0; u < 64; u++) a[u] = w[O_H1B + m * 64 + u];
+        for (int k = 0; k < 25; k++) {
+            const float wk = w[O_H1W + m * 25 + k];
+            for (int u = 0; u < 64; u++) a[u] += wk * s->patch[k][u];
+        }
+        for (int u = 0; u < 64; u++) s->x1[m][u] = A * ztanh(S * a[u]);
+        for (int oy = 0; oy < 8; oy++)
+            for (int ox = 0; ox < 8; ox++) s->x1pad[m][(oy + 2) * 12 + ox + 2] = s->x1[m][oy * 8 + ox];
+    }
+    for (int p = 0; p < 16; p++) {
+        const int oy = p / 4, ox = p % 4;
+        for (int i = 0; i < 12; i++)
+            for (int ky = 0; ky < 5; ky++)
+                for (int kx = 0; kx < 5; kx++) s->f2[p][i * 25 + ky * 5 + kx] = s->x1pad[i][(2 * oy + ky) * 12 + 2 * ox + kx];
+    }
+    for (int o = 0; o < 12; o++)
+        for (int p = 0; p < 16; p++)
+            s->x2[o][p] = A * ztanh(S * (w[O_H2B + o * 16 + p] + dot(w + O_H2W + o * 300, s->f2[p], 300)));
+    for (int h = 0; h < 30; h++) s->x3[h] = A * ztanh(S * (w[O_H3B + h] + dot(w + O_H3W + h * 192, &s->x2[0][0], 192)));
+    for (int j = 0; j < 10; j++) s->y[j] = A * ztanh(S * (w[O_OUTB + j] + dot(w + O_OUTW + j * 30, s->x3, 30)));
+}
+
+#define FP1(x) ((S / A) * (A * A - (x) * (x)))
+
+static void one_backward_update(float *restrict w, const float *restrict k, int label, One *restrict s) {
+    const float A = k[C_A], S = k[C_S], c = k[C_C], lr = k[C_LR];
+    for (int j = 0; j < 10; j++) {
+        const float t = j == label ? k[C_POS] : k[C_NEG];
+        s->d4[j] = c * (s->y[j] - t) * FP1(s->y[j]);
+    }
+    float g3[32] = {0};
+    for (int j = 0; j < 10; j++)
+        for (int h = 0; h < 30; h++) g3[h] += w[O_OUTW + j * 30 + h] * s->d4[j];
+    for (int h = 0; h < 30; h++) s->d3[h] = g3[h] * FP1(s->x3[h]);
+    for (int j = 0; j < 10; j++) {
+        const float l = lr * s->d4[j];
+        for (int h = 0; h < 30; h++) w[O_OUTW + j * 30 + h] -= l * s->x3[h];
+        w[O_OUTB + j] -= l;
+    }
+    float *d2 = &s->d2[0][0];
+    const float *x2 = &s->x2[0][0];
+    float g2[192] = {0};
+    for (int h = 0; h < 30; h++)
+        for (int q = 0; q < 192; q++) g2[q] += w[O_H3W + h * 192 + q] * s->d3[h];
+    for (int q = 0; q < 192; q++) d2[q] = g2[q] * FP1(x2[q]);
+    for (int h = 0; h < 30; h++) {
+        const float l = lr * s->d3[h];
+        for (int q = 0; q < 192; q++) w[O_H3W + h * 192 + q] -= l * x2[q];
+        w[O_H3B + h] -= l;
+    }
+    /* H2: dE/d(fields) with the old weights, then the update (masked to the table) */
+    for (int p = 0; p < 16; p++) {
+        float g[300] = {0};
+        for (int o = 0; o < 12; o++) {
+            const float d = s->d2[o][p];
+            for (int r = 0; r < 300; r++) g[r] += w[O_H2W + o * 300 + r] * d;
+        }
+        memcpy(s->df2[p], g, sizeof g);
+    }
+    for (int o = 0; o < 12; o++) {
+        float g[300] = {0};
+        for (int p = 0; p < 16; p++) {
+            const float d = lr * s->d2[o][p];
+            for (int r = 0; r < 300; r++) g[r] += d * s->f2[p][r];
+            w[O_H2B + o * 16 + p] -= d;
+        }
+        for (int r = 0; r < 300; r++) w[O_H2W + o * 300 + r] -= g[r] * s->mask[o][r];
+    }
+    /* the fields back onto H1 units; nothing flows into the -1 border */
+    memset(s->g1pad, 0, sizeof s->g1pad);
+    for (int p = 0; p < 16; p++) {
+        const int oy = p / 4, ox = p % 4;
+        for (int i = 0; i < 12; i++)
+            for (int ky = 0; ky < 5; ky++)
+                for (int kx = 0; kx < 5; kx++) s->g1pad[i][(2 * oy + ky) * 12 + 2 * ox + kx] += s->df2[p][i * 25 + ky * 5 + kx];
+    }
+    for (int m = 0; m < 12; m++) {
+        float l[64];
+        for (int oy = 0; oy < 8; oy++)
+            for (int ox = 0; ox < 8; ox++) {
+                const int u = oy * 8 + ox;
+                l[u] = lr * s->g1pad[m][(oy + 2) * 12 + ox + 2] * FP1(s->x1[m][u]);
+            }
+        for (int u = 0; u < 64; u++) w[O_H1B + m * 64 + u] -= l[u];
+        for (int kk = 0; kk < 25; kk++) w[O_H1W + m * 25 + kk] -= dot(l, s->patch[kk], 64);
+    }
+}
+
+/* One member, one pass over n examples in the given order. Returns 0, or -1 if out of memory. */
+int zn_train_pass_one(float *params, const float *consts, const signed char *table, const float *inputs,
+                      const int32_t *labels, int n) {
+    One *s = aligned_alloc(64, (sizeof(One) + 63) / 64 * 64);
+    if (!s) return -1;
+    for (int i = 0; i < 12 * 144; i++) (&s->x1pad[0][0])[i] = -1.0f; /* "constant padding of -1" */
+    for (int o = 0; o < 12; o++)
+        for (int r = 0; r < 300; r++) s->mask[o][r] = table[o * 12 + r / 25] ? 1.0f : 0.0f;
+    for (int i = 0; i < n; i++) {
+        one_fields(s, inputs + (size_t)i * 400);
+        one_forward(params, consts[C_A], consts[C_S], s);
+        one_backward_update(params, consts, labels[i], s);
+    }
+    free(s);
+    return 0;
+}

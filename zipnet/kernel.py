@@ -76,6 +76,8 @@ def _load(blk: int) -> ctypes.CDLL:
     assert lib.zn_blk() == blk and lib.zn_nparams() == N_PARAMS, "kernel.c and kernel.py disagree on the layout"
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.zn_train_pass.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, i32]
+    lib.zn_train_pass_one.argtypes = [ptr, ptr, ptr, ptr, ptr, i32]
+    lib.zn_train_pass_one.restype = i32
     lib.zn_forward.argtypes = [ptr, ptr, i32, ptr, ptr, i32, ptr, i32]
     lib.zn_train_pass.restype = lib.zn_forward.restype = i32
     return lib
@@ -129,6 +131,17 @@ def train_pass(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, lab
         raise MemoryError("zipnet kernel: could not allocate its scratch memory")
 
 
+def train_pass_one(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """A population of one (packed with blk=1): the kernel's single-member path, vectorised over units."""
+    assert packed.K == 1 and packed.blk == 1
+    tab = np.ascontiguousarray(table, dtype=np.int8)
+    labels = labels.to(torch.int32).contiguous()
+    rc = lib.zn_train_pass_one(packed.params.data_ptr(), packed.consts.data_ptr(), tab.ctypes.data,
+                               inputs.data_ptr(), labels.data_ptr(), int(labels.shape[0]))
+    if rc != 0:
+        raise MemoryError("zipnet kernel: could not allocate its scratch memory")
+
+
 def outputs(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, threads: int) -> torch.Tensor:
     """(K, N, 10) outputs of every member."""
     n = inputs.shape[0]
@@ -138,4 +151,5 @@ def outputs(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, thread
                         inputs.data_ptr(), n, out.data_ptr(), threads)
     if rc != 0:
         raise MemoryError("zipnet kernel: could not allocate its scratch memory")
-    return out.permute(0, 3, 1, 2).reshape(packed.nblocks * packed.blk, n, 10)[: packed.K]
+    # contiguous whatever the block count, so sums over a member's outputs run in one order
+    return out.permute(0, 3, 1, 2).reshape(packed.nblocks * packed.blk, n, 10)[: packed.K].contiguous()
