@@ -11,5 +11,8 @@ for data in embedded usps; do
   extra=(); [ $data = usps ] && extra=(data.path="$USPS")
   $BIN/zipnet-train -m hydra/launcher=population data=$data "${extra[@]}" experiment=$PRESETS seed=0,1,2,3,4 \
     tracking.experiment=modern_$data trainer.progress=off hydra.sweep.dir=multirun/modern/$data > /dev/null
-  $BIN/zipnet-report --experiment modern_$data --out reports/modern_$data
+  $BIN/zipnet-report --experiment modern_$data --out reports/modern_$data > /dev/null
+  for passes in 23 46 60 80; do  # one preset each
+    $BIN/zipnet-report --experiment modern_$data --param trainer.passes=$passes --out reports/modern_$data/passes_$passes
+  done
 done

@@ -113,6 +113,8 @@ def test_the_cli_writes_csv_and_markdown_and_filters_by_tag(store, tmp_path):
     assert (out / "leaderboard.md").read_text().startswith("| rank | run_id |")
     assert (out / "effects.md").exists() and (out / "effects.csv").exists() and (out / "summary.md").exists()
     assert "## Leaderboard" in proc.stdout and store["single"] in proc.stdout
+    by_param = report.load_runs(params={"seed": "3"}, tracking_uri=store["uri"])  # the single run's config
+    assert list(by_param["run_id"]) == [store["single"]]
 
 
 def test_reproduce_the_best_trial_of_a_study_exactly(store):

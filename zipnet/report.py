@@ -44,7 +44,8 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def filter_string(study: str | None = None, parent: str | None = None, tags: dict[str, str] | None = None) -> str:
+def filter_string(study: str | None = None, parent: str | None = None, tags: dict[str, str] | None = None,
+                  params: dict[str, str] | None = None) -> str:
     parts = [f"tags.`zipnet.role` != {_quote(role)}" for role in PARENT_ROLES]
     if study:
         parts.append(f"tags.`zipnet.study` = {_quote(study)}")
@@ -52,18 +53,21 @@ def filter_string(study: str | None = None, parent: str | None = None, tags: dic
         parts.append(f"tags.mlflow.parentRunId = {_quote(parent)}")
     for key, value in (tags or {}).items():
         parts.append(f"tags.`{key}` = {_quote(value)}")
+    for key, value in (params or {}).items():
+        parts.append(f"params.`{key}` = {_quote(value)}")
     return " and ".join(parts)
 
 
 def load_runs(experiment: str = tracking.DEFAULT_EXPERIMENT, study: str | None = None, parent: str | None = None,
-              tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> pd.DataFrame:
+              tags: dict[str, str] | None = None, tracking_uri: str | None = None,
+              params: dict[str, str] | None = None) -> pd.DataFrame:
     """The selected runs (parents excluded) as mlflow.search_runs returns them."""
     from mlflow import MlflowClient
 
     uri = tracking.resolve_uri(tracking_uri)
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise SystemExit(f"zipnet-report: error: no experiment {experiment!r} in {uri}")
-    return tracking.search_runs(uri, experiment_names=[experiment], filter_string=filter_string(study, parent, tags),
+    return tracking.search_runs(uri, experiment_names=[experiment], filter_string=filter_string(study, parent, tags, params),
                                 max_results=100_000)
 
 
@@ -199,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", help="only the trials of this Optuna study")
     parser.add_argument("--parent", help="only the children of this parent run (a multirun or a study)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="only runs whose config has this value, e.g. trainer.passes=80")
     parser.add_argument("--top", type=int, default=10, help="leaderboard length (default 10)")
     parser.add_argument("--include-pruned", action="store_true", help="rank pruned runs too (at their last pass)")
     parser.add_argument("--by", default="test/error", choices=RANKS,
@@ -206,13 +212,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default reports/<study or experiment>)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     args = parser.parse_args(argv)
-    tags = {}
-    for item in args.tag:
-        if "=" not in item:
-            parser.error(f"--tag {item!r}: give KEY=VALUE")
-        key, value = item.split("=", 1)
-        tags[key] = value
-    df = load_runs(args.experiment, args.study, args.parent, tags, args.tracking_uri)
+    tags, params = {}, {}
+    for option, items, into in (("--tag", args.tag, tags), ("--param", args.param, params)):
+        for item in items:
+            if "=" not in item:
+                parser.error(f"{option} {item!r}: give KEY=VALUE")
+            key, value = item.split("=", 1)
+            into[key] = value
+    df = load_runs(args.experiment, args.study, args.parent, tags, args.tracking_uri, params)
     if df.empty:
         print("zipnet-report: no runs match", file=sys.stderr)
         sys.exit(1)
