@@ -405,9 +405,8 @@ class Population:
         if self.cross_entropy:
             per_pattern = -torch.log_softmax(y, dim=2).gather(2, labels.view(1, -1, 1).expand(self.K, -1, 1))
         else:
-            per_pattern = (y - self.targets[:, labels]) ** 2  # (K, N, 10)
-        # one reduction per member, over its own contiguous block: the same sum whatever K is
-        loss = torch.stack([per_pattern[k].contiguous().mean() for k in range(self.K)])
+            per_pattern = (y - self.targets[:, labels]) ** 2  # (K, N, 10), contiguous like y
+        loss = per_pattern.mean(dim=(1, 2))
         misses = (y.argmax(dim=2) != labels.unsqueeze(0)).sum(dim=1)
         return loss, misses, y
 
