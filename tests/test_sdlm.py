@@ -56,7 +56,7 @@ def test_h_is_never_negative():
     pop = Population(MEMBERS)
     patches = input_patches(x)
     for i in range(20):
-        for name, h in pop.curvature(patches[i], int(y[i])).items():
+        for name, h in pop.curvature(patches[i]).items():
             assert bool((h >= 0).all()), name
 
 
@@ -67,7 +67,7 @@ def test_output_layer_h_is_the_exact_gauss_newton_diagonal(loss):
     pop = Population(members)
     patches = input_patches(x)
     for i in range(3):
-        h = pop.curvature(patches[i], int(y[i]))
+        h = pop.curvature(patches[i])
         for k in range(len(members)):
             want = _gauss_newton_diagonal(pop, k, x[i : i + 1], int(y[i]))
             close(h["outw"][k], want["outw"])
@@ -92,7 +92,7 @@ def test_along_a_chain_the_recursion_equals_the_gauss_newton_diagonal():
         p["outw"][0, 0], p["H3w"][0, 5], p["H2w"][0, 12] = 2.0 * keep_out, 3.0 * keep_h3 + 0.5, 2.0 * keep_h2 + 0.5
     patches = input_patches(x)
     for i in range(3):
-        h = pop.curvature(patches[i], int(y[i]))
+        h = pop.curvature(patches[i])
         for k in range(pop.K):
             want = _gauss_newton_diagonal(pop, k, x[i : i + 1], int(y[i]))
             for name in PARAM_NAMES:
@@ -105,7 +105,7 @@ def test_a_shared_weight_sums_h_over_its_positions():
     with s_u the unit's own h (its bias's) and x read from the -1-padded input by hand."""
     x, y = digits(2, seed=10)
     pop = Population(MEMBERS)
-    h = pop.curvature(input_patches(x)[1], int(y[1]))
+    h = pop.curvature(input_patches(x)[1])
     padded = torch.nn.functional.pad(x[1, 0], (2, 2, 2, 2), value=-1.0)
     want = torch.zeros(pop.K, 12, 25)
     for ky in range(5):
@@ -122,7 +122,7 @@ def test_one_step_is_eta_over_mu_plus_h_times_the_gradient():
     pop = Population(MEMBERS)
     patches = input_patches(x)
     pop.optim.start_pass(0)
-    h = pop.estimate_curvature(patches[:30], y[:30].tolist())
+    h = pop.estimate_curvature(patches[:30])
     pop.optim.set_curvature(h)
     before = {name: t.clone() for name, t in pop.params.items()}
     grads = []
@@ -143,9 +143,9 @@ def test_running_h_is_a_running_average_of_the_pattern_h():
     members = [replace(m, optim=replace(m.optim, hessian="running", hessian_decay=0.1)) for m in MEMBERS]
     pop = Population(members)
     patches = input_patches(x)
-    h0 = pop.estimate_curvature(patches[:2], y[:2].tolist())
+    h0 = pop.estimate_curvature(patches[:2])
     pop.optim.set_curvature(h0)
-    h_pattern = pop.curvature(patches[2], int(y[2]))
+    h_pattern = pop.curvature(patches[2])
     with torch.no_grad():
         pop.step(patches[2], int(y[2]))
     for name in PARAM_NAMES:

@@ -108,7 +108,7 @@ def member(cfg: DictConfig) -> Member:
 def optim(cfg: DictConfig) -> OptimSpec:
     """The optim group: the keys every rule has, then the chosen rule's own."""
     name = choice(cfg, "optim.name", OPTIMS)
-    lr_end = _get(cfg, "optim.lr_end") if OmegaConf.select(cfg, "optim.lr_end", default="<absent>") != "<absent>" else None
+    lr_end = OmegaConf.select(cfg, "optim.lr_end", default=None)  # absent or null: no linear decay
     spec = dict(
         name=name,
         lr=number(cfg, "optim.lr", positive=True),

@@ -328,17 +328,18 @@ class Population:
             "outb": s4.view(K, 10),
         }
 
-    def curvature(self, patches: torch.Tensor, label: int) -> dict[str, torch.Tensor]:
-        """h for one pattern, all members (no dropout: h is estimated on the plain net)."""
+    def curvature(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """h for one pattern, all members (no dropout: h is estimated on the plain net).
+        Gauss-Newton h does not depend on the label: E'' is c, or p (1 - p)."""
         return self._curvature(self._forward_one(patches), patches)
 
-    def estimate_curvature(self, patches: torch.Tensor, labels: list[int]) -> dict[str, torch.Tensor]:
+    def estimate_curvature(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mean h over the given patterns ("pass" mode: before each pass, LeNet-5's ~500)."""
         total = {name: torch.zeros_like(t) for name, t in self.params.items()}
-        for patch, label in zip(patches, labels):
-            for name, h in self.curvature(patch, label).items():
+        for patch in patches:
+            for name, h in self.curvature(patch).items():
                 total[name].add_(h)
-        return {name: t.div_(len(labels)) for name, t in total.items()}
+        return {name: t.div_(len(patches)) for name, t in total.items()}
 
     def step(self, patches: torch.Tensor, label: int, i: int | None = None) -> None:
         """One per-pattern update of every member (`i`: the pattern's place in the pass)."""
@@ -483,7 +484,7 @@ def train(
             if pop.optim.curvature == "pass" or (pop.optim.curvature == "running" and pass_index == 0):
                 # "before each pass, estimate h over a few hundred patterns" (LeNet-5), the same for all members
                 sample = hessian_sample(len(order), pop.optim.samples, pass_index)
-                pop.optim.set_curvature(pop.estimate_curvature(train_patches[sample], [order[i] for i in sample]))
+                pop.optim.set_curvature(pop.estimate_curvature(train_patches[sample]))
             pop.draw_dropout(len(order), pass_index)
             pop.train_pass(train_patches, order, train_inputs)
             seconds = time.perf_counter() - started

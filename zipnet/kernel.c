@@ -419,14 +419,12 @@ static void one_backward_update(float *restrict w, const float *restrict k, int 
         w[O_H3B + h] -= l;
     }
     /* H2: dE/d(fields) with the old weights, then the update (masked to the table) */
-    for (int p = 0; p < 16; p++) {
-        float g[300] = {0};
+    memset(s->df2, 0, sizeof s->df2);
+    for (int p = 0; p < 16; p++)
         for (int o = 0; o < 12; o++) {
             const float d = s->d2[o][p];
-            for (int r = 0; r < 300; r++) g[r] += w[O_H2W + o * 300 + r] * d;
+            for (int r = 0; r < 300; r++) s->df2[p][r] += w[O_H2W + o * 300 + r] * d;
         }
-        memcpy(s->df2[p], g, sizeof g);
-    }
     for (int o = 0; o < 12; o++) {
         float g[300] = {0};
         for (int p = 0; p < 16; p++) {

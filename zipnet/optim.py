@@ -88,9 +88,10 @@ class SGD:
 class SDLM(SGD):
     """Stochastic diagonal Levenberg-Marquardt: a step eta / (mu + h_k) per parameter.
 
-    "pass": before each pass the engine averages h over `hessian_samples` patterns and
-    calls `set_curvature`; the step sizes then hold for the pass (LeNet-5's procedure).
-    "running": the engine hands every pattern's h to `observe` before the step.
+    "pass": before each pass (after `start_pass` sets eta) the engine averages h over
+    `hessian_samples` patterns and calls `set_curvature`; the step sizes then hold for the
+    pass (LeNet-5's procedure). "running": the engine hands every pattern's h to `observe`
+    before the step. Either call recomputes eta / (mu + h).
     """
 
     fused = False
@@ -116,12 +117,6 @@ class SDLM(SGD):
             g = _expand(self.decay, t)
             self.h[name].mul_(1 - g).addcmul_(g, t)
         self._step_sizes()
-
-    def start_pass(self, pass_index: int, passes: int = 1) -> list[float]:
-        lrs = super().start_pass(pass_index, passes)
-        if self.h:
-            self._step_sizes()
-        return lrs
 
     def _step_sizes(self) -> None:
         # eps_k = eta / (mu + h_k)
@@ -162,11 +157,11 @@ class AdamW(SGD):
         lr = self.lr.view(-1, 1)
         denom = (v / (1 - b2 ** self.t)).sqrt_().add_(self.eps.view(-1, 1))
         update = (m * (lr / (1 - b1 ** self.t))).div_(denom)
+        decay = 1 - self.lr * self.weight_decay  # decoupled weight decay, (K,)
         offset = 0
         for name, p in params.items():
             size = p[0].numel()
-            p.mul_(1 - lr.view(-1, *([1] * (p.dim() - 1))) * _expand(self.weight_decay, p))  # decoupled decay
-            p.sub_(update[:, offset : offset + size].view_as(p))
+            p.mul_(_expand(decay, p)).sub_(update[:, offset : offset + size].view_as(p))
             offset += size
 
 

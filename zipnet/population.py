@@ -2,8 +2,9 @@
 
 Configurations that differ only in per-member values (lr, init, seeds, MSE scaling, targets,
 tanh or scaled tanh, dropout) train together in lockstep; those that differ in data, trainer
-settings, the connection table, relu, the output or loss, or the optimiser form separate groups. Each trained result is then handed
-to its own job, which logs it exactly as if it had trained alone.
+settings, the connection table, relu, the output or loss, or the optimiser form separate
+groups. Each trained result is then handed to its own job, which logs it exactly as if it
+had trained alone.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from zipnet import tracking
+from zipnet import paper, tracking
 
 PARENT_ROLES = ("study", "multirun")
 COLUMNS = {  # leaderboard column -> search_runs column
@@ -34,9 +34,9 @@ COLUMNS = {  # leaderboard column -> search_runs column
     "train/mse": "metrics.train/loss", "test/mse": "metrics.test/loss",
 }
 OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}",  # shown only where some run has them
-            "paper/gap": "metrics.paper/gap"}
-RANKS = ("test/error", "paper/gap")  # what a leaderboard can rank by (paper/gap: zipnet/paper.py)
-SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", "paper/gap", tracking.REJECT_METRIC)
+            paper.GAP: f"metrics.{paper.GAP}"}
+RANKS = ("test/error", paper.GAP)  # what a leaderboard can rank by (the gap: zipnet/paper.py)
+SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", paper.GAP, tracking.REJECT_METRIC)
 MAX_LEVELS = 6
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from zipnet import tracking
+from zipnet import paper, tracking
 
-COMPARED = tuple(m for m in tracking.METRICS if m not in ("seconds", "paper/gap"))  # the gap follows from the rest
+COMPARED = tuple(m for m in tracking.METRICS if m not in ("seconds", paper.GAP))  # the gap follows from the rest
 
 
 class ReproduceError(RuntimeError):

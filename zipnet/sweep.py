@@ -44,10 +44,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
-from zipnet import tracking
+from zipnet import paper, tracking
 from zipnet.errors import ConfigError, DataError
 
-METRICS = (*(f"{split}/{name}" for split in ("train", "test") for name in ("loss", "error", "misses")), "paper/gap")
+METRICS = (*(f"{split}/{name}" for split in ("train", "test") for name in ("loss", "error", "misses")), paper.GAP)
 FILE_KEYS = ("study", "storage", "storage_timeout", "metric", "direction", "n_trials", "batch", "max_failure_rate",
              "sampler", "pruner", "overrides", "space")
 PARAM_KEYS = ("choices", "type", "low", "high", "log", "step")

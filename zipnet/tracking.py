@@ -39,6 +39,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import zipnet
+from zipnet import paper
 from zipnet.errors import ConfigError
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # per-pass metrics as the engine writes them; `seconds` is wall time, never compared
 METRICS = ("train/loss", "train/error", "train/misses", "test/loss", "test/error", "test/misses", "lr", "seconds",
-           "paper/gap")  # paper/gap: MSE runs only (zipnet/paper.py)
+           paper.GAP)  # MSE runs only (zipnet/paper.py)
 # once per run, at its last pass: rejection rate (%) for 1% error on the accepted test digits
 REJECT_METRIC = "test/reject_at_1pct"
 # keys that describe where and how a run was watched, not what was trained
