@@ -1,4 +1,4 @@
-"""From a composed Hydra config to validated engine inputs.
+"""Configs: composing them (Hydra's compose API), checking them, writing them back as overrides.
 
 Hydra already refuses unknown keys and unknown group options; this module checks the
 values, and every error names the key and what is allowed.
@@ -7,7 +7,10 @@ values, and every error names the key and what is allowed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -16,6 +19,8 @@ from zipnet.errors import ConfigError
 from zipnet.net import ACTIVATIONS, INITS, OUTPUTS, TABLES, InitSpec
 from zipnet.optim import HESSIANS, OPTIMS, OptimSpec
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+STUDIES_ROOT = CONF_DIR.parent  # holds sweeps/, the `sweeps` config group (hydra_plugins/zipnet_searchpath)
 PROGRESS = ("auto", "on", "off")
 LOSSES = ("mse", "cross_entropy")
 
@@ -87,6 +92,10 @@ def member(cfg: DictConfig) -> Member:
     if not negative < positive:
         raise ConfigError("data.target_negative", f"{negative} must be below data.target_positive ({positive})")
     loss = choice(cfg, "loss.name", LOSSES)
+    output = choice(cfg, "model.output", OUTPUTS)
+    if loss == "cross_entropy" and output != "linear":
+        # softmax over squashed outputs in [-1, 1] can never be confident (p <= 0.45): no such run is meant
+        raise ConfigError("model.output", f"{output!r} is not allowed with loss=cross_entropy; use model.output=linear")
     dropout = number(cfg, "model.dropout")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError("model.dropout", f"{dropout!r} is not allowed; give a rate in [0, 1)")
@@ -95,7 +104,7 @@ def member(cfg: DictConfig) -> Member:
         table=choice(cfg, "model.table", TABLES),
         table_seed=integer(cfg, "model.table_seed", minimum=0),
         activation=choice(cfg, "model.activation", ACTIVATIONS),
-        output=choice(cfg, "model.output", OUTPUTS),
+        output=output,
         loss=loss,
         mse=choice(cfg, "loss.mse", tuple(MSE_C)) if loss == "mse" else "mean",
         target_negative=negative,
@@ -139,6 +148,11 @@ def trainer(cfg: DictConfig) -> dict:
     device = _get(cfg, "trainer.device")
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError("trainer.device", f"{device!r} is not allowed; choose one of cpu, cuda, cuda:N")
+    if device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device", f"{device!r} asked for, but no CUDA device is available; use cpu")
     return {
         "passes": integer(cfg, "trainer.passes", minimum=1),
         "device": device,
@@ -154,3 +168,70 @@ def engine_options(opts: dict) -> dict:
     """The keyword arguments of engine.train that the trainer group sets."""
     keys = ("passes", "device", "backend", "threads", "shift", "shift_seed")
     return {key: opts[key] for key in keys}
+
+
+def check(cfg: DictConfig) -> tuple[Member, dict]:
+    """The member and trainer settings `cfg` asks for, every value checked (nothing has run yet)."""
+    return member(cfg), trainer(cfg)
+
+
+# ----------------------------------------------------------------------------------------
+# Composing, and writing values back as overrides
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/ plus `overrides`, as `zipnet-train OVERRIDES` would see it (Hydra's compose API)."""
+    with Composer() as composer:
+        return composer.compose(overrides)
+
+
+class Composer:
+    """Hydra's compose API over conf/, opened once for many compositions."""
+
+    def __init__(self):
+        from hydra import initialize_config_dir
+
+        self._ctx = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
+
+    def __enter__(self) -> "Composer":
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+    @staticmethod
+    def compose(overrides: Sequence[str]) -> DictConfig:
+        from hydra import compose as hydra_compose
+
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]*")
+
+
+def override_value(value: Any) -> str:
+    """A Python value as a Hydra override value that parses back to the same value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    text = str(value)
+    if _BARE.fullmatch(text) and text.lower() not in ("true", "false", "null", "inf", "nan"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def override(key: str, value: Any) -> str:
+    return f"{key}={override_value(value)}"
+
+
+def override_key(text: str) -> str:
+    """`+a.b=1` -> `a.b`."""
+    return text.split("=", 1)[0].lstrip("+~")

@@ -11,3 +11,7 @@ class ConfigError(ValueError):
 
 class DataError(RuntimeError):
     """A data file that is missing, corrupt or fails its checksum. The message names the file."""
+
+
+class StoreError(RuntimeError):
+    """A tracking or study store that cannot be opened or written. The message names it and the way out."""

@@ -13,10 +13,12 @@ class PassBar:
         self.width = width
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.started = time.perf_counter()
+        self._done = 0
         if self.enabled:
             self.update(0)
 
     def update(self, done: int) -> None:
+        self._done = done
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.started
@@ -27,6 +29,14 @@ class PassBar:
         if done >= self.passes:
             self.stream.write("\n")
         self.stream.flush()
+
+    def write(self, text: str) -> None:
+        """A line that does not collide with the bar."""
+        if self.enabled:
+            self.stream.write("\r\033[K")
+        print(text, flush=True)
+        if self.enabled:
+            self.update(self._done)
 
     def close(self) -> None:
         if self.enabled:

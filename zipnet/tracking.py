@@ -224,9 +224,11 @@ class Tracker:
         _OPEN[run.info.run_id] = self
         return run.info.run_id
 
-    def log_config(self, run_id: str, cfg: DictConfig, overrides: list[str], fingerprint: str | None = None) -> None:
+    def log_config(self, run_id: str, cfg: DictConfig, overrides: list[str], digits=None) -> None:
         """Params (the flattened config), the override list as a tag, and both as artifacts."""
         from mlflow.entities import Param, RunTag
+
+        fingerprint = getattr(digits, "fingerprint", digits)
 
         params = [Param(k, param_text(v)[:6000]) for k, v in flatten(cfg).items()]
         tags = [RunTag("zipnet.overrides", " ".join(overrides)[:8000])]

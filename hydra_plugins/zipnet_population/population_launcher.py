@@ -2,19 +2,21 @@
 
     zipnet-train -m hydra/launcher=population optim.lr=0.01,0.03,0.1 model.init=sqrt,linear
 
-The launcher composes every job's config, trains the jobs in as few populations as their
-configs allow (zipnet.population), then runs each job as Hydra's basic launcher would: its
-own directory, its own MLflow run, its own lines per pass. The job finds its result ready.
+Each job runs as Hydra's basic launcher would run it (its own directory and .hydra/, its own
+MLflow run), except that zipnet-train's task function returns the job untrained
+(zipnet.runner.collect); the launcher then trains the batch's jobs in as few populations as
+their configs allow, every pass streamed to each job's run, and returns each job's objective.
+A job that cannot train (a bad value) refuses the whole batch before anything trains.
 """
 
-
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
@@ -42,25 +44,55 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from zipnet import population
+        from zipnet import runner
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = idx
-                cfg.hydra.job.num = idx
-            configs.append(cfg)
-        log.info(f"Training {len(configs)} jobs as populations")
-        population.provide(configs, population.train_configs(configs, log=log.info))
         returns = []
-        for cfg, overrides in zip(configs, job_overrides):
-            log.info(f"\t#{cfg.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        with runner.collect():
+            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(cfg):
+                    cfg.hydra.job.id = idx
+                    cfg.hydra.job.num = idx
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                returns.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                       config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        jobs = [ret.return_value if ret.status == JobStatus.COMPLETED else None for ret in returns]
+        if any(job is None for job in jobs):
+            self._refuse(returns)
+        ready = [job for job in jobs if isinstance(job, runner.Job)]
+        log.info(f"Training {len(ready)} jobs as populations")
+        runner.run(ready)
+        for ret, job in zip(returns, jobs):
+            if isinstance(job, runner.Job):
+                if job.error is not None:
+                    ret.status, ret.return_value = JobStatus.FAILED, job.error
+                else:
+                    ret.return_value = runner.objective(job)
         return returns
+
+    def _refuse(self, returns: Sequence[JobReturn]) -> None:
+        """A job that cannot train refuses the whole batch, before anything trains."""
+        from zipnet import multirun, train
+
+        if self._in_sweep():
+            return  # the sweeper's trials: the refused one is told FAIL, the rest train
+        for num, ret in enumerate(returns):
+            if ret.status == JobStatus.FAILED:  # not a zipnet error: say what it was
+                try:
+                    ret.return_value
+                except Exception as err:
+                    print(f"zipnet-train: error: job {num}: {type(err).__name__}: {err}", file=sys.stderr)
+        refused = len(train.refused_jobs()) or "some"
+        print(f"zipnet-train: nothing trained: {refused} job(s) of this batch cannot run; fix them or leave them out",
+              file=sys.stderr)
+        multirun.discard_parent()
+        sys.exit(2)
+
+    def _in_sweep(self) -> bool:
+        sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
+        return "zipnet_optuna" in sweeper

@@ -1,0 +1,109 @@
+"""hydra/sweeper=zipnet_optuna: an Optuna study that Hydra runs as a multirun.
+
+    zipnet-train -m sweeps=paper_open_choices
+    zipnet-train -m sweeps=paper_open_choices hydra.sweeper.n_trials=200 'optim.lr=tag(log, interval(0.01, 0.1))'
+
+The search space is written in Hydra's override grammar under `hydra.sweeper.params`
+(`choice(...)`, `range(...)`, `interval(...)`, `tag(log, ...)`), or as sweep overrides on the
+command line. The settings keep the official optuna sweeper's names where they exist
+(`study_name`, `storage`, `direction`, `n_trials`, `sampler`, `params`), plus zipnet's
+(`metric`, `batch`, `pruner`, `max_failure_rate`, heartbeat and retry settings).
+
+It asks `batch` trials at once and hands their jobs to Hydra's launcher. Each job carries its
+trial in its config, so it reports its metric after every pass and prunes itself wherever it
+runs; with hydra/launcher=population (what the study presets in sweeps/ choose) the batch
+trains as one population. A rerun resumes to exactly `n_trials`; several workers, on several
+machines with a server storage, share one study (zipnet/sweeps/).
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ZipnetOptunaSweeperConf:
+    _target_: str = "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper.ZipnetOptunaSweeper"
+    study_name: Optional[str] = None  # null: the name of the sweeps preset, else "zipnet"
+    storage: Optional[str] = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
+    direction: str = "minimize"
+    metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
+    n_trials: int = 20  # the target in total: a rerun continues up to it, never past it
+    batch: int = 16  # trials asked at once (one population with hydra/launcher=population)
+    max_failure_rate: float = 0.2  # diverged or crashed trials allowed, as a share of n_trials
+    sampler: Dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    params: Optional[Dict[str, Any]] = None
+    storage_timeout: float = 30.0
+    heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials
+    grace_period: Optional[int] = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)
+    max_retry: int = 2  # how often a stale or given-back trial is asked again
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="zipnet_optuna", node=ZipnetOptunaSweeperConf,
+                             provider="zipnet")
+
+
+class ZipnetOptunaSweeper(Sweeper):
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.launcher = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
+                                                                task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        """Run the study to its target. Exit status: 2 for a study that cannot run (named key),
+        3 when more trials failed than allowed, 4 when other workers still hold trials."""
+        from zipnet.errors import ConfigError, StoreError
+        from zipnet.sweeps.study import FailureBudgetExceeded, SweepError, from_sweeper
+        from zipnet.sweeps.sweep import StillRunning, Sweep
+
+        settings = OmegaConf.to_container(OmegaConf.create(self.settings), resolve=True)
+        if settings.get("study_name") is None:
+            choice = OmegaConf.select(self.config, "hydra.runtime.choices.sweeps", default=None)
+            settings["study_name"] = choice or "zipnet"
+        try:
+            spec = from_sweeper(settings, list(arguments))
+            return Sweep(spec, self._launch, composer=self, log=log.info).run()
+        except (SweepError, ConfigError, StoreError) as err:
+            print(f"zipnet-train: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except FailureBudgetExceeded as err:
+            print(f"zipnet-train: stopped: {err}", file=sys.stderr)
+            sys.exit(3)
+        except StillRunning as err:
+            print(f"zipnet-train: stopped: {err}", file=sys.stderr)
+            sys.exit(4)
+
+    def compose(self, overrides: List[str]) -> DictConfig:
+        """A job's config as the launcher will compose it (the study's checks use it)."""
+        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+
+    def _launch(self, jobs: List[List[str]], first: int) -> List[Optional[str]]:
+        returns: List[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))
+        reasons: List[Optional[str]] = []
+        for ret in returns:
+            try:
+                ret.return_value
+                reasons.append(None)
+            except Exception as err:  # the job raised: its trial fails with this reason
+                text = str(err).strip().splitlines()
+                reasons.append(f"{type(err).__name__}: {text[0] if text else ''}")
+        return reasons

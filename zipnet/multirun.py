@@ -1,0 +1,109 @@
+"""A Hydra multirun (a grid) as one MLflow parent run with a child per job.
+
+Configured under `hydra.callbacks` in conf/config.yaml. The parent's id travels to the jobs in
+$ZIPNET_MLFLOW_PARENT_RUN, so launchers that run jobs in other processes see it too. The
+zipnet_optuna sweeper keeps its own parent (the study's), so a sweep skips this one.
+
+The parent ends FINISHED when every job trained, FAILED (its `zipnet.error` names the jobs)
+when some were refused, and is deleted when nothing trained at all.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+GRID_KEYS = "ZIPNET_GRID_KEYS"  # the keys a grid sweeps: its jobs are named by their values
+
+
+def swept_keys(overrides: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [o.get_key_element() for o in parsed if o.is_sweep_override()]
+
+
+def job_name(overrides: list[str]) -> str:
+    """A grid job's run name: the values of the keys the grid sweeps (all its overrides if unknown)."""
+    keys = [k for k in os.environ.get(GRID_KEYS, "").split(",") if k]
+    shown = [o for o in overrides if not keys or o.split("=", 1)[0] in keys]
+    return " ".join(shown)
+
+
+def _sweeping(config: DictConfig) -> bool:
+    return "zipnet_optuna" in str(config.hydra.sweeper.get("_target_", ""))
+
+
+class MultirunCallback(Callback):
+    def __init__(self) -> None:
+        self.tracker = None
+        self.run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from zipnet import runner, tracking
+
+        if _sweeping(config):
+            return
+        self.tracker = runner.tracker_for(config)
+        if self.tracker is None:
+            return
+        from mlflow.entities import Param
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        overrides = list(config.hydra.overrides.task)
+        self.run_id = self.tracker.start(f"grid {' '.join(overrides)}"[:250], role="multirun",
+                                         tags={"zipnet.sweep": str(sweep_dir), "zipnet.overrides": " ".join(overrides)})
+        self.tracker.client.log_batch(self.run_id, params=[Param("sweep.overrides", " ".join(overrides)[:6000]),
+                                                           Param("sweep.dir", str(sweep_dir))])
+        os.environ[tracking.PARENT_ENV] = self.run_id
+        os.environ[GRID_KEYS] = ",".join(swept_keys(overrides))
+        _current.append(self)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from zipnet import train
+
+        if self.tracker is None or self.run_id is None:
+            return
+        refused = train.refused_jobs()
+        summary = self.tracker.summarise(self.run_id)
+        if not summary.get("children"):
+            self.discard()
+        elif refused:
+            self.tracker.end(self.run_id, "FAILED", "refused: " + "; ".join(refused))
+        else:
+            self.tracker.end(self.run_id, "FINISHED")
+        self._forget()
+
+    def discard(self) -> None:
+        """Nothing trained: no parent run is left behind."""
+        if self.run_id is not None:
+            self.tracker.end(self.run_id, "KILLED")
+            self.tracker.client.delete_run(self.run_id)
+        self._forget()
+
+    def _forget(self) -> None:
+        from zipnet import tracking
+
+        os.environ.pop(tracking.PARENT_ENV, None)
+        os.environ.pop(GRID_KEYS, None)
+        if self in _current:
+            _current.remove(self)
+        self.run_id = None
+
+
+_current: list[MultirunCallback] = []  # the multirun running in this process, if any
+
+
+def discard_parent() -> None:
+    """Delete the running multirun's parent run (its batch was refused before training)."""
+    for callback in list(_current):
+        callback.discard()

@@ -1,0 +1,319 @@
+"""One path from composed configs to trained results, for every entry point.
+
+zipnet-train (a population of one), hydra/launcher=population (a grid's jobs), the
+zipnet_optuna sweeper (a batch of trials) and zipnet-reproduce all come through here:
+
+    jobs (composed configs) -> populations (what may train in lockstep) -> engine.train
+                            -> every pass streamed to each job's watchers -> results
+
+A watcher follows one job: its output folder, its MLflow run, its Optuna trial. It starts
+before the first pass, sees each pass as it comes (and may stop its job there: pruning),
+and ends with the result, or is aborted (KILLED, FAILED) when training raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from zipnet import config as checks
+from zipnet.engine import Member, RunResult, format_pass, train
+
+Log = Callable[[str], None]
+SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
+
+
+class Watcher:
+    """Follows one job through training; every hook is optional."""
+
+    def start(self, job: "Job") -> None:
+        """Before the first pass (the data is loaded: job.digits)."""
+
+    def on_pass(self, job: "Job", result: RunResult) -> bool:
+        """After each pass, result.history[-1] is its row; True stops the job (pruned)."""
+        return False
+
+    def end(self, job: "Job", result: RunResult) -> None:
+        """The job trained to its end: finished, pruned or diverged."""
+
+    def abort(self, job: "Job", status: str, error: BaseException) -> None:
+        """Training raised: status is KILLED (interrupted) or FAILED."""
+
+
+@dataclass
+class Job:
+    """One configuration to train, with the watchers that follow it."""
+
+    cfg: DictConfig
+    overrides: list[str] = field(default_factory=list)
+    name: str = ""  # its label in lines and its MLflow run name
+    out_dir: Path | None = None
+    watchers: list[Watcher] = field(default_factory=list)
+    member: Member | None = None
+    opts: dict | None = None
+    digits: object | None = None  # zipnet.data.Digits, loaded when its population trains
+    result: RunResult | None = None
+    error: BaseException | None = None  # why it did not train, if it did not
+    run_id: str | None = None  # its MLflow run, when tracked
+    metric: str = "test/error"  # what its task function returns (a sweep's trial: the study's metric)
+
+    def check(self) -> "Job":
+        """Check every value (ConfigError names the key); nothing has run yet."""
+        if self.member is None:
+            self.member, self.opts = checks.check(self.cfg)
+        return self
+
+    def objective(self, metric: str) -> float | None:
+        """The final value of `metric` for a job that finished; None otherwise."""
+        if self.result is None or self.result.status != "finished" or not self.result.history:
+            return None
+        return float(self.result.history[-1][metric])
+
+
+def objective(job: Job) -> float | None:
+    """What a Hydra task function returns for the job: its metric at the last pass, or None
+    (pruned, diverged, failed)."""
+    return job.objective(job.metric)
+
+
+_collect = contextvars.ContextVar("zipnet_collect", default=False)
+
+
+@contextlib.contextmanager
+def collect():
+    """Inside, zipnet-train's task function returns its job untrained, for
+    hydra/launcher=population to train with the batch's other jobs."""
+    token = _collect.set(True)
+    try:
+        yield
+    finally:
+        _collect.reset(token)
+
+
+def collecting() -> bool:
+    return _collect.get()
+
+
+def plain(cfg: DictConfig) -> dict:
+    """The config as a plain resolved dict, without Hydra's node."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("hydra", None)
+    return tree
+
+
+def population_key(job: Job) -> str:
+    """What members of one population must share: the data (but for the targets), the
+    trainer, the connection table, relu or tanh, the output and loss, and the optimiser's
+    form. They may differ in lr, init, gain, fan-in rule, seeds, MSE scaling, targets,
+    tanh or scaled tanh, and dropout."""
+    tree = plain(job.cfg)
+    data = {k: v for k, v in tree["data"].items() if not k.startswith("target_")}
+    model, optim = tree["model"], tree["optim"]
+    shared = {"data": data, "trainer": {k: v for k, v in tree["trainer"].items() if k != "progress"},
+              "table": [model["table"], model["table_seed"]], "relu": model.get("activation") == "relu",
+              "output": model.get("output"), "loss": tree["loss"].get("name"),
+              "optim": [optim["name"], optim.get("hessian"), optim.get("hessian_samples")]}
+    return json.dumps(shared, sort_keys=True)
+
+
+def populations(jobs: list[Job]) -> list[list[Job]]:
+    """Jobs grouped into populations, in order of first appearance."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(population_key(job), []).append(job)
+    return list(groups.values())
+
+
+def run(jobs: list[Job], log: Log | None = print, bar=None) -> list[Job]:
+    """Train every job, as few populations as their configs allow; returns the jobs with
+    their results (or errors). Checks every job first, so a bad value trains nothing.
+
+    KeyboardInterrupt (Ctrl-C, or a preemption signal) aborts the started jobs as KILLED
+    and propagates. Any other error while training a population fails that population's
+    jobs (their `error` says why) and the next population trains.
+    """
+    for job in jobs:
+        job.check()
+    groups = populations(jobs)
+    for n, group in enumerate(groups, start=1):
+        if log is not None and len(jobs) > 1:
+            log(f"population {n}/{len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
+        train_population(group, log, bar)
+    return jobs
+
+
+def train_population(group: list[Job], log: Log | None = print, bar=None) -> None:
+    import torch
+
+    from zipnet.data import load_digits
+
+    opts = group[0].opts
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    started: list[Job] = []
+    place = {id(job.member): k for k, job in enumerate(group)}
+    say = (bar.write if bar is not None else log) if log is not None else None
+
+    def on_pass(pass_number: int, live: list[RunResult]) -> set[int]:
+        stop = set()
+        for result in live:
+            k = place[id(result.member)]
+            job = group[k]
+            for watcher in job.watchers:
+                if watcher.on_pass(job, result):
+                    stop.add(k)
+        if say is not None and len(group) > 1:
+            lines(group, live, pass_number, say)
+        return stop
+
+    try:
+        digits = load_digits(group[0].cfg.data)
+        if say is not None:
+            say(f"data: {group[0].cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, "
+                f"fingerprint {digits.fingerprint[:12]}")
+        for job in group:
+            job.digits = digits
+            for watcher in job.watchers:
+                watcher.start(job)
+            started.append(job)
+        # a single run prints the seed's lines itself (the engine's log); a population, each job's
+        results = train([job.member for job in group], digits, log=say if len(group) == 1 else None,
+                        on_pass=on_pass, progress=bar, **engine_options(group[0].opts))
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        for job in group:
+            job.error = err
+        for job in started:
+            for watcher in job.watchers:
+                watcher.abort(job, status, err)
+        if isinstance(err, KeyboardInterrupt) or len(started) == 0 and not _recoverable(err):
+            raise
+        if say is not None:
+            say(f"population of {len(group)} failed: {_one_line(err)}")
+        return
+    if bar is not None:
+        bar.close()
+    for job, result in zip(group, results):
+        job.result = result
+        if say is not None and result.status == "diverged":
+            name = f"{job.name}: " if len(group) > 1 else ""
+            say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
+        for watcher in job.watchers:
+            watcher.end(job, result)
+
+
+def _recoverable(err: BaseException) -> bool:
+    """Errors that fail the jobs but not the caller: the data or a config for this group."""
+    from zipnet.errors import ConfigError, DataError
+
+    return isinstance(err, (ConfigError, DataError, OSError, ValueError, RuntimeError))
+
+
+def engine_options(opts: dict) -> dict:
+    return checks.engine_options(opts)
+
+
+def lines(group: list[Job], live: list[RunResult], pass_number: int, say: Log) -> None:
+    """A population's lines per pass: the seed's lines prefixed by each job's name, or one
+    summary line for a large population."""
+    if len(group) <= SUMMARY_OVER:
+        place = {id(job.member): job for job in group}
+        for result in live:
+            say(format_pass(result, prefix=f"{place[id(result.member)].name or 'member'}: "))
+        return
+    errors = [r.history[-1]["test/error"] for r in live]
+    if errors:
+        say(f"pass {pass_number}: {len(live)} live, best test/error {min(errors):.2f}%")
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------------------
+# Standard watchers
+
+
+class Output(Watcher):
+    """The job's folder: config_resolved.yaml and metrics.json (per-pass metrics)."""
+
+    def end(self, job: Job, result: RunResult) -> None:
+        if job.out_dir is None:
+            return
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        (job.out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(job.cfg, resolve=True))
+        summary = {"status": result.status, "diverged_at_pass": result.diverged_at_pass, "history": result.history,
+                   "data_fingerprint": getattr(job.digits, "fingerprint", None), "engine": engine_tags(result)}
+        (job.out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+
+
+class Tracked(Watcher):
+    """The job's MLflow run: created before the first pass, each pass logged as it comes,
+    artifacts and the model at the end. It ends FINISHED, FAILED or KILLED."""
+
+    def __init__(self, tracker, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+                 role: str = "run"):
+        self.tracker, self.tags, self.parent, self.role = tracker, dict(tags or {}), parent_run_id, role
+        self.logged = 0
+
+    def start(self, job: Job) -> None:
+        job.run_id = self.tracker.start(job.name or None, self.tags, role=self.role, parent_run_id=self.parent)
+        self.tracker.log_config(job.run_id, job.cfg, job.overrides, job.digits)
+
+    def on_pass(self, job: Job, result: RunResult) -> bool:
+        self.tracker.log_pass(job.run_id, result.history[-1])
+        self.logged = len(result.history)
+        return False
+
+    def end(self, job: Job, result: RunResult) -> None:
+        from zipnet import tracking
+
+        self.tracker.log_history(job.run_id, result.history[self.logged:])  # the pass a member diverged in
+        tags = tracking.population_tags(result.population_sizes or [1], result.population_positions or [0])
+        tags.update(engine_tags(result))
+        self.tracker.finish(job.run_id, result, job.digits, extra_tags=tags)
+
+    def abort(self, job: Job, status: str, error: BaseException) -> None:
+        self.tracker.end(job.run_id, status, error)
+
+
+def engine_tags(result: RunResult) -> dict[str, str]:
+    """Which backend trained the run, and on what: the last bits of its metrics depend on both."""
+    tags = {}
+    for attr, tag in (("backend", "zipnet.backend"), ("kernel_build", "zipnet.kernel_build"), ("cpu", "zipnet.cpu")):
+        value = getattr(result, attr, None)
+        if value is not None:
+            tags[tag] = str(value)
+    return tags
+
+
+_trackers: dict[tuple, object] = {}
+
+
+def tracker_for(cfg: DictConfig):
+    """The process's MLflow client for cfg's store and experiment (opened once), or None
+    when tracking is off. A store that cannot be opened raises before anything trains."""
+    from zipnet import tracking
+
+    s = tracking.settings(cfg)
+    if not s.enabled:
+        return None
+    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights)
+    if key not in _trackers:
+        _trackers[key] = tracking.Tracker(s.uri, s.experiment, s.figures, s.weights)
+    return _trackers[key]
+
+
+def multirun_parent() -> str | None:
+    """The parent MLflow run of the multirun or study this process's jobs belong to."""
+    from zipnet import tracking
+
+    return os.environ.get(tracking.PARENT_ENV) or None

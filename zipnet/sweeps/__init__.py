@@ -1,0 +1,19 @@
+"""Optuna studies over the population engine.
+
+- `study`: a study's definition (what to search, how, to what target), checked before any trial runs;
+- `storage`: the study's storage, and the workers' coordination through it (count then ask,
+  heartbeats, stale trials failed and asked again, trials given back on preemption);
+- `parent`: the study's MLflow parent run, one per study whoever starts first;
+- `trial`: the job side: a job that carries its trial in its config reports every pass,
+  prunes itself and tells its result, wherever it runs;
+- `sweep`: the loop that asks batches and hands them to a launcher.
+
+The Hydra sweeper (hydra/sweeper=zipnet_optuna) and zipnet-sweep both drive `sweep.Sweep`.
+"""
+
+import warnings
+
+# Optuna marks heartbeats and the retry callback experimental, and warns that heartbeats are meant
+# for Study.optimize; zipnet drives them with ask/tell as Optuna's docs describe (REFERENCE.md §6)
+warnings.filterwarnings("ignore", message=".*is experimental.*", module="optuna")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

@@ -1,0 +1,382 @@
+"""A study's storage, and the workers' coordination through it.
+
+Workers on any hosts share one Optuna storage and coordinate only through it (no
+coordinator of zipnet's own):
+- count, then ask: under the storage's lock (a file lock beside a local sqlite or journal
+  file; a PostgreSQL advisory lock on a server), so that together they ask exactly
+  `n_trials`. Storages without a lock give back what went past the target, by trial number.
+- heartbeats (Optuna's RDB heartbeat): a worker records one for each of its running trials
+  every `heartbeat_interval` seconds. A trial silent for `grace_period` is failed by
+  `optuna.storages.fail_stale_trials`, and `RetryHeartbeatStaleTrialCallback` asks its parameters
+  again, at most `max_retry` times. Liveness is never judged by host name or pid, so a
+  live worker's trials are never taken from it.
+- give back: on Ctrl-C or a preemption signal a worker fails its running trials and asks
+  them again at once, without waiting for the heartbeat to go stale.
+
+Counted toward `n_trials`: COMPLETE, PRUNED, and FAIL trials that were not asked again
+(diverged, crashed, or retried too often). Journal storages have no heartbeat: a dead
+worker's trials there stay RUNNING until a worker on the same storage gives them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, make_sampler
+
+WORKER = "zipnet.worker"
+INTERRUPTED = "zipnet.interrupted"  # given back by its worker (preempted, Ctrl-C): asked again
+SURPLUS = "zipnet.surplus"  # asked past n_trials by a worker without a lock: not counted
+REASON = "zipnet.fail_reason"
+RUN_ID = "zipnet.mlflow_run_id"
+
+
+def masked(url: str) -> str:
+    """The URL with its password hidden: what may be printed, stored or logged."""
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***"
+
+
+def without_password(url: str) -> str:
+    """The URL a job's config carries: no password (the driver reads $PGPASSWORD or .pgpass)."""
+    if "://" not in url or "@" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+
+def local_file(url: str) -> Path | None:
+    """The local file behind a sqlite or journal storage URL, else None (a server)."""
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):].removeprefix("//"))
+    return None
+
+
+_storages: dict[str, object] = {}  # URL -> storage, once per process (the jobs of this process share it)
+
+
+def open_storage(url: str, spec: StudySpec | None = None):
+    """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql), with heartbeats
+    and retries as `spec` sets them, or `journal:PATH`. Opened once per process."""
+    if url in _storages:
+        return _storages[url]
+    import optuna
+
+    path = local_file(url)
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        else:
+            spec = spec or StudySpec(where="storage", study_name="")
+            kwargs = {"connect_args": {"timeout": spec.storage_timeout}} if url.startswith("sqlite") else \
+                {"pool_pre_ping": True}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # heartbeats are marked experimental
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry))
+    except Exception as err:
+        raise storage_error(url, err) from err
+    _storages[url] = _storages[without_password(url)] = storage  # this process's jobs reach it by either
+    return storage
+
+
+def storage_error(url: str, err: BaseException) -> SweepError:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return SweepError(f"storage {masked(url)}: the database is locked by another process and stayed locked past "
+                          "storage_timeout; wait for it, or give each machine a server storage (postgresql://...)")
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return SweepError(f"storage {masked(url)}: cannot open it: {first}")
+
+
+@contextlib.contextmanager
+def lock(url: str):
+    """Exclusive across workers: a file lock beside a local file; a PostgreSQL advisory lock
+    (held by one connection, released if its worker dies); no lock elsewhere."""
+    path = local_file(url)
+    if path is not None:
+        from filelock import FileLock
+
+        with FileLock(f"{path}.lock"):
+            yield
+        return
+    if url.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(b"zipnet " + url.encode()).digest()[:8], "big", signed=True)
+        engine = _lock_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    yield
+
+
+_engines: dict[str, object] = {}
+
+
+def _lock_engine(url: str):
+    if url not in _engines:
+        import sqlalchemy
+
+        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+    return _engines[url]
+
+
+def heartbeats(storage) -> bool:
+    """Whether the storage keeps heartbeats (RDB storages here do; journal storages cannot)."""
+    return hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() is not None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------------------
+# Counting
+
+
+@dataclass
+class Tally:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0  # diverged, crashed, or retried too often: counts toward n_trials and the failure budget
+    running: int = 0
+    waiting: int = 0  # enqueued, to be asked next (retries)
+    total: int = 0  # every trial in the storage, for the sampler's seed
+
+    @property
+    def counted(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+def retried(trials) -> set[int]:
+    """Numbers of trials that were asked again (RetryHeartbeatStaleTrialCallback's record)."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    out = set()
+    for t in trials:
+        number = RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+        if number is not None:
+            out.add(number)
+    return out
+
+
+def tally(trials) -> Tally:
+    from optuna.trial import TrialState
+
+    again = retried(trials)
+    t = Tally(total=len(trials))
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            t.complete += 1
+        elif trial.state == TrialState.PRUNED:
+            t.pruned += 1
+        elif trial.state == TrialState.FAIL and trial.number not in again and not trial.user_attrs.get(SURPLUS):
+            t.failed += 1
+        elif trial.state == TrialState.RUNNING:
+            t.running += 1
+        elif trial.state == TrialState.WAITING:
+            t.waiting += 1
+    return t
+
+
+# ----------------------------------------------------------------------------------------
+# The worker's side
+
+
+class Coordinator:
+    """One worker's dealings with the study: ask, beat, give back, wait."""
+
+    def __init__(self, study, storage, url: str, spec: StudySpec, log=print):
+        self.study, self.storage, self.url, self.spec, self.log = study, storage, url, spec, log
+        self.worker = worker_id()
+        self.study_id = storage.get_study_id_from_name(spec.study_name)
+        self.mine: dict[int, object] = {}  # trial number -> Trial, asked here and not finished
+        self.beating = heartbeats(storage)
+
+    def trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def now(self) -> Tally:
+        return tally(self.study.get_trials(deepcopy=False))
+
+    def recover(self) -> None:
+        """Stale trials (their worker's heartbeat stopped) fail and are asked again."""
+        if self.beating:
+            import optuna
+
+            before = {t.number for t in self._running()}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                optuna.storages.fail_stale_trials(self.study)
+            for number in sorted(before - {t.number for t in self._running()} - set(self.mine)):
+                self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
+
+    def _running(self):
+        from optuna.trial import TrialState
+
+        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def ask(self) -> list:
+        """Up to `batch` trials, never past `n_trials` counted and running; [] when none is left
+        to ask. Raises FailureBudgetExceeded when too many failed."""
+        spec = self.spec
+        with lock(self.url):
+            self.recover()
+            now = self.now()
+            self._check_budget(now)
+            free = spec.n_trials - now.counted - now.running
+            if free <= 0:
+                return []
+            self.study.sampler = make_sampler(spec, now.total)
+            asked = []
+            for _ in range(min(spec.batch, free)):
+                trial = self.study.ask({name: p.distribution for name, p in spec.params.items()})
+                self.mine[trial.number] = trial
+                if self.beating:
+                    self.storage.record_heartbeat(self.trial_id(trial.number))
+                trial.set_user_attr(WORKER, self.worker)
+                asked.append(trial)
+        return self._past_target(asked)
+
+    def _past_target(self, asked: list) -> list:
+        """Without a lock two workers may both ask the last slots: the trials numbered past
+        the target are given back as surplus (not counted, not asked again)."""
+        if local_file(self.url) is not None or self.url.startswith("postgresql"):
+            return asked
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        again = retried(trials)
+        alive = sorted(t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.COMPLETE,
+                                                               TrialState.PRUNED, TrialState.WAITING)
+                       or (t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get(SURPLUS)))
+        over = set(alive[self.spec.n_trials:])
+        keep = []
+        for trial in asked:
+            if trial.number in over:
+                self.storage.set_trial_user_attr(self.trial_id(trial.number), SURPLUS, True)
+                self.finish(trial.number, "FAIL")
+            else:
+                keep.append(trial)
+        return keep
+
+    def _check_budget(self, now: Tally) -> None:
+        if now.failed > self.spec.failure_budget:
+            raise FailureBudgetExceeded(
+                f"{now.failed} trials failed; max_failure_rate {self.spec.max_failure_rate} of {self.spec.n_trials} "
+                f"allows {self.spec.failure_budget}. The study is kept: fix the cause and rerun the same command.")
+
+    def check_budget(self) -> None:
+        self._check_budget(self.now())
+
+    def finish(self, number: int, state: str, value: float | None = None) -> None:
+        """Tell a trial's end (skipped if its job told it already)."""
+        from optuna.trial import TrialState
+
+        if state == "COMPLETE":
+            self.study.tell(number, value, skip_if_finished=True)
+        else:
+            self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        self.mine.pop(number, None)
+
+    def settle(self, numbers: list[int], reasons: dict[int, str]) -> None:
+        """After a batch: a trial its job left running (the job failed before it could tell)
+        fails with the job's reason."""
+        from optuna.trial import TrialState
+
+        for number in numbers:
+            frozen = self.storage.get_trial(self.trial_id(number))
+            if frozen.state == TrialState.RUNNING:
+                reason = reasons.get(number, "its job ended without telling a result")
+                self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
+                self.finish(number, "FAIL")
+                self.log(f"trial {number} failed: {reason}")
+            self.mine.pop(number, None)
+
+    def give_back(self) -> None:
+        """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)
+        for number in sorted(self.mine):
+            try:
+                tid = self.trial_id(number)
+                if self.storage.get_trial(tid).state != TrialState.RUNNING:
+                    continue
+                self.storage.set_trial_user_attr(tid, INTERRUPTED, True)
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+                retry(self.study, self.storage.get_trial(tid))
+            except Exception as err:  # the storage itself may be what failed
+                self.log(f"trial {number}: could not give it back ({str(err).splitlines()[0]})")
+        self.mine.clear()
+
+    def others_running(self) -> int:
+        return sum(1 for t in self._running() if t.number not in self.mine)
+
+    def wait_for_others(self) -> bool:
+        """When nothing is left to ask but other workers hold trials: wait while they run,
+        failing stale ones (they are then asked again). Returns True when there is work to
+        ask again, False when the study is done. Without heartbeats, returns False at once."""
+        if not self.beating:
+            return False
+        while True:
+            with lock(self.url):
+                self.recover()
+                now = self.now()
+            if now.counted + now.running < self.spec.n_trials or now.waiting:
+                return True
+            if now.running == 0:
+                return False
+            time.sleep(min(self.spec.heartbeat_interval, 5))
+
+    @contextlib.contextmanager
+    def beat(self, numbers: list[int]):
+        """Heartbeats for these trials every heartbeat_interval while inside (a thread: the
+        kernel and torch release the GIL while they train)."""
+        if not self.beating:
+            yield
+            return
+        ids = [self.trial_id(n) for n in numbers]
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(self.spec.heartbeat_interval):
+                for tid in ids:
+                    try:
+                        self.storage.record_heartbeat(tid)
+                    except Exception:  # a finished trial, or a hiccup of the server: the next beat retries
+                        pass
+
+        thread = threading.Thread(target=loop, name="zipnet-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()

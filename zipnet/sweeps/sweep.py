@@ -1,0 +1,170 @@
+"""The sweep loop: ask a batch of trials, hand their jobs to a launcher, settle, until the
+study has its `n_trials`.
+
+A batch's jobs carry their trial in their config (`trial.study`, `trial.storage`,
+`trial.number`); the launcher runs them (hydra/launcher=population: one population, pruned
+per pass; any other launcher: each job reports, prunes itself and tells its result). While
+they run, this worker beats for them. Whatever a job left running (it failed before it
+could tell) fails with the job's reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from zipnet import config as checks
+from zipnet import runner
+from zipnet.sweeps import parent
+from zipnet.sweeps import storage as stores
+from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
+
+# job overrides, the first job's index -> for each job: None, or why it failed
+Launch = Callable[[list[list[str]], int], list[str | None]]
+
+
+class StillRunning(RuntimeError):
+    """This worker stopped while other workers still hold trials (a storage without heartbeats)."""
+
+
+def default_storage(tracker) -> str:
+    """sqlite beside the MLflow store when that is a local sqlite file. A server store has
+    no folder to share: the study needs a server storage of its own."""
+    from zipnet import tracking
+
+    uri = tracker.uri if tracker is not None else tracking.resolve_uri(None)
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{os.path.join(os.path.dirname(uri[len('sqlite:///'):]), 'optuna.db')}"
+    if tracker is None:
+        return tracking.resolve_uri("sqlite:///mlruns/optuna.db")
+    raise SweepError(f"storage: MLflow tracks to {stores.masked(uri)}, so each machine would run its own copy of the "
+                     "study in a local file; give the study a shared storage, e.g. "
+                     "storage=postgresql://USER@HOST:5432/optuna (the password from $PGPASSWORD or ~/.pgpass)")
+
+
+def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
+    """What a job needs to find its trial, wherever it runs (no password)."""
+    return [checks.override("trial.study", spec.study_name), checks.override("trial.storage", stores.without_password(url)),
+            checks.override("trial.number", number)]
+
+
+class Sweep:
+    def __init__(self, spec: StudySpec, launch: Launch, composer, log=print):
+        self.spec, self.launch, self.composer, self.log = spec, launch, composer, log
+        self.jobs_launched = 0
+
+    def run(self) -> stores.Tally:
+        """Run the study to its target; returns the final tally."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        spec = self.spec
+        base = check(spec, self.composer)
+        self.tracker = runner.tracker_for(base)
+        self.url = spec.storage or default_storage(self.tracker)
+        path = stores.local_file(self.url)
+        if path is not None:
+            if spec.storage is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.parent.is_dir():
+                raise SweepError(f"storage {self.url}: the folder {path.parent} does not exist; create it or fix the URL")
+        try:
+            self._open()
+        except SweepError:
+            raise
+        except Exception as err:
+            raise stores.storage_error(self.url, err) from err
+        self.log(f"study {spec.study_name!r} in {stores.masked(self.url)}: target {spec.n_trials} trials, "
+                 f"{spec.batch} at a time" + (f"; MLflow parent run {self.parent}" if self.parent else ""))
+        if self.parent:
+            os.environ[_parent_env()] = self.parent
+        try:
+            return self._loop()
+        finally:
+            os.environ.pop(_parent_env(), None)
+
+    def _open(self) -> None:
+        import optuna
+
+        spec = self.spec
+        self.storage = stores.open_storage(self.url, spec)
+        with stores.lock(self.url):  # workers starting together: one study, one parent
+            self.study = optuna.create_study(study_name=spec.study_name, storage=self.storage, load_if_exists=True,
+                                             direction=spec.direction, sampler=make_sampler(spec, 0),
+                                             pruner=make_pruner(spec))
+            if self.study.direction.name.lower() != spec.direction:
+                raise SweepError(f"{spec.where}: direction: study {spec.study_name!r} in {stores.masked(self.url)} was "
+                                 f"created to {self.study.direction.name.lower()}; this says {spec.direction}")
+            from zipnet.sweeps.trial import SPEC
+
+            if SPEC not in self.study.user_attrs:
+                self.study.set_user_attr(SPEC, spec.as_dict())
+            self.parent = parent.ensure(self.tracker, self.study, spec, self.url) if self.tracker else None
+        self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log)
+
+    def _loop(self) -> stores.Tally:
+        spec, coord = self.spec, self.coord
+        try:
+            while True:
+                trials = coord.ask()
+                if not trials:
+                    if coord.wait_for_others():
+                        continue
+                    break
+                self._batch(trials)
+            coord.check_budget()  # judged after the last batch too
+        except KeyboardInterrupt:
+            coord.give_back()
+            others = coord.others_running()
+            self.log(f"study {spec.study_name!r}: stopped; this worker's trials were given back to be asked again"
+                     + (f"; {others} still running on other workers" if others else ""))
+            if self.parent and not others:
+                self.tracker.end(self.parent, "KILLED")
+            raise
+        except FailureBudgetExceeded:
+            if self.parent:
+                parent.update(self.tracker, self.parent, self.study, spec, coord.now())
+                self.tracker.end(self.parent, "FAILED", "failure budget exceeded")
+            raise
+        now = coord.now()
+        self._summary(now)
+        if self.parent:
+            parent.update(self.tracker, self.parent, self.study, spec, now)
+        if now.running:
+            raise StillRunning(f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
+                               "whether they are alive; rerun this command once they are done")
+        if self.parent and now.counted >= spec.n_trials:
+            parent.complete(self.tracker, self.parent, self.study)
+        return now
+
+    def _batch(self, trials: list) -> None:
+        spec = self.spec
+        numbers = [t.number for t in trials]
+        jobs = [spec.fixed + spec.trial_overrides(t.params) + trial_keys(spec, self.url, t.number) for t in trials]
+        self.log(f"batch: trials {', '.join(map(str, numbers))}")
+        started = time.perf_counter()
+        with self.coord.beat(numbers):
+            reasons = self.launch(jobs, self.jobs_launched)
+        self.jobs_launched += len(jobs)
+        self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
+        if self.parent:
+            parent.update(self.tracker, self.parent, self.study, spec, self.coord.now())
+        self.log(f"batch done in {time.perf_counter() - started:.1f} s")
+
+    def _summary(self, now: stores.Tally) -> None:
+        spec = self.spec
+        line = (f"study {spec.study_name!r}: {now.counted}/{spec.n_trials} trials ({now.complete} complete, "
+                f"{now.pruned} pruned, {now.failed} failed" + (f", {now.running} still running elsewhere" if now.running
+                                                                else "") + ")")
+        best = parent.best_trial(self.study, spec)
+        if best is not None:
+            line += (f"; best {spec.metric} {best.value:.4g} (trial {best.number}: "
+                     f"{' '.join(spec.trial_overrides(best.params))})")
+        self.log(line)
+
+
+def _parent_env() -> str:
+    from zipnet import tracking
+
+    return tracking.PARENT_ENV

@@ -1,0 +1,116 @@
+"""The job side of a trial: a job whose config carries `trial.study`, `trial.storage` and
+`trial.number` (the zipnet_optuna sweeper sets them) opens its trial in the study's storage,
+reports its metric after every pass, prunes itself when the study's pruner says so, and
+tells its result. It works wherever the job runs: in the sweeper's process (population or
+basic launcher) or on another machine (submitit), since it needs only the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from zipnet.runner import Job, Watcher
+from zipnet.sweeps import storage as stores
+from zipnet.sweeps.study import StudySpec, make_pruner
+
+SPEC = "zipnet.spec"  # the study's settings, stored with the study by its first worker
+
+
+@dataclass
+class Link:
+    study_name: str
+    url: str
+    number: int
+    study: object  # optuna.Study
+    trial: object  # optuna.Trial
+    metric: str
+    passes: int
+
+    def tags(self) -> dict[str, str]:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        tags = {"zipnet.study": self.study_name, "zipnet.trial": str(self.number)}
+        retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(self.frozen())
+        if retry_of is not None:
+            tags["zipnet.retry_of"] = str(retry_of)
+        return tags
+
+    def frozen(self):
+        storage = stores.open_storage(self.url)
+        study_id = storage.get_study_id_from_name(self.study_name)
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, self.number))
+
+    def watcher(self) -> "TrialWatcher":
+        return TrialWatcher(self)
+
+
+def link(cfg: DictConfig) -> Link | None:
+    """The trial this job belongs to, or None for a job outside a study."""
+    number = OmegaConf.select(cfg, "trial.number", default=None)
+    if number is None:
+        return None
+    import optuna
+
+    name, url = cfg.trial.study, cfg.trial.storage
+    storage = stores.open_storage(url)
+    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+    spec = StudySpec(where=f"study {name!r}", study_name=name, pruner=attrs[SPEC]["pruner"])
+
+    # the job never samples: a random sampler keeps opening the trial cheap
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                              pruner=make_pruner(spec))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
+    return Link(name, url, int(number), study, optuna.trial.Trial(study, trial_id), attrs[SPEC]["metric"],
+                int(OmegaConf.select(cfg, "trainer.passes")))
+
+
+def refuse(cfg: DictConfig, reason: str) -> None:
+    """A job that cannot train fails its trial, with the reason."""
+    found = link(cfg)
+    if found is not None:
+        found.trial.set_user_attr(stores.REASON, reason[:500])
+        found.study.tell(found.number, state=_state("FAIL"), skip_if_finished=True)
+
+
+def _state(name: str):
+    from optuna.trial import TrialState
+
+    return getattr(TrialState, name)
+
+
+class TrialWatcher(Watcher):
+    """Reports the study's metric after every pass, prunes, and tells the result."""
+
+    def __init__(self, found: Link):
+        self.link = found
+
+    def start(self, job: Job) -> None:
+        job.metric = self.link.metric
+
+    def on_pass(self, job: Job, result) -> bool:
+        row = result.history[-1]
+        trial = self.link.trial
+        trial.report(float(row[self.link.metric]), int(row["pass"]))
+        return int(row["pass"]) < self.link.passes and trial.should_prune()
+
+    def end(self, job: Job, result) -> None:
+        trial, study, number = self.link.trial, self.link.study, self.link.number
+        if job.run_id is not None:
+            trial.set_user_attr(stores.RUN_ID, job.run_id)
+        if result.status == "finished":
+            study.tell(number, float(result.history[-1][self.link.metric]), skip_if_finished=True)
+        elif result.status == "pruned":
+            study.tell(number, state=_state("PRUNED"), skip_if_finished=True)
+        else:
+            trial.set_user_attr(stores.REASON, f"diverged at pass {result.diverged_at_pass}")
+            study.tell(number, state=_state("FAIL"), skip_if_finished=True)
+
+    def abort(self, job: Job, status: str, error: BaseException) -> None:
+        if status == "FAILED":  # KILLED: the sweeper gives the trial back to be asked again
+            if job.run_id is not None:
+                self.link.trial.set_user_attr(stores.RUN_ID, job.run_id)
+            self.link.trial.set_user_attr(stores.REASON, str(error).strip().splitlines()[0][:500] if str(error)
+                                          else type(error).__name__)
+            self.link.study.tell(self.link.number, state=_state("FAIL"), skip_if_finished=True)
