@@ -1,49 +1,78 @@
-"""Many configurations as populations: grouping, and hydra/launcher=population against the basic launcher."""
+"""Grids: grouping into populations, hydra/launcher=population against the basic launcher, live
+runs from the first pass, and a grid with a bad value."""
 
 import json
 import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
 
-from zipnet import population
-from zipnet.train import CONF_DIR
+from zipnet import runner, tracking
+from zipnet.config import compose
 
 SMALL = ["data.n_train=300", "data.n_test=100", "trainer.passes=2", "tracking.enabled=false", "trainer.progress=off"]
 
 
-def _compose(overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+def _key(*overrides):
+    return runner.population_key(runner.Job(compose(list(overrides))))
 
 
-def test_groups_split_on_data_trainer_and_table_only():
-    key = lambda *o: population.group_key(_compose(list(o)))
-    assert key("optim.lr=0.1", "model.init=linear", "seed=3", "loss.mse=sum", "model.activation=scaled_tanh",
-               "data.target_positive=0.5") == key()
-    for structural in ("data.n_train=100", "data.seed=2", "trainer.passes=3", "model.table=full"):
-        assert key(structural) != key(), structural
+def test_populations_split_on_data_trainer_and_table_only():
+    assert _key("optim.lr=0.1", "model.init=linear", "seed=3", "loss.mse=sum", "model.activation=scaled_tanh",
+                "targets=pm0.6", "trainer.progress=off") == _key()
+    for structural in ("data.n_train=100", "trainer.passes=3", "model.table=full", "optim=sdlm"):
+        assert _key(structural) != _key(), structural
 
 
-def test_train_configs_keeps_order_and_skips_invalid_configs(capsys):
-    cfgs = [_compose(SMALL + o) for o in (["optim.lr=0.03"], ["data.n_train=200"], ["optim.lr=-1"], ["seed=5"])]
+def test_run_keeps_order_and_trains_each_population_once():
+    jobs = [runner.Job(compose(SMALL + o)) for o in (["optim.lr=0.03"], ["data.n_train=200"], ["seed=5"])]
     lines = []
-    results = population.train_configs(cfgs, log=lines.append)
-    assert results[2] is None  # its own job reports the error
-    assert [len(r.history) for i, r in enumerate(results) if i != 2] == [2, 2, 2]
-    assert len(lines) == 2 and "2 members" in lines[0] and "1 members" in lines[1]
-    population.provide(cfgs, results)
-    assert population.take(cfgs[3]) is results[3] and population.take(cfgs[3]) is None
-    for cfg in cfgs:
-        population.take(cfg)
+    runner.run(jobs, log=lines.append)
+    assert [len(j.result.history) for j in jobs] == [2, 2, 2]
+    assert [j.result.population_sizes for j in jobs] == [[2, 2], [1, 1], [2, 2]]
+    assert sum("population" in line and "members" in line for line in lines) == 2
 
 
-def _multirun(tmp_path, name, *extra):
+def test_a_bad_value_trains_nothing():
+    jobs = [runner.Job(compose(SMALL + o)) for o in (["optim.lr=0.03"], ["optim.lr=-1"])]
+    with pytest.raises(Exception, match="optim.lr"):
+        runner.run(jobs, log=None)
+    assert all(j.result is None for j in jobs)
+
+
+class _Peek(runner.Watcher):
+    """Reads the job's MLflow run while training is still going on."""
+
+    def __init__(self, client):
+        self.client, self.seen = client, []
+
+    def on_pass(self, job, result):
+        run = self.client.get_run(job.run_id)
+        history = self.client.get_metric_history(job.run_id, "test/error")
+        self.seen.append((run.info.status, [m.step for m in history], len({m.timestamp for m in history})))
+        return False
+
+
+def test_every_member_has_a_live_run_from_its_first_pass(tmp_path):
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False)
+    peeks = [_Peek(tracker.client) for _ in range(3)]
+    jobs = [runner.Job(compose(["data.n_train=300", "data.n_test=100", "trainer.passes=3", f"seed={k}"]),
+                       watchers=[runner.Tracked(tracker), peek]) for k, peek in enumerate(peeks)]
+    runner.run(jobs, log=None)
+    for job, peek in zip(jobs, peeks):
+        assert job.result.population_sizes == [3, 3, 3]
+        # each pass is in the store while the run is RUNNING, with its own timestamp
+        assert [(status, steps) for status, steps, _ in peek.seen] == [("RUNNING", [1]), ("RUNNING", [1, 2]),
+                                                                       ("RUNNING", [1, 2, 3])]
+        assert tracker.client.get_run(job.run_id).info.status == "FINISHED"
+
+
+def _multirun(tmp_path, name, *extra, expect=0):
     args = [sys.executable, "-m", "zipnet.train", "-m", *SMALL, "optim.lr=0.01,0.03", "model.init=sqrt,linear",
             f"hydra.sweep.dir={tmp_path}/{name}", *extra]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == expect, proc.stderr[-3000:]
     jobs = sorted((tmp_path / name).glob("*/metrics.json"), key=lambda p: int(p.parent.name))
     return proc, [json.loads(p.read_text())["history"] for p in jobs]
 
@@ -60,3 +89,35 @@ def test_population_launcher_jobs_equal_their_basic_launcher_runs(tmp_path):
         assert [r["test/misses"] for r in a] == [r["test/misses"] for r in b]
         for ra, rb in zip(a, b):
             assert ra["test/loss"] == pytest.approx(rb["test/loss"], rel=1e-5)
+
+
+def _grid(tmp_path, *extra):
+    args = [sys.executable, "-m", "zipnet.train", "-m", "data.n_train=200", "data.n_test=100", "trainer.passes=1",
+            "tracking.figures=false", "optim.lr=0.01,-1,0.03", *extra]
+    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def _grid_runs(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("zipnet")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_a_bad_value_in_a_grid_fails_only_its_job_under_the_basic_launcher(tmp_path):
+    proc = _grid(tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "zipnet-train: error: job 1 (optim.lr=-1): optim.lr: -1 is not allowed; give a number > 0" in proc.stderr
+    runs = _grid_runs(tmp_path)
+    jobs = sorted(r.info.run_name for r in runs if r.data.tags["zipnet.role"] == "job")
+    assert jobs == ["optim.lr=0.01", "optim.lr=0.03"]  # both good jobs ran; nothing logged for the bad one
+    assert all(r.info.status == "FINISHED" for r in runs if r.data.tags["zipnet.role"] == "job")
+    (parent,) = [r for r in runs if r.data.tags["zipnet.role"] == "multirun"]
+    assert parent.info.status == "FAILED" and "job 1 (optim.lr=-1): optim.lr" in parent.data.tags["zipnet.error"]
+
+
+def test_a_bad_value_refuses_a_population_grid_before_anything_trains(tmp_path):
+    proc = _grid(tmp_path, "hydra/launcher=population")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "job 1 (optim.lr=-1): optim.lr: -1 is not allowed" in proc.stderr and "nothing trained" in proc.stderr
+    assert not _grid_runs(tmp_path)  # no job ran and the grid's parent is gone
+    assert not list(tmp_path.glob("multirun/*/*/*/metrics.json"))

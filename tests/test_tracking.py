@@ -139,7 +139,7 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
 
 
 def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, monkeypatch):
-    import zipnet.train as app
+    import zipnet.runner as app
 
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False)
     cfg = _compose(TINY + ["trainer.passes=1"])

@@ -206,6 +206,13 @@ class Composer:
 
         return hydra_compose(config_name="config", overrides=list(overrides))
 
+    @staticmethod
+    def compose_hydra(overrides: Sequence[str]) -> DictConfig:
+        """With Hydra's own node (`hydra.sweeper`, ...), as a multirun would see it."""
+        from hydra import compose as hydra_compose
+
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+
 
 _BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]*")
 

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover
     Callback = object
 
 
+refused: list[str] = []  # this process's jobs that could not run (a bad value), one line each
 GRID_KEYS = "ZIPNET_GRID_KEYS"  # the keys a grid sweeps: its jobs are named by their values
 
 
@@ -69,11 +70,8 @@ class MultirunCallback(Callback):
         _current.append(self)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from zipnet import train
-
         if self.tracker is None or self.run_id is None:
             return
-        refused = train.refused_jobs()
         summary = self.tracker.summarise(self.run_id)
         if not summary.get("children"):
             self.discard()

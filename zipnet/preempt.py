@@ -23,8 +23,29 @@ class Preempted(KeyboardInterrupt):
         self.signum = signum
 
 
+_held: list[int] = []  # signals that arrived inside `critical()`, raised at its end
+_depth = 0
+
+
 def _raise(signum, frame):
+    if _depth:
+        _held.append(signum)
+        return
     raise Preempted(signum)
+
+
+@contextlib.contextmanager
+def critical():
+    """A step that must not be cut in half (create a run and record it): a stop signal that
+    arrives inside is raised when the step is done."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if not _depth and _held:
+        raise Preempted(_held.pop(0))
 
 
 @contextlib.contextmanager

@@ -159,7 +159,8 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
         torch.set_num_threads(opts["threads"])
     started: list[Job] = []
     place = {id(job.member): k for k, job in enumerate(group)}
-    say = (bar.write if bar is not None else log) if log is not None else None
+    # lines go around the progress bar when one is drawn (a terminal), else to `log`
+    say = (bar.write if getattr(bar, "enabled", False) else log) if log is not None else None
 
     def on_pass(pass_number: int, live: list[RunResult]) -> set[int]:
         stop = set()
@@ -180,9 +181,9 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
                 f"fingerprint {digits.fingerprint[:12]}")
         for job in group:
             job.digits = digits
+            started.append(job)  # aborted if anything below raises, however far its watchers got
             for watcher in job.watchers:
                 watcher.start(job)
-            started.append(job)
         # a single run prints the seed's lines itself (the engine's log); a population, each job's
         results = train([job.member for job in group], digits, log=say if len(group) == 1 else None,
                         on_pass=on_pass, progress=bar, **engine_options(group[0].opts))
@@ -265,7 +266,10 @@ class Tracked(Watcher):
         self.logged = 0
 
     def start(self, job: Job) -> None:
-        job.run_id = self.tracker.start(job.name or None, self.tags, role=self.role, parent_run_id=self.parent)
+        from zipnet import preempt
+
+        with preempt.critical():  # a run is created and recorded whole, or not at all
+            job.run_id = self.tracker.start(job.name or None, self.tags, role=self.role, parent_run_id=self.parent)
         self.tracker.log_config(job.run_id, job.cfg, job.overrides, job.digits)
 
     def on_pass(self, job: Job, result: RunResult) -> bool:
@@ -282,7 +286,8 @@ class Tracked(Watcher):
         self.tracker.finish(job.run_id, result, job.digits, extra_tags=tags)
 
     def abort(self, job: Job, status: str, error: BaseException) -> None:
-        self.tracker.end(job.run_id, status, error)
+        if job.run_id is not None:
+            self.tracker.end(job.run_id, status, error)
 
 
 def engine_tags(result: RunResult) -> dict[str, str]:

@@ -48,6 +48,57 @@ def hydra_args(path: str | Path, overrides: list[str], folder: Path, n_trials=No
     return ["--config-dir", str(folder), "-m", f"sweeps={name}", *fixed, *overrides, *extra]
 
 
+def run_sweep(path: str | Path, overrides: list[str] = (), log=print, **settings):
+    """Run a study in this process, its batches trained as populations (no Hydra launcher):
+    a file in the first schema, or a preset of sweeps/ by path. Returns the final tally.
+    `settings` (n_trials, batch, storage, study_name, ...) override the study's."""
+    from zipnet.sweeps.study import from_sweeper
+    from zipnet.sweeps.sweep import Sweep
+
+    path = Path(path)
+    raw = load_file(path)
+    with checks.Composer() as composer:
+        if is_legacy(raw):
+            spec = from_legacy(path, {**raw, **{("study" if k == "study_name" else k): v for k, v in settings.items()
+                                                 if v is not None}})
+            spec.fixed += list(overrides)
+        else:
+            preset = [f"sweeps={path.stem}"]
+            cfg = composer.compose_hydra(preset + list(overrides))
+            sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+            sweeper.update({k: v for k, v in settings.items() if v is not None})
+            sweeper.setdefault("study_name", path.stem)
+            if sweeper.get("study_name") is None:
+                sweeper["study_name"] = path.stem
+            spec = from_sweeper(sweeper, preset + list(overrides), where=str(path))
+        return Sweep(spec, local_launch(composer, log), composer, log=log).run()
+
+
+def local_launch(composer, log=print):
+    """A batch's jobs composed here and trained as populations in this process."""
+    from zipnet import runner, train
+    from zipnet.errors import ConfigError, DataError
+    from zipnet.sweeps import trial as trials
+
+    def launch(jobs: list[list[str]], first: int) -> list[str | None]:
+        reasons: list[str | None] = [None] * len(jobs)
+        built: dict[int, runner.Job] = {}
+        for i, overrides in enumerate(jobs):
+            cfg = composer.compose(overrides)
+            try:
+                built[i] = train.job_for(cfg, overrides, grid=True, num=first + i)
+            except (ConfigError, DataError) as err:
+                reasons[i] = str(err)
+                trials.refuse(cfg, str(err))
+        runner.run(list(built.values()), log=log)
+        for i, job in built.items():
+            if job.error is not None:
+                reasons[i] = f"{type(job.error).__name__}: {str(job.error).strip().splitlines()[0]}"
+        return reasons
+
+    return launch
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zipnet-sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("study_file", help="a study definition, e.g. sweeps/paper_open_choices.yaml")

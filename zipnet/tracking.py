@@ -53,7 +53,7 @@ METRICS = ("train/loss", "train/error", "train/misses", "test/loss", "test/error
 # once per run, at its last pass: rejection rate (%) for 1% error on the accepted test digits
 REJECT_METRIC = "test/reject_at_1pct"
 # keys that describe where and how a run was watched, not what was trained
-NOT_TRAINING = ("tracking.", "trainer.progress", "data.cache_dir")
+NOT_TRAINING = ("tracking.", "trainer.progress", "data.cache_dir", "trial.")
 
 # engine status -> (MLflow run status, zipnet.status tag)
 STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "error": "FAILED", "killed": "KILLED"}

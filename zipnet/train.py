@@ -23,20 +23,27 @@ from zipnet import preempt, runner
 from zipnet.config import CONF_DIR
 from zipnet.errors import ConfigError, DataError, StoreError
 
-__all__ = ["CONF_DIR", "main", "make_job", "run"]
-
-_refused: list[str] = []  # jobs of this multirun that were refused (bad value, bad data): the exit status says so
+__all__ = ["CONF_DIR", "job_for", "main", "make_job", "run", "tracked_run"]
 
 
-def run(cfg: DictConfig, log=print, out_dir: Path | None = None, watchers: list | None = None,
-        name: str = "") -> runner.Job:
+def run(cfg: DictConfig, log=print, out_dir: Path | None = None, watchers: list | None = None, name: str = ""):
     """Train the one configuration `cfg` describes (a population of one), untracked unless
-    `watchers` track it; returns the job with its result."""
+    `watchers` track it; returns its RunResult."""
     job = runner.Job(cfg, name=name, out_dir=out_dir, watchers=[runner.Output(), *(watchers or [])]).check()
     runner.run([job], log=log, bar=_bar(job))
     if job.error is not None:
         raise job.error
-    return job
+    return job.result
+
+
+def tracked_run(cfg: DictConfig, tracker, overrides: list[str] = (), log=print, out_dir: Path | None = None):
+    """`run`, streamed into a new MLflow run of `tracker`; returns (RunResult, run_id)."""
+    job = runner.Job(cfg, overrides=list(overrides), out_dir=out_dir,
+                     watchers=[runner.Output(), runner.Tracked(tracker)]).check()
+    runner.run([job], log=log, bar=_bar(job))
+    if job.error is not None:
+        raise job.error
+    return job.result, job.run_id
 
 
 def _bar(job: runner.Job):
@@ -46,36 +53,48 @@ def _bar(job: runner.Job):
     return PassBar(job.opts["passes"], enabled=enabled)
 
 
-def make_job(cfg: DictConfig) -> runner.Job:
-    """The job Hydra is running now: its config checked, its output folder, its MLflow run
-    (a child of the multirun's or study's parent) and, in a sweep, its Optuna trial."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from zipnet import multirun as multirun_names
+def job_for(cfg: DictConfig, overrides: list[str], out_dir: Path | None = None, grid: bool = False,
+            num: int = 0) -> runner.Job:
+    """A job for `cfg`: its config checked, its output folder, its MLflow run (a child of the
+    multirun's or study's parent, when there is one) and, in a sweep, its Optuna trial."""
+    from zipnet import multirun
     from zipnet.sweeps import trial as trials
 
-    hc = HydraConfig.get()
-    overrides = list(hc.overrides.task)
-    multirun = hc.mode == RunMode.MULTIRUN
-    job = runner.Job(cfg, overrides=overrides, out_dir=Path(hc.runtime.output_dir)).check()
+    job = runner.Job(cfg, overrides=list(overrides), out_dir=out_dir).check()
     link = trials.link(cfg)  # set when the zipnet_optuna sweeper asked this job
     if link is not None:
         job.name = f"{link.study_name} #{link.number}"
-    elif multirun:
-        job.name = multirun_names.job_name(overrides) or f"job {hc.job.num}"
+    elif grid:
+        job.name = multirun.job_name(job.overrides) or f"job {num}"
     job.watchers.append(runner.Output())
     tracker = runner.tracker_for(cfg)
     if tracker is not None:
-        tags, role = {}, "run"
-        parent = runner.multirun_parent() if multirun else None
+        parent = runner.multirun_parent() if grid or link is not None else None
         if link is not None:
             tags, role = link.tags(), "trial"
-        elif multirun:
-            tags, role = {"zipnet.sweep": str(hc.sweep.dir), "zipnet.job": str(hc.job.num)}, "job"
+        elif grid:
+            tags, role = {"zipnet.job": str(num)}, "job"
+        else:
+            tags, role = {}, "run"
         job.watchers.append(runner.Tracked(tracker, tags, parent, role))
     if link is not None:
         job.watchers.append(link.watcher())
+    return job
+
+
+def make_job(cfg: DictConfig) -> runner.Job:
+    """The job Hydra is running now."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    grid = hc.mode == RunMode.MULTIRUN
+    job = job_for(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir), grid=grid,
+                  num=hc.job.num if grid else 0)
+    if grid:
+        for watcher in job.watchers:
+            if isinstance(watcher, runner.Tracked) and watcher.role == "job":
+                watcher.tags["zipnet.sweep"] = str(hc.sweep.dir)
     return job
 
 
@@ -90,10 +109,13 @@ def _refuse(cfg: DictConfig, err: Exception) -> None:
     if hc.mode != RunMode.MULTIRUN:
         print(f"zipnet-train: error: {err}", file=sys.stderr)
         sys.exit(2)
-    shown = " ".join(o for o in hc.overrides.task if not o.startswith("trial."))
+    from zipnet import multirun
+
+    link_keys = ("trial.",)
+    shown = multirun.job_name([o for o in hc.overrides.task if not o.startswith(link_keys)])
     text = f"job {hc.job.num} ({shown}): {err}"
     print(f"zipnet-train: error: {text}", file=sys.stderr)
-    _refused.append(text)
+    multirun.refused.append(text)
     trials.refuse(cfg, str(err))
 
 
@@ -121,10 +143,6 @@ def _app(cfg: DictConfig):
     return runner.objective(job)
 
 
-def refused_jobs() -> list[str]:
-    return list(_refused)
-
-
 def main() -> None:
     with preempt.signals():
         try:
@@ -146,7 +164,9 @@ def main() -> None:
 
             tracking.abort_open_runs("FAILED", err)
             raise
-    if _refused:
+    from zipnet import multirun
+
+    if multirun.refused:  # some jobs of the grid could not run: the exit status says so
         sys.exit(2)
 
 

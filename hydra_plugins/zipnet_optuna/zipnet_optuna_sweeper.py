@@ -18,7 +18,7 @@ machines with a server storage, share one study (zipnet/sweeps/).
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -40,8 +40,8 @@ class ZipnetOptunaSweeperConf:
     n_trials: int = 20  # the target in total: a rerun continues up to it, never past it
     batch: int = 16  # trials asked at once (one population with hydra/launcher=population)
     max_failure_rate: float = 0.2  # diverged or crashed trials allowed, as a share of n_trials
-    sampler: Dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
-    pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    sampler: Any = None  # {name: tpe, seed: 0, ...settings}; null: TPE, seed 0
+    pruner: Any = None  # {name: median, ...settings}; null: the median pruner
     params: Optional[Dict[str, Any]] = None
     storage_timeout: float = 30.0
     heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials

@@ -77,7 +77,7 @@ class PopulationLauncher(Launcher):
 
     def _refuse(self, returns: Sequence[JobReturn]) -> None:
         """A job that cannot train refuses the whole batch, before anything trains."""
-        from zipnet import multirun, train
+        from zipnet import multirun
 
         if self._in_sweep():
             return  # the sweeper's trials: the refused one is told FAIL, the rest train
@@ -87,7 +87,7 @@ class PopulationLauncher(Launcher):
                     ret.return_value
                 except Exception as err:
                     print(f"zipnet-train: error: job {num}: {type(err).__name__}: {err}", file=sys.stderr)
-        refused = len(train.refused_jobs()) or "some"
+        refused = len(multirun.refused) or "some"
         print(f"zipnet-train: nothing trained: {refused} job(s) of this batch cannot run; fix them or leave them out",
               file=sys.stderr)
         multirun.discard_parent()

@@ -15,5 +15,5 @@ import warnings
 
 # Optuna marks heartbeats and the retry callback experimental, and warns that heartbeats are meant
 # for Study.optimize; zipnet drives them with ask/tell as Optuna's docs describe (REFERENCE.md §6)
-warnings.filterwarnings("ignore", message=".*is experimental.*", module="optuna")
+warnings.filterwarnings("ignore", message=".*is experimental.*")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")

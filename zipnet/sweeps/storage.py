@@ -211,8 +211,9 @@ def tally(trials) -> Tally:
 class Coordinator:
     """One worker's dealings with the study: ask, beat, give back, wait."""
 
-    def __init__(self, study, storage, url: str, spec: StudySpec, log=print):
+    def __init__(self, study, storage, url: str, spec: StudySpec, log=print, on_stale=None):
         self.study, self.storage, self.url, self.spec, self.log = study, storage, url, spec, log
+        self.on_stale = on_stale  # called with each trial failed as stale (its MLflow run ends KILLED)
         self.worker = worker_id()
         self.study_id = storage.get_study_id_from_name(spec.study_name)
         self.mine: dict[int, object] = {}  # trial number -> Trial, asked here and not finished
@@ -225,16 +226,41 @@ class Coordinator:
         return tally(self.study.get_trials(deepcopy=False))
 
     def recover(self) -> None:
-        """Stale trials (their worker's heartbeat stopped) fail and are asked again."""
-        if self.beating:
-            import optuna
+        """Stale trials (their worker's heartbeat stopped) fail and are asked again. So does a
+        trial whose worker died between asking it and its first heartbeat (it has no worker)."""
+        if not self.beating:
+            return
+        import optuna
 
-            before = {t.number for t in self._running()}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                optuna.storages.fail_stale_trials(self.study)
-            for number in sorted(before - {t.number for t in self._running()} - set(self.mine)):
-                self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
+        running = self._running()
+        before = {t.number for t in running}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(self.study)
+        stale = before - {t.number for t in self._running()}
+        cutoff = time.time() - self.spec.grace
+        for t in running:
+            if t.number not in self.mine and t.number not in stale and WORKER not in t.user_attrs \
+                    and t.datetime_start.timestamp() < cutoff:
+                self._fail_and_retry(t.number)
+                stale.add(t.number)
+        for number in sorted(stale - set(self.mine)):
+            self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
+            if self.on_stale is not None:
+                self.on_stale(self.storage.get_trial(self.trial_id(number)))
+
+    def _fail_and_retry(self, number: int, attr: str | None = None) -> None:
+        """FAIL the trial, then ask its parameters again (at most max_retry times), as
+        RetryHeartbeatStaleTrialCallback does for a stale one."""
+        import optuna
+        from optuna.trial import TrialState
+
+        tid = self.trial_id(number)
+        if attr is not None:
+            self.storage.set_trial_user_attr(tid, attr, True)
+        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)(
+            self.study, self.storage.get_trial(tid))
 
     def _running(self):
         from optuna.trial import TrialState
@@ -260,6 +286,8 @@ class Coordinator:
                 if self.beating:
                     self.storage.record_heartbeat(self.trial_id(trial.number))
                 trial.set_user_attr(WORKER, self.worker)
+                if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
+                    trial.set_user_attr(INTERRUPTED, False)
                 asked.append(trial)
         return self._past_target(asked)
 
@@ -320,18 +348,12 @@ class Coordinator:
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
-        import optuna
         from optuna.trial import TrialState
 
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)
         for number in sorted(self.mine):
             try:
-                tid = self.trial_id(number)
-                if self.storage.get_trial(tid).state != TrialState.RUNNING:
-                    continue
-                self.storage.set_trial_user_attr(tid, INTERRUPTED, True)
-                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-                retry(self.study, self.storage.get_trial(tid))
+                if self.storage.get_trial(self.trial_id(number)).state == TrialState.RUNNING:
+                    self._fail_and_retry(number, INTERRUPTED)
             except Exception as err:  # the storage itself may be what failed
                 self.log(f"trial {number}: could not give it back ({str(err).splitlines()[0]})")
         self.mine.clear()

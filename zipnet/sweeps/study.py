@@ -160,8 +160,8 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     if not (_is_number(timeout) and timeout > 0):
         spec.fail("storage_timeout", f"{timeout!r} is not allowed; give seconds > 0")
     spec.storage_timeout = float(timeout)
-    spec.sampler = _named(spec, "sampler", raw.get("sampler", spec.sampler), "tpe")
-    spec.pruner = _named(spec, "pruner", raw.get("pruner", spec.pruner), "median")
+    spec.sampler = _named(spec, "sampler", raw.get("sampler") or spec.sampler, "tpe")
+    spec.pruner = _named(spec, "pruner", raw.get("pruner") or spec.pruner, "median")
     make_sampler(spec, 0)  # unknown names and settings fail here, naming the key
     make_pruner(spec)
     return spec
@@ -236,8 +236,13 @@ def from_sweeper(conf: dict, arguments: list[str], where: str = "hydra.sweeper")
     if not params:
         spec.fail("params", "is empty; give at least one parameter, e.g. optim.lr: tag(log, interval(0.001, 0.3))")
     for name, value in params.items():
-        spec.params[str(name)] = _linked(spec, str(name), value) if isinstance(value, dict) else \
-            _grammar(spec, parser, str(name), value)
+        name = str(name)
+        if isinstance(value, dict) and value and set(value) <= set(LEGACY_PARAM_KEYS):  # {choices: [...]}, {low, high}
+            spec.params[name] = _legacy_param(spec, name, value, prefix="params")
+        elif isinstance(value, dict):  # label -> {key: value}: linked keys
+            spec.params[name] = _linked(spec, name, value)
+        else:
+            spec.params[name] = _grammar(spec, parser, name, value)
     return spec
 
 
@@ -325,10 +330,11 @@ def from_legacy(path: Path, raw: dict) -> StudySpec:
     return spec
 
 
-def _legacy_param(spec: StudySpec, name: str, node) -> Param:
+def _legacy_param(spec: StudySpec, name: str, node, prefix: str = "space") -> Param:
+    """`{choices: [...]}`, `{choices: {label: {key: value}}}`, or `{low, high[, log, step, type]}`."""
     import optuna.distributions as D
 
-    key = f"space.{name}"
+    key = f"{prefix}.{name}"
     if not isinstance(node, dict):
         spec.fail(key, "give a mapping with `choices`, or `low` and `high`")
     for k in node:

@@ -101,7 +101,16 @@ class Sweep:
             if SPEC not in self.study.user_attrs:
                 self.study.set_user_attr(SPEC, spec.as_dict())
             self.parent = parent.ensure(self.tracker, self.study, spec, self.url) if self.tracker else None
-        self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log)
+        self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log, on_stale=self._stale)
+
+    def _stale(self, frozen) -> None:
+        """A dead worker's trial: its MLflow run (live from its first pass) ends KILLED."""
+        run_id = frozen.user_attrs.get(stores.RUN_ID)
+        if self.tracker is not None and run_id:
+            try:
+                self.tracker.end(run_id, "KILLED", f"its worker stopped beating; trial {frozen.number} asked again")
+            except Exception as err:  # deleted meanwhile: nothing to end
+                self.log(f"trial {frozen.number}: could not end its run {run_id}: {str(err).splitlines()[0]}")
 
     def _loop(self) -> stores.Tally:
         spec, coord = self.spec, self.coord

@@ -88,6 +88,8 @@ class TrialWatcher(Watcher):
 
     def start(self, job: Job) -> None:
         job.metric = self.link.metric
+        if job.run_id is not None:  # a live run: whoever finds the trial stale ends it
+            self.link.trial.set_user_attr(stores.RUN_ID, job.run_id)
 
     def on_pass(self, job: Job, result) -> bool:
         row = result.history[-1]
@@ -97,8 +99,6 @@ class TrialWatcher(Watcher):
 
     def end(self, job: Job, result) -> None:
         trial, study, number = self.link.trial, self.link.study, self.link.number
-        if job.run_id is not None:
-            trial.set_user_attr(stores.RUN_ID, job.run_id)
         if result.status == "finished":
             study.tell(number, float(result.history[-1][self.link.metric]), skip_if_finished=True)
         elif result.status == "pruned":
@@ -109,8 +109,6 @@ class TrialWatcher(Watcher):
 
     def abort(self, job: Job, status: str, error: BaseException) -> None:
         if status == "FAILED":  # KILLED: the sweeper gives the trial back to be asked again
-            if job.run_id is not None:
-                self.link.trial.set_user_attr(stores.RUN_ID, job.run_id)
             self.link.trial.set_user_attr(stores.REASON, str(error).strip().splitlines()[0][:500] if str(error)
                                           else type(error).__name__)
             self.link.study.tell(self.link.number, state=_state("FAIL"), skip_if_finished=True)

@@ -1,0 +1,198 @@
+"""hydra/sweeper=zipnet_optuna through `zipnet-train -m`, against real sqlite Optuna and MLflow
+stores in a temp dir: populations pruned per pass, jobs that prune themselves under the basic
+launcher, resume to exactly n_trials, failures, preemption, and bad input."""
+
+import signal
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from sweep_helpers import (SPACE, TINY, assert_study_and_runs_agree, load, logged_runs, popen, runs, states,
+                           study_args, zipnet)
+from zipnet.sweeps.storage import INTERRUPTED, RUN_ID
+
+
+def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
+    args = [*study_args("tiny"), *TINY, "tracking.figures=true", *SPACE]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "study 'tiny': 6/6 trials (6 complete" in proc.stdout
+    study, parent, children = assert_study_and_runs_agree(tmp_path, "tiny", 6)
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert parent.data.params["sweep.n_trials"] == "6" and parent.data.metrics["study/complete"] == 6
+    client = runs(tmp_path, "tiny")[0]
+    by_trial = {int(c.data.tags["zipnet.trial"]): c for c in children}
+    for t in trials:
+        run = by_trial[t.number]
+        assert run.info.run_name == f"tiny #{t.number}"
+        assert run.data.params["model.init"] == t.params["model.init"]
+        assert float(run.data.params["optim.lr"]) == t.params["optim.lr"]
+        assert run.data.params["trial.number"] == str(t.number) and run.data.params["data.n_train"] == "200"
+        history = client.get_metric_history(run.info.run_id, "test/error")
+        assert [(m.step, m.value) for m in history] == [(1, t.value)] and t.intermediate_values == {1: t.value}
+        assert run.data.tags["zipnet.population_size"] == "3"  # a batch of 3 is one population
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config_resolved.yaml", "overrides.yaml", "learning_curve.png", "confusion.csv"} <= arts
+    best = min(trials, key=lambda t: t.value)
+    assert parent.data.tags["zipnet.best_run_id"] == best.user_attrs[RUN_ID]
+    assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    again = zipnet(tmp_path, *args)  # the study is at its target: nothing asked, nothing logged
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(load(tmp_path, "tiny").get_trials()) == 6 and len(runs(tmp_path, "tiny")[2]) == 6
+
+
+PRUNING = "{name:median,n_startup_trials:2,n_warmup_steps:0}"
+
+
+@pytest.mark.parametrize("launcher", ["population", "basic"])
+def test_a_bad_learning_rate_region_is_pruned_per_pass(tmp_path, launcher):
+    """With the population launcher the batch trains together and the pruner drops members;
+    with Hydra's basic launcher each job reports to the storage and prunes itself."""
+    args = [*study_args("prune", n_trials=8, batch=4 if launcher == "population" else 1, launcher=launcher, seed=3,
+                        pruner=PRUNING, max_failure_rate=0.0),
+            "data.n_train=200", "data.n_test=100", "trainer.passes=3", "tracking.figures=false",
+            "optim.lr=tag(log,interval(1e-7,0.1))"]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study, parent, children = assert_study_and_runs_agree(tmp_path, "prune", 8)
+    trials = study.get_trials()
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(trials) == 8 and pruned, [(t.state, t.params) for t in trials]
+    by_trial = {int(c.data.tags["zipnet.trial"]): c for c in children}
+    for t in pruned:  # a pruned trial keeps its run, its metrics up to the pass it stopped at
+        run = by_trial[t.number]
+        last = max(t.intermediate_values)
+        assert run.data.tags["zipnet.status"] == "pruned" and run.data.tags["pruned_at_pass"] == str(last) and last < 3
+        assert run.data.metrics["test/error"] == t.intermediate_values[last]
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == [1, 2, 3]
+
+
+def test_a_diverging_trial_fails_and_the_study_completes(tmp_path):
+    args = [*study_args("nan", n_trials=4, batch=4, seed=2, max_failure_rate=0.5), *TINY, "loss.mse=sum",
+            "optim.lr=choice(0.03,1e38)"]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study, parent, children = assert_study_and_runs_agree(tmp_path, "nan", 4)
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert failed and all(t.params["optim.lr"] == 1e38 for t in failed)
+    by_trial = {int(c.data.tags["zipnet.trial"]): c for c in children}
+    for t in failed:
+        assert by_trial[t.number].info.status == "FAILED" and by_trial[t.number].data.tags["diverged_at_pass"] == "1"
+        assert t.user_attrs["zipnet.fail_reason"] == "diverged at pass 1"
+
+
+def test_more_failures_than_allowed_never_exit_0_even_in_one_batch(tmp_path):
+    args = [*study_args("allnan", n_trials=2, batch=2, max_failure_rate=0.2), *TINY, "loss.mse=sum",
+            "optim.lr=choice(1e38,1e37)"]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "2 trials failed; max_failure_rate 0.2 of 2 allows 0" in proc.stderr and "Traceback" not in proc.stderr
+    trials = load(tmp_path, "allnan").get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    assert runs(tmp_path, "allnan")[1][0].info.status == "FAILED"
+
+
+def _wait_for(db, test, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        now = states(db)
+        if test(now):
+            return now
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.02)
+    raise AssertionError(f"timed out; states {states(db)}")
+
+
+def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again(tmp_path):
+    args = [*study_args("resume", n_trials=8, batch=2, heartbeat_interval=1, grace_period=2),
+            "data.n_train=300", "data.n_test=100", "trainer.passes=2", "tracking.figures=false", *SPACE]
+    db = tmp_path / "mlruns" / "optuna.db"
+    proc = popen(tmp_path, *args)
+    at_kill = _wait_for(db, lambda s: s.get("COMPLETE", 0) >= 2 and s.get("RUNNING", 0) >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    running = states(db)["RUNNING"]
+    assert running >= 1 and at_kill.get("COMPLETE", 0) >= 2
+    again = zipnet(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "its worker stopped beating for 2 s; asked again" in again.stdout
+    study, parent, children = assert_study_and_runs_agree(tmp_path, "resume", 8)
+    stale = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(stale) == running
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    good = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    for t in stale:  # each asked again exactly once, with the parameters it had drawn
+        (retry,) = [g for g in good if Retry.retried_trial_number(g) == t.number]
+        assert t.params.items() <= retry.params.items()  # killed inside `ask`, it may have drawn none
+    # the killed worker's MLflow runs never finished: they end KILLED when their trial is asked again
+    client = runs(tmp_path, "resume")[0]
+    assert not [c for c in runs(tmp_path, "resume")[2] if c.info.status == "RUNNING"]
+    assert client is not None
+
+
+def test_sigterm_gives_the_trials_back_ends_runs_killed_and_exits_143(tmp_path):
+    args = [*study_args("term", n_trials=6, batch=3), "data.n_train=2000", "data.n_test=100", "trainer.passes=6",
+            "tracking.figures=false", *SPACE]
+    proc = popen(tmp_path, *args)
+    deadline = time.time() + 120
+    while logged_runs(tmp_path / "mlruns" / "mlflow.db") < 3:  # every member of the batch is past its first pass
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out[-3000:]
+    assert "given back" in out
+    study = load(tmp_path, "term")
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(interrupted) == 3 and sorted(w.params["optim.lr"] for w in waiting) == \
+        sorted(t.params["optim.lr"] for t in interrupted)
+    client, parents, children = runs(tmp_path, "term")
+    assert parents[0].info.status == "KILLED"
+    assert children and all(c.info.status == "KILLED" for c in children)
+    again = zipnet(tmp_path, *args)  # resumed at once, without waiting for a heartbeat to go stale
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_study_and_runs_agree(tmp_path, "term", 6)
+
+
+def test_two_workers_share_one_study_and_stop_at_exactly_n_trials(tmp_path):
+    args = [*study_args("pair", n_trials=10, batch=2), *TINY, *SPACE]
+    procs = [popen(tmp_path, *args) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    study, parent, children = assert_study_and_runs_agree(tmp_path, "pair", 10)
+    assert len(study.get_trials()) == 10  # nothing asked past the target, nothing given back
+
+
+# -- checked before any trial runs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra,key,text", [
+    (["hydra.sweeper.metric=paper/gap", "loss=cross_entropy", "model.output=linear"], "metric",
+     "measured on MSE runs only"),
+    (["model.init=choice(sqrt,cubic)"], "params.model.init", "'cubic'"),
+    (["optim.lr=interval(0.3,0.001)"], "params.optim.lr", "not below high"),
+    (["model.nope=choice(1,2)"], "params.model.nope", "model.nope"),
+    (["hydra.sweeper.sampler={name:bayes}"], "sampler.name", "tpe"),
+    (["+hydra.sweeper.n_trails=5"], "n_trails", "unknown key"),
+])
+def test_a_study_that_cannot_run_is_refused_before_any_trial(tmp_path, extra, key, text):
+    proc = zipnet(tmp_path, *study_args("bad"), *TINY, "optim.lr=choice(0.01,0.03)", *extra)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("zipnet-train: error:")]
+    assert line and f": {key}:" in line[0] and text in line[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_a_missing_storage_folder_is_named(tmp_path):
+    proc = zipnet(tmp_path, *study_args("x", storage=f"sqlite:///{tmp_path}/no/such/dir/optuna.db"), *TINY,
+                  "optim.lr=choice(0.01,0.03)")
+    assert proc.returncode == 2 and "the folder" in proc.stderr and "no/such/dir does not exist" in proc.stderr
