@@ -12,7 +12,7 @@ import digit_files as make
 from test_download import Server
 from zipnet.data import load_digits
 from zipnet.download import DownloadError
-from zipnet.errors import ConfigError
+from zipnet.errors import ConfigError, DataError
 from zipnet.sources import mnist, usps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,3 +162,18 @@ def test_real_usps_h5_through_the_usps_source(tmp_path):
     for x in (d.train_x, d.test_x):
         assert x.shape[1:] == (1, 16, 16) and x.min() == -1.0 and x.max() == 1.0
     assert d.train_y[0] == 6  # the shared copy's README: the first training digit is a 6
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01garbage\xff" * 50, b"hello world\n"], ids=["empty", "binary", "text"])
+def test_unreadable_usps_file_says_which_formats_it_is_not(tmp_path, content):
+    """A user's empty or garbage usps.h5 is not a LIBSVM file missing its test half."""
+    bad = tmp_path / "usps.h5"
+    bad.write_bytes(content)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "usps.h5").write_bytes(content)
+    for path in (bad, tmp_path / "folder"):
+        with pytest.raises(DataError) as err:
+            load_digits(config("usps", tmp_path, path=str(path)))
+        text = str(err.value)
+        assert text.startswith(f"{bad if path == bad else path / 'usps.h5'}: not a readable HDF5, LIBSVM or ESL file")
+        assert "missing" not in text and "\n" not in text

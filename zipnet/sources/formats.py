@@ -27,8 +27,9 @@ PIXELS = 256
 _CHUNK = 1 << 16
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped or bunzipped when its magic says so."""
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, gunzipped or bunzipped when its magic says so. With `limit`, only
+    the start: at least `limit` decoded bytes where the file has them (to tell its format)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -39,19 +40,18 @@ def read_bytes(path: Path) -> bytes:
     elif raw.startswith(BZIP2_MAGIC):
         kind, decoder = "bzip2", bz2.BZ2Decompressor()
     else:
-        return raw
-    out = []
+        return raw[:limit]
+    out, decoded = [], 0
     for offset in range(0, len(raw), _CHUNK):
         try:
-            out.append(decoder.decompress(raw[offset:offset + _CHUNK]))
+            out.append(decoder.decompress(raw[offset : offset + _CHUNK]))
         except (zlib.error, OSError, ValueError) as err:
             raise DataError(f"{path}: {kind} data damaged in compressed bytes {offset}..{offset + _CHUNK} ({err})") from err
-        if decoder.eof:
-            break
-    if not decoder.eof:
-        raise DataError(f"{path}: {kind} stream ends early at compressed offset {len(raw)} "
-                        f"({sum(map(len, out))} bytes decoded); the file is truncated")
-    return b"".join(out)
+        decoded += len(out[-1])
+        if decoder.eof or (limit is not None and decoded >= limit):
+            return b"".join(out)
+    raise DataError(f"{path}: {kind} stream ends early at compressed offset {len(raw)} "
+                    f"({decoded} bytes decoded); the file is truncated")
 
 
 # --- IDX ---------------------------------------------------------------------------------
@@ -185,6 +185,18 @@ def read_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def is_hdf5(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+
+
+def usps_format(path: Path) -> str:
+    """'hdf5', 'libsvm' or 'esl', told from the content's start; anything else is a DataError
+    that says it is none of them (an empty or garbage usps.h5 is not a split missing its test file)."""
+    if is_hdf5(path):
+        return "hdf5"
+    try:
+        return text_format(path, read_bytes(path, limit=_CHUNK))
+    except DataError as err:
+        why = str(err).removeprefix(f"{path}: ")
+        raise DataError(f"{path}: not a readable HDF5, LIBSVM or ESL file ({why})") from err
 
 
 def read_usps_split(path: Path) -> tuple[str, np.ndarray, np.ndarray]:

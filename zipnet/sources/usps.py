@@ -17,7 +17,7 @@ import numpy as np
 from zipnet.download import DownloadError, Remote, fetch
 from zipnet.errors import ConfigError, DataError
 from zipnet.sources import Pools
-from zipnet.sources.formats import is_hdf5, read_h5, read_usps_split
+from zipnet.sources.formats import read_h5, read_usps_split, usps_format
 
 SHARED = False
 COUNTS = {  # class counts 0..9 (ESL's zip.info.txt; REFERENCE.md section 3)
@@ -54,9 +54,8 @@ def _test_sibling(train: Path) -> Path | None:
 def local_files(path: Path) -> tuple[Path, ...]:
     """(usps.h5,) or (train, test) for data.path."""
     if path.is_dir():
-        for name in ("usps.h5",):
-            if (path / name).is_file():
-                return (path / name,)
+        if (path / "usps.h5").is_file():
+            return local_files(path / "usps.h5")
         for train, test in LOCAL_PAIRS:
             if (path / train).is_file() and (path / test).is_file():
                 return path / train, path / test
@@ -64,7 +63,7 @@ def local_files(path: Path) -> tuple[Path, ...]:
                         + "; point data.path at the file or folder")
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder (data.path)")
-    if is_hdf5(path):
+    if usps_format(path) == "hdf5":
         return (path,)
     test = _test_sibling(path)
     if test is None or not test.is_file():
