@@ -73,7 +73,8 @@ def test_success_is_verified_and_kept(server, tmp_path):
 def test_progress_bar_draws_when_asked(server, tmp_path, capsys):
     url = server.add("/a/digits.bin", PAYLOAD)
     fetch(Remote("digits.bin", (url,), md5=hashlib.md5(PAYLOAD).hexdigest()), tmp_path, progress=True)
-    assert "digits.bin  100%" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "digits.bin: 100%" in err and "80.0k/80.0k" in err
 
 
 def test_checksum_mismatch_and_404_fall_over_to_the_next_url(server, tmp_path):
@@ -106,7 +107,7 @@ def test_every_url_failing_lists_them_with_reasons_and_the_hint(server, tmp_path
               progress=False)
     text = str(err.value)
     assert f"{urls[0]}: HTTP 404" in text
-    assert urls[1] in text and f"expected md5 {'0' * 32}, got " in text
+    assert f"{urls[1]}: checksum mismatch: " in text and f"expected md5:{'0' * 32} but got " in text
     assert "data.root" in text and "data=embedded" in text
     assert [u for u, _ in err.value.tried] == list(urls)
     assert only_file(tmp_path) == []
