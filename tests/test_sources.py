@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import digit_files as make
+from conftest import SHARED_USPS
 from test_download import Server
 from zipnet.data import load_digits
 from zipnet.download import DownloadError
@@ -16,7 +17,6 @@ from zipnet.errors import ConfigError, DataError
 from zipnet.sources import mnist, usps
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_USPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "usps.h5"
 
 
 @pytest.fixture
