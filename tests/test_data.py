@@ -1,5 +1,6 @@
 """The data module on the embedded digits: determinism, splits, ranges, cache, errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -169,3 +170,43 @@ def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, key, value, allow
     with pytest.raises(ConfigError, match=allowed) as err:
         load_digits(config(tmp_path, **{key: value}))
     assert err.value.key == f"data.{key}"
+
+
+OVERLAPPING_WRITER = """
+import json, sys, time
+from pathlib import Path
+from zipnet import data
+
+mine, other, cfg = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+build = data._build
+
+def build_after_both_missed(cfg, options):
+    mine.touch()  # this process found no cache
+    deadline = time.monotonic() + 120
+    while not other.exists():  # until the other process found none either
+        assert time.monotonic() < deadline, "the other process never missed the cache"
+        time.sleep(0.01)
+    return build(cfg, options)
+
+data._build = build_after_both_missed
+print(data.load_digits(cfg).fingerprint)
+"""
+
+
+def test_two_processes_preparing_one_cache_at_once_leave_one_good_file(tmp_path, digits):
+    """Why the cache needs no lock: each writer renames a complete temporary file into place, so
+    two workers that both miss the cache and build it (made to overlap: each waits, after its
+    miss, until the other has missed too) leave one valid file and nothing else, which a third
+    load reads back without a warning. The cost of the race is one duplicate build (~0.2 s)."""
+    cfg = config(tmp_path)
+    marks = [tmp_path / "a.missed", tmp_path / "b.missed"]
+    procs = [subprocess.Popen([sys.executable, "-c", OVERLAPPING_WRITER, str(me), str(other), json.dumps(cfg)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (marks, marks[::-1])]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == [digits.fingerprint] * 2 and all(m.exists() for m in marks)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"digits-embedded-{cache_key(cfg)[:16]}.npz"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_digits(cfg).fingerprint == digits.fingerprint
