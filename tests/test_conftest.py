@@ -7,7 +7,8 @@ CONFTEST = Path(__file__).with_name("conftest.py")
 
 def test_torch_threads_are_restored_after_each_test(pytester):
     pytester.makeconftest(CONFTEST.read_text())
-    pytester.makepyfile(test_threads="""
+    pytester.makepyfile(
+        test_threads="""
         import pytest
         import torch
 
@@ -26,5 +27,6 @@ def test_torch_threads_are_restored_after_each_test(pytester):
 
         def test_the_next_test_starts_with_the_sessions_count():
             assert torch.get_num_threads() == BEFORE
-    """)
+    """
+    )
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=3)

@@ -137,7 +137,18 @@ def test_bar_write_keeps_lines_apart_from_the_bar_on_a_terminal(tmp_path):
 
 def test_cli_lines_start_at_column_0_with_a_bar_on_a_terminal(tmp_path):
     """zipnet-train on a pseudo-terminal with the bar on: nothing is drawn into a per-pass line."""
-    code, raw = run_on_a_terminal([sys.executable, "-m", "zipnet.train", "data.n_train=200", "data.n_test=100",
-                                   "trainer.passes=3", "tracking.enabled=false", "trainer.progress=on"], tmp_path)
+    code, raw = run_on_a_terminal(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.train",
+            "data.n_train=200",
+            "data.n_test=100",
+            "trainer.passes=3",
+            "tracking.enabled=false",
+            "trainer.progress=on",
+        ],
+        tmp_path,
+    )
     assert code == 0, raw
     check_lines(raw, 3)

@@ -19,8 +19,17 @@ class PassBar:
     def __init__(self, passes: int, enabled: bool | None = None, stream=None):
         stream = stream or sys.stderr
         self.enabled = stream.isatty() if enabled is None else enabled
-        self.bar = tqdm(total=passes, desc="pass", unit="pass", file=stream, disable=not self.enabled,
-                        leave=False, dynamic_ncols=True, mininterval=0, miniters=1)
+        self.bar = tqdm(
+            total=passes,
+            desc="pass",
+            unit="pass",
+            file=stream,
+            disable=not self.enabled,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0,
+            miniters=1,
+        )
 
     def write(self, text: str) -> None:
         """Print `text` on stdout, above the bar when one is shown."""
