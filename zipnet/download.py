@@ -144,7 +144,10 @@ def fetch(
     show = sys.stderr.isatty() if progress is None else progress
     tried: list[tuple[str, str]] = []
     for url in remote.urls:
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{remote.name}."))  # this process's own
+        try:
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{remote.name}."))  # this process's own
+        except OSError as err:
+            raise DataError(f"{root}: cannot write there ({err}); set data.root to a writable folder") from err
         bar = _Bar(desc=remote.name, unit="B", unit_scale=True) if show else False
         try:
             if log:
