@@ -23,15 +23,16 @@ def idx(array: np.ndarray) -> bytes:
 
 def libsvm(images: np.ndarray, labels: np.ndarray) -> bytes:
     lines = []
-    for row, label in zip(images, labels):
+    for row, label in zip(images, labels, strict=True):
         pairs = " ".join(f"{i + 1}:{v:g}" for i, v in enumerate(row) if v != 0)
         lines.append(f"{label + 1} {pairs}")  # LIBSVM's usps numbers digits 1..10
     return ("\n".join(lines) + "\n").encode()
 
 
 def esl(images: np.ndarray, labels: np.ndarray) -> bytes:
-    return "".join(f"{label:.4f} " + " ".join(f"{v:.4f}" for v in row) + " \n"
-                   for row, label in zip(images, labels)).encode()
+    return "".join(
+        f"{label:.4f} " + " ".join(f"{v:.4f}" for v in row) + " \n" for row, label in zip(images, labels, strict=True)
+    ).encode()
 
 
 def h5(path, splits: dict) -> None:

@@ -1,5 +1,6 @@
 """The data module on the embedded digits: determinism, splits, ranges, cache, errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -52,11 +53,12 @@ def test_shapes_dtypes_and_range(digits):
 def test_deterministic_in_process_and_across_hash_seeds(tmp_path, digits):
     again = load_digits(config(tmp_path))  # a fresh cache dir: built again, not read back
     assert again.fingerprint == digits.fingerprint
-    code = ("from zipnet.data import load_digits;"
-            f"print(load_digits({config(tmp_path / 'sub')!r}).fingerprint)")
+    code = f"from zipnet.data import load_digits;print(load_digits({config(tmp_path / 'sub')!r}).fingerprint)"
     for hash_seed in ("1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        )
         assert out.stdout.strip() == digits.fingerprint
 
 
@@ -119,7 +121,7 @@ def test_corrupt_cache_is_reported_and_rebuilt(tmp_path, digits, damage):
         path.write_bytes(blob[: len(blob) // 2])
     elif damage == "garble":  # flip bytes inside the train_x payload: the zip still opens
         mid = len(blob) // 3
-        path.write_bytes(blob[:mid] + bytes(b ^ 0xFF for b in blob[mid:mid + 64]) + blob[mid + 64:])
+        path.write_bytes(blob[:mid] + bytes(b ^ 0xFF for b in blob[mid : mid + 64]) + blob[mid + 64 :])
     else:
         path.write_bytes(b"")
     with pytest.warns(UserWarning, match=str(path.name)):
@@ -151,21 +153,73 @@ def test_null_cache_dir_disables_the_cache(tmp_path, digits):
 
 
 def test_too_many_digits_names_the_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.n_train: n_train \+ n_test = 10001 > 10000, the size of the embedded set") as err:
+    with pytest.raises(
+        ConfigError, match=r"data\.n_train: n_train \+ n_test = 10001 > 10000, the size of the embedded set"
+    ) as err:
         load_digits(config(tmp_path, n_train=7994, n_test=2007))
     assert err.value.key == "data.n_train"
 
 
-@pytest.mark.parametrize("key, value, allowed", [
-    ("source", "zipcodes", "embedded"),
-    ("resize", "bicubic", "bilinear, antialias"),
-    ("n_train", 0, "positive integer"),
-    ("n_test", None, "positive integer"),
-    ("n_train", 12.5, "positive integer"),
-    ("seed", -1, "integer >= 0"),
-    ("target_negative", 1.0, "must be below data.target_positive"),
-])
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("source", "zipcodes", "embedded"),
+        ("resize", "bicubic", "bilinear, antialias"),
+        ("n_train", 0, "positive integer"),
+        ("n_test", None, "positive integer"),
+        ("n_train", 12.5, "positive integer"),
+        ("seed", -1, "integer >= 0"),
+        ("target_negative", 1.0, "must be below data.target_positive"),
+    ],
+)
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, key, value, allowed):
     with pytest.raises(ConfigError, match=allowed) as err:
         load_digits(config(tmp_path, **{key: value}))
     assert err.value.key == f"data.{key}"
+
+
+OVERLAPPING_WRITER = """
+import json, sys, time
+from pathlib import Path
+from zipnet import data
+
+mine, other, cfg = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+build = data._build
+
+def build_after_both_missed(cfg, options):
+    mine.touch()  # this process found no cache
+    deadline = time.monotonic() + 120
+    while not other.exists():  # until the other process found none either
+        assert time.monotonic() < deadline, "the other process never missed the cache"
+        time.sleep(0.01)
+    return build(cfg, options)
+
+data._build = build_after_both_missed
+print(data.load_digits(cfg).fingerprint)
+"""
+
+
+def test_two_processes_preparing_one_cache_at_once_leave_one_good_file(tmp_path, digits):
+    """Why the cache needs no lock: each writer renames a complete temporary file into place, so
+    two workers that both miss the cache and build it (made to overlap: each waits, after its
+    miss, until the other has missed too) leave one valid file and nothing else, which a third
+    load reads back without a warning. The cost of the race is one duplicate build (~0.2 s)."""
+    cfg = config(tmp_path)
+    marks = [tmp_path / "a.missed", tmp_path / "b.missed"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OVERLAPPING_WRITER, str(me), str(other), json.dumps(cfg)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (marks, marks[::-1])
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [out.strip() for out, _ in outs] == [digits.fingerprint] * 2 and all(m.exists() for m in marks)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"digits-embedded-{cache_key(cfg)[:16]}.npz"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_digits(cfg).fingerprint == digits.fingerprint

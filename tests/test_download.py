@@ -62,8 +62,9 @@ def only_file(root):
 
 def test_success_is_verified_and_kept(server, tmp_path):
     url = server.add("/a/digits.bin", PAYLOAD)
-    remote = Remote("digits.bin", (url,), md5=hashlib.md5(PAYLOAD).hexdigest(),
-                    sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    remote = Remote(
+        "digits.bin", (url,), md5=hashlib.md5(PAYLOAD).hexdigest(), sha256=hashlib.sha256(PAYLOAD).hexdigest()
+    )
     path = fetch(remote, tmp_path / "root", progress=False)
     assert path.read_bytes() == PAYLOAD and only_file(tmp_path / "root") == ["digits.bin"]
     fetch(remote, tmp_path / "root", progress=False)  # present and verified: no second download
@@ -73,11 +74,16 @@ def test_success_is_verified_and_kept(server, tmp_path):
 def test_progress_bar_draws_when_asked(server, tmp_path, capsys):
     url = server.add("/a/digits.bin", PAYLOAD)
     fetch(Remote("digits.bin", (url,), md5=hashlib.md5(PAYLOAD).hexdigest()), tmp_path, progress=True)
-    assert "digits.bin  100%" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "digits.bin: 100%" in err and "80.0k/80.0k" in err
 
 
 def test_checksum_mismatch_and_404_fall_over_to_the_next_url(server, tmp_path):
-    urls = (server.base + "/missing/digits.bin", server.add("/bad/digits.bin", OTHER), server.add("/good/digits.bin", PAYLOAD))
+    urls = (
+        server.base + "/missing/digits.bin",
+        server.add("/bad/digits.bin", OTHER),
+        server.add("/good/digits.bin", PAYLOAD),
+    )
     path = fetch(Remote("digits.bin", urls, md5=hashlib.md5(PAYLOAD).hexdigest()), tmp_path, progress=False)
     assert path.read_bytes() == PAYLOAD
     assert server.hits == ["/missing/digits.bin", "/bad/digits.bin", "/good/digits.bin"]
@@ -102,11 +108,15 @@ def test_interrupted_transfer_without_checksum_is_caught_by_length(server, tmp_p
 def test_every_url_failing_lists_them_with_reasons_and_the_hint(server, tmp_path):
     urls = (server.base + "/missing/x.gz", server.add("/bad/x.gz", OTHER))
     with pytest.raises(DownloadError) as err:
-        fetch(Remote("x.gz", urls, md5="0" * 32), tmp_path, hint="Put x.gz in data.root by hand; data=embedded works offline.",
-              progress=False)
+        fetch(
+            Remote("x.gz", urls, md5="0" * 32),
+            tmp_path,
+            hint="Put x.gz in data.root by hand; data=embedded works offline.",
+            progress=False,
+        )
     text = str(err.value)
     assert f"{urls[0]}: HTTP 404" in text
-    assert urls[1] in text and f"expected md5 {'0' * 32}, got " in text
+    assert f"{urls[1]}: checksum mismatch: " in text and f"expected md5:{'0' * 32} but got " in text
     assert "data.root" in text and "data=embedded" in text
     assert [u for u, _ in err.value.tried] == list(urls)
     assert only_file(tmp_path) == []

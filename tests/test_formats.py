@@ -1,10 +1,10 @@
 """The file readers on small generated files: each format, compressed or plain, told apart
 by content; damaged files give errors that name the file and the line or offset."""
 
+import digit_files as make
 import numpy as np
 import pytest
 
-import digit_files as make
 from zipnet.errors import DataError
 from zipnet.sources.formats import read_h5, read_idx, read_usps_split
 
@@ -75,13 +75,16 @@ def test_h5_round_trip(tmp_path, sample):
     np.testing.assert_array_equal(splits["test"][1], labels[8:])
 
 
-@pytest.mark.parametrize("writer, cut, expect", [
-    (make.esl, lambda b: b[: b.index(b"\n", 3000) - 50], r"line \d+: \d+ fields, expected a label and 256"),
-    (make.libsvm, lambda b: b.replace(b" 61:", b" 61;", 1), r"line 1: not `label idx:value"),
-    (make.libsvm, lambda b: b.replace(b"\n1 ", b"\n11 ", 1), r"line 11: label 11 is not 1\.\.10"),
-    (make.esl, lambda b: b.replace(b" 0.0000", b" 7.0000", 1), r"line 1: values outside \[-1, 1\]"),
-    (make.esl, lambda b: b[:500] + b"\xff\xfe" + b[502:], r"line 1 \(decoded offset 500\): not text"),
-])
+@pytest.mark.parametrize(
+    "writer, cut, expect",
+    [
+        (make.esl, lambda b: b[: b.index(b"\n", 3000) - 50], r"line \d+: \d+ fields, expected a label and 256"),
+        (make.libsvm, lambda b: b.replace(b" 61:", b" 61;", 1), r"line 1: not `label idx:value"),
+        (make.libsvm, lambda b: b.replace(b"\n1 ", b"\n11 ", 1), r"line 11: label 11 is not 1\.\.10"),
+        (make.esl, lambda b: b.replace(b" 0.0000", b" 7.0000", 1), r"line 1: values outside \[-1, 1\]"),
+        (make.esl, lambda b: b[:500] + b"\xff\xfe" + b[502:], r"line 1 \(decoded offset 500\): not text"),
+    ],
+)
 def test_damaged_text_names_file_and_line(tmp_path, sample, writer, cut, expect):
     path = tmp_path / "zip.train"
     path.write_bytes(cut(writer(*sample)))

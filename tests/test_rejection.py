@@ -5,7 +5,6 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
 from zipnet import figures, rejection, report, tracking
@@ -148,7 +147,6 @@ def _compose(overrides):
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """One tiny zipnet-train run (2 passes) streamed into a temp sqlite store, figures on."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("rejection")
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     cfg = _compose(["data.n_train=200", "data.n_test=100", "trainer.passes=2", "trainer.progress=off"])

@@ -7,7 +7,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 
@@ -21,7 +20,6 @@ TINY = ["data.n_train=200", "data.n_test=100", "trainer.passes=2"]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A 6-trial study (two factors) and one plain zipnet-train run in one sqlite store."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     study = root / "rep.yaml"
@@ -173,7 +171,6 @@ def test_rebuilt_overrides_cover_a_changed_default(store):
 def test_reproduce_a_trial_whose_population_shrank_by_pruning(tmp_path):
     """12 members per batch (the compiled kernel where available); the second batch loses
     members to the pruner after pass 1, and a survivor still reproduces exactly."""
-    torch.set_num_threads(1)
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     study = tmp_path / "shrink.yaml"
     study.write_text(yaml.safe_dump({

@@ -3,20 +3,20 @@ sampled, prepared and cached like the embedded digits. Plus the real usps.h5 whe
 
 from pathlib import Path
 
+import digit_files as make
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_USPS
 from omegaconf import OmegaConf
-
-import digit_files as make
 from test_download import Server
+
 from zipnet.data import load_digits
 from zipnet.download import DownloadError
-from zipnet.errors import ConfigError
+from zipnet.errors import ConfigError, DataError
 from zipnet.sources import mnist, usps
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_USPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "usps.h5"
 
 
 @pytest.fixture
@@ -35,12 +35,17 @@ def config(name, tmp_path, **overrides):
 
 # --- mnist ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_mnist(server, monkeypatch):
     """A 300 / 100 digit MNIST on the local server, behind a mirror that answers 404."""
     rng = np.random.default_rng(0)
-    arrays = {"train_images": rng.integers(0, 256, (300, 28, 28), dtype=np.uint8), "train_labels": np.arange(300) % 10,
-              "test_images": rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), "test_labels": np.arange(100) % 10}
+    arrays = {
+        "train_images": rng.integers(0, 256, (300, 28, 28), dtype=np.uint8),
+        "train_labels": np.arange(300) % 10,
+        "test_images": rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+        "test_labels": np.arange(100) % 10,
+    }
     files = {}
     for key, (name, _, _) in mnist.FILES.items():
         blob = make.gz(make.idx(arrays[key]))
@@ -83,6 +88,7 @@ def test_mnist_offline_error_lists_urls_and_the_ways_out(tmp_path, server):
 
 # --- usps ---------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_usps(tmp_path):
     """The same 30 / 20 digits as LIBSVM (bz2), ESL (gz) and HDF5 files."""
@@ -99,8 +105,13 @@ def tiny_usps(tmp_path):
 
 def test_usps_reads_every_format_by_path(tmp_path, tiny_usps):
     train, test = tiny_usps
-    paths = [tmp_path / "libsvm", tmp_path / "libsvm" / "usps.bz2", tmp_path / "esl", tmp_path / "esl" / "zip.train.gz",
-             tmp_path / "usps.h5"]
+    paths = [
+        tmp_path / "libsvm",
+        tmp_path / "libsvm" / "usps.bz2",
+        tmp_path / "esl",
+        tmp_path / "esl" / "zip.train.gz",
+        tmp_path / "usps.h5",
+    ]
     loaded = [load_digits(config("usps", tmp_path, path=str(p))) for p in paths]
     for d in loaded:
         assert d.train_x.shape == (30, 1, 16, 16) and d.test_x.shape == (20, 1, 16, 16)
@@ -115,7 +126,10 @@ def test_usps_subsamples_with_the_seed(tmp_path, tiny_usps):
     assert part.train_x.shape == (10, 1, 16, 16) and part.test_x.shape == (5, 1, 16, 16)
     rows = {r.tobytes() for r in full.train_x.numpy()}
     assert all(r.tobytes() in rows for r in part.train_x.numpy())
-    assert load_digits(config("usps", tmp_path, path=str(tmp_path / "usps.h5"), n_train=10, n_test=5)).fingerprint == part.fingerprint
+    assert (
+        load_digits(config("usps", tmp_path, path=str(tmp_path / "usps.h5"), n_train=10, n_test=5)).fingerprint
+        == part.fingerprint
+    )
 
 
 def test_usps_path_errors_say_what_is_expected(tmp_path):
@@ -130,21 +144,32 @@ def test_usps_path_errors_say_what_is_expected(tmp_path):
 
 def test_usps_download_falls_back_from_libsvm_to_esl(tmp_path, server, tiny_usps, monkeypatch):
     train, test = tiny_usps
-    libsvm = (usps.Remote("usps.bz2", (server.add("/libsvm/usps.bz2", b"garbage"),), md5=make.md5(b"the real one")),
-              usps.Remote("usps.t.bz2", (server.base + "/libsvm/usps.t.bz2",), md5="0" * 32))
-    esl = tuple(usps.Remote(name, (server.base + "/gone/" + name, server.add("/esl/" + name, (tmp_path / "esl" / name).read_bytes())))
-                for name in ("zip.train.gz", "zip.test.gz"))
+    libsvm = (
+        usps.Remote("usps.bz2", (server.add("/libsvm/usps.bz2", b"garbage"),), md5=make.md5(b"the real one")),
+        usps.Remote("usps.t.bz2", (server.base + "/libsvm/usps.t.bz2",), md5="0" * 32),
+    )
+    esl = tuple(
+        usps.Remote(
+            name, (server.base + "/gone/" + name, server.add("/esl/" + name, (tmp_path / "esl" / name).read_bytes()))
+        )
+        for name in ("zip.train.gz", "zip.test.gz")
+    )
     monkeypatch.setattr(usps, "DOWNLOADS", (libsvm, esl))
-    monkeypatch.setattr(usps, "COUNTS", {"train": np.bincount(train[1], minlength=10).tolist(),
-                                         "test": np.bincount(test[1], minlength=10).tolist()})
+    monkeypatch.setattr(
+        usps,
+        "COUNTS",
+        {"train": np.bincount(train[1], minlength=10).tolist(), "test": np.bincount(test[1], minlength=10).tolist()},
+    )
     d = load_digits(config("usps", tmp_path))
     np.testing.assert_array_equal(d.train_y.numpy(), train[1])
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["zip.test.gz", "zip.train.gz"]
 
 
 def test_usps_esl_download_with_wrong_counts_is_refused(tmp_path, server, tiny_usps, monkeypatch):
-    esl = tuple(usps.Remote(name, (server.add("/esl/" + name, (tmp_path / "esl" / name).read_bytes()),))
-                for name in ("zip.train.gz", "zip.test.gz"))
+    esl = tuple(
+        usps.Remote(name, (server.add("/esl/" + name, (tmp_path / "esl" / name).read_bytes()),))
+        for name in ("zip.train.gz", "zip.test.gz")
+    )
     monkeypatch.setattr(usps, "DOWNLOADS", (esl,))
     with pytest.raises(DownloadError) as err:
         load_digits(config("usps", tmp_path))
@@ -162,3 +187,20 @@ def test_real_usps_h5_through_the_usps_source(tmp_path):
     for x in (d.train_x, d.test_x):
         assert x.shape[1:] == (1, 16, 16) and x.min() == -1.0 and x.max() == 1.0
     assert d.train_y[0] == 6  # the shared copy's README: the first training digit is a 6
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x00\x01garbage\xff" * 50, b"hello world\n"], ids=["empty", "binary", "text"]
+)
+def test_unreadable_usps_file_says_which_formats_it_is_not(tmp_path, content):
+    """A user's empty or garbage usps.h5 is not a LIBSVM file missing its test half."""
+    bad = tmp_path / "usps.h5"
+    bad.write_bytes(content)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "usps.h5").write_bytes(content)
+    for path in (bad, tmp_path / "folder"):
+        with pytest.raises(DataError) as err:
+            load_digits(config("usps", tmp_path, path=str(path)))
+        text = str(err.value)
+        assert text.startswith(f"{bad if path == bad else path / 'usps.h5'}: not a readable HDF5, LIBSVM or ESL file")
+        assert "missing" not in text and "\n" not in text

@@ -57,6 +57,7 @@ class Digits:
 
 # --- config ------------------------------------------------------------------------------
 
+
 def _get(cfg, key: str, default=_ABSENT):
     value = cfg.get(key, _ABSENT)  # a dict or a DictConfig (interpolations resolve here)
     if value is _ABSENT:
@@ -103,8 +104,10 @@ def _check_targets(cfg) -> None:
             raise ConfigError(f"data.{key}", f"{value!r} is not allowed; give a finite number")
         values[key] = value
     if not values["target_negative"] < values["target_positive"]:
-        raise ConfigError("data.target_negative",
-                          f"{values['target_negative']} must be below data.target_positive ({values['target_positive']})")
+        raise ConfigError(
+            "data.target_negative",
+            f"{values['target_negative']} must be below data.target_positive ({values['target_positive']})",
+        )
 
 
 def cache_key(cfg) -> str:
@@ -118,8 +121,10 @@ def cache_key(cfg) -> str:
 
 # --- sampling and preparation -----------------------------------------------------------
 
-def sample(seed: int, n_train: int | None, n_test: int | None, train_size: int, test_size: int,
-           shared: bool) -> tuple[np.ndarray, np.ndarray]:
+
+def sample(
+    seed: int, n_train: int | None, n_test: int | None, train_size: int, test_size: int, shared: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the train and test pools, in presentation order.
 
     Shared pool: one permutation of it; the first n_train are train, the next n_test test,
@@ -128,7 +133,7 @@ def sample(seed: int, n_train: int | None, n_test: int | None, train_size: int, 
     """
     if shared:
         order = np.random.default_rng(seed).permutation(train_size)
-        return order[:n_train], order[n_train:n_train + n_test]
+        return order[:n_train], order[n_train : n_train + n_test]
     train_rng, test_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     train = np.arange(train_size) if n_train is None else train_rng.permutation(train_size)[:n_train]
     test = np.arange(test_size) if n_test is None else test_rng.permutation(test_size)[:n_test]
@@ -138,13 +143,16 @@ def sample(seed: int, n_train: int | None, n_test: int | None, train_size: int, 
 def _check_sizes(source: str, n_train, n_test, train_size: int, test_size: int, shared: bool) -> None:
     if shared:
         if n_train + n_test > train_size:
-            raise ConfigError("data.n_train", f"n_train + n_test = {n_train + n_test} > {train_size}, "
-                                              f"the size of the {source} set")
+            raise ConfigError(
+                "data.n_train", f"n_train + n_test = {n_train + n_test} > {train_size}, the size of the {source} set"
+            )
         return
     for key, n, size in (("n_train", n_train, train_size), ("n_test", n_test, test_size)):
         if n is not None and n > size:
-            raise ConfigError(f"data.{key}", f"{key} = {n} > {size}, the size of the {source} "
-                                             f"{key[2:]} set; lower it or use null for all of it")
+            raise ConfigError(
+                f"data.{key}",
+                f"{key} = {n} > {size}, the size of the {source} {key[2:]} set; lower it or use null for all of it",
+            )
 
 
 def prepare(images: np.ndarray, resize: str) -> torch.Tensor:
@@ -195,6 +203,7 @@ def _build(cfg, options: dict) -> dict[str, np.ndarray]:
 
 # --- cache ---------------------------------------------------------------------------------
 
+
 def _cache_path(cfg, options: dict, key: str) -> Path | None:
     cache_dir = _get(cfg, "cache_dir", os.environ.get("ZIPNET_CACHE") or str(Path.home() / ".cache" / "zipnet"))
     if cache_dir in (None, ""):
@@ -214,8 +223,14 @@ def _read_cache(path: Path, options: dict) -> dict[str, np.ndarray] | None:
         for split in SPLITS:
             x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
             n = options[f"n_{split}"]
-            if x.dtype != np.float32 or x.ndim != 4 or x.shape[1:] != (1, 16, 16) or y.dtype != np.int64 \
-                    or y.shape != (len(x),) or (n is not None and len(x) != n):
+            if (
+                x.dtype != np.float32
+                or x.ndim != 4
+                or x.shape[1:] != (1, 16, 16)
+                or y.dtype != np.int64
+                or y.shape != (len(x),)
+                or (n is not None and len(x) != n)
+            ):
                 raise ValueError(f"{split} arrays have shapes {x.shape} {x.dtype} / {y.shape} {y.dtype}")
         actual = fingerprint(arrays)
         if actual != stored:

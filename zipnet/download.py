@@ -2,24 +2,29 @@
 
     path = fetch(Remote("usps.bz2", (url1, url2), md5="..."), root)
 
-Each URL is tried in order. A download goes to a hidden temporary name in `root` and is
-renamed to its real name only after its checksum (or, for files with no published
-checksum, a content check) passes; anything else deletes the temporary file and moves on
+Each URL is tried in order with `pooch.retrieve`, which streams it to a temporary file and
+keeps it only when its hash matches. The file lands in a private staging folder under
+`root` and gets its real name only after every check passes (the other checksum, the
+content check for files with no published checksum); anything else deletes it and moves on
 to the next URL. When every URL fails, `DownloadError` lists each one and why.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
+import logging
 import os
+import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import pooch
+import requests
+from tqdm import tqdm
 
 from zipnet.errors import DataError
 
@@ -29,8 +34,8 @@ TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class Remote:
-    name: str               # the file's name under root
-    urls: tuple[str, ...]   # tried in order
+    name: str  # the file's name under root
+    urls: tuple[str, ...]  # tried in order
     md5: str | None = None
     sha256: str | None = None
 
@@ -62,57 +67,54 @@ def mismatch(remote: Remote, path: Path) -> str | None:
     return None
 
 
-class _Bar:
-    """`name  42%  4.1/9.9 MB` redrawn in place; only on a terminal."""
-
-    def __init__(self, name: str, total: int | None, enabled: bool | None):
-        self.stream = sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.name, self.total = name, total
-
-    def update(self, done: int) -> None:
-        if self.enabled:
-            pct = f"{100 * done // self.total:3d}%" if self.total else "    "
-            size = f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB" if self.total else f"{done / 1e6:.1f} MB"
-            self.stream.write(f"\r{self.name}  {pct}  {size}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _download(url: str, dest, name: str, progress: bool | None, timeout: float) -> None:
-    """Stream `url` into the open file `dest`; raise on HTTP errors and short transfers."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        bar, done = _Bar(name, total, progress), 0
-        try:
-            while block := response.read(CHUNK):
-                dest.write(block)
-                done += len(block)
-                bar.update(done)
-        finally:
-            bar.close()
-    if total is not None and done != total:
-        raise OSError(f"transfer interrupted: got {done} of {total} bytes")
-
-
 def _reason(err: Exception) -> str:
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}"
-    return f"{type(err).__name__}: {getattr(err, 'reason', None) or err}"
+    """One line on why a URL failed."""
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code} {err.response.reason}"
+    if isinstance(err, ValueError):  # pooch: "MD5 hash of downloaded file (x) does not match ... got y. Deleted ..."
+        return "checksum mismatch: " + str(err).split(". ")[0]
+    cause = err  # requests wraps urllib3's error, which wraps the socket's: the innermost says it plainly
+    while cause.__cause__ or cause.__context__:
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(err).__name__}: {cause}"
 
 
-def fetch(remote: Remote, root: str | os.PathLike, *, check: Callable[[Path], None] | None = None,
-          hint: str = "", progress: bool | None = None, timeout: float = TIMEOUT_S,
-          log: Callable[[str], None] | None = None) -> Path:
+class _Bar(tqdm):
+    """A download's bar, which pooch takes before it knows the size (it draws only if bool(bar),
+    and a tqdm without a total has no truth value)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+@contextmanager
+def _quiet_pooch():
+    """pooch logs every download, and for unhashed files advises pinning the hash; zipnet
+    logs its own line and checks those files' content instead."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def fetch(
+    remote: Remote,
+    root: str | os.PathLike,
+    *,
+    check: Callable[[Path], None] | None = None,
+    hint: str = "",
+    progress: bool | None = None,
+    timeout: float = TIMEOUT_S,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """`root/remote.name`, downloaded first unless a verified copy is there.
 
     `check(path)` runs after the checksums (or instead, when the file has none) and raises
     DataError when the content is wrong. `hint` ends the error when every URL fails.
+    `progress`: a tqdm bar per download; None draws it only on a terminal.
     """
     if remote.md5 is None and remote.sha256 is None and check is None:
         raise ValueError(f"{remote.name}: give a checksum or a content check; unverified files are not accepted")
@@ -138,25 +140,33 @@ def fetch(remote: Remote, root: str | os.PathLike, *, check: Callable[[Path], No
     except OSError as err:
         raise DataError(f"{root}: cannot create the data folder ({err}); set data.root to a writable folder") from err
 
+    known_hash = f"sha256:{remote.sha256}" if remote.sha256 else f"md5:{remote.md5}" if remote.md5 else None
+    show = sys.stderr.isatty() if progress is None else progress
     tried: list[tuple[str, str]] = []
     for url in remote.urls:
-        fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{remote.name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as dest:
-                if log:
-                    log(f"downloading {url}")
-                _download(url, dest, remote.name, progress, timeout)
-            bad = problem(tmp)
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{remote.name}."))  # this process's own
+        except OSError as err:
+            raise DataError(f"{root}: cannot write there ({err}); set data.root to a writable folder") from err
+        bar = _Bar(desc=remote.name, unit="B", unit_scale=True) if show else False
+        try:
+            if log:
+                log(f"downloading {url}")
+            downloader = pooch.HTTPDownloader(progressbar=bar, chunk_size=CHUNK, timeout=timeout)
+            with _quiet_pooch():
+                got = Path(pooch.retrieve(url, known_hash, fname=remote.name, path=staging, downloader=downloader))
+            bad = problem(got)
             if bad is not None:
                 tried.append((url, bad))
                 continue
-            os.replace(tmp, final)  # only a verified file gets the real name
+            os.replace(got, final)  # only a verified file gets the real name
             return final
-        except (OSError, http.client.HTTPException, ValueError) as err:  # URLError, HTTPError, timeouts are OSErrors
+        except (OSError, ValueError, requests.RequestException) as err:
             tried.append((url, _reason(err)))
         finally:
-            tmp.unlink(missing_ok=True)
+            if bar:
+                bar.close()
+            shutil.rmtree(staging, ignore_errors=True)
 
     lines = [f"could not download {remote.name}; tried:"] + [f"  {url}: {why}" for url, why in tried]
     if hint:

@@ -1,44 +1,49 @@
-"""A progress bar over passes, drawn on a terminal only; silent when output is not a TTY."""
+"""A progress bar over passes (tqdm), drawn on a terminal only.
+
+    bar = PassBar(passes)            # enabled=None: only when the stream is a terminal
+    bar.write("pass 1\\neval: ...")   # a line printed above the bar, never into it
+    bar.update(1)                    # passes done; the bar closes itself at the last one
+
+Print every line through `bar.write` while a bar is shown: tqdm clears the bar, prints the
+line at column 0 and draws the bar again below it.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
 class PassBar:
-    def __init__(self, passes: int, enabled: bool | None = None, stream=None, width: int = 30):
-        self.stream = stream or sys.stderr
-        self.passes = passes
-        self.width = width
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.started = time.perf_counter()
-        self._done = 0
-        if self.enabled:
-            self.update(0)
-
-    def update(self, done: int) -> None:
-        self._done = done
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / done * (self.passes - done) if done else 0.0
-        filled = self.width * done // max(self.passes, 1)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r[{bar}] pass {done}/{self.passes} {elapsed:5.0f}s elapsed, ~{left:.0f}s left")
-        if done >= self.passes:
-            self.stream.write("\n")
-        self.stream.flush()
+    def __init__(self, passes: int, enabled: bool | None = None, stream=None):
+        stream = stream or sys.stderr
+        self.enabled = stream.isatty() if enabled is None else enabled
+        self.bar = tqdm(
+            total=passes,
+            desc="pass",
+            unit="pass",
+            file=stream,
+            disable=not self.enabled,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0,
+            miniters=1,
+        )
 
     def write(self, text: str) -> None:
-        """A line that does not collide with the bar."""
+        """Print `text` on stdout, above the bar when one is shown."""
         if self.enabled:
-            self.stream.write("\r\033[K")
-        print(text, flush=True)
-        if self.enabled:
-            self.update(self._done)
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def update(self, done: int) -> None:
+        """`done` passes are finished (a total, not an increment)."""
+        if not self.bar.disable:  # disabled: off a terminal, or closed
+            self.bar.update(done - self.bar.n)
+            if done >= self.bar.total:
+                self.close()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()

@@ -27,10 +27,15 @@ def load(cfg) -> Pools:
     try:
         blob = ASSET.read_bytes()
     except OSError as err:
-        raise DataError(f"{ASSET}: cannot read the embedded digits ({err}); rebuild with `python scripts/build_embedded.py`") from err
+        raise DataError(
+            f"{ASSET}: cannot read the embedded digits ({err}); rebuild with `python scripts/build_embedded.py`"
+        ) from err
     digest = hashlib.sha256(blob).hexdigest()
     if digest != SHA256:
-        raise DataError(f"{ASSET}: sha256 {digest} != {SHA256}; the file is damaged, rebuild with `python scripts/build_embedded.py`")
+        raise DataError(
+            f"{ASSET}: sha256 {digest} != {SHA256}; the file is damaged, "
+            "rebuild with `python scripts/build_embedded.py`"
+        )
     with np.load(ASSET) as npz:
         images, labels = npz["images"], npz["labels"]
     assert images.shape == (SIZE, 28, 28) and images.dtype == np.uint8 and labels.shape == (SIZE,)

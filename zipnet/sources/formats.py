@@ -27,8 +27,9 @@ PIXELS = 256
 _CHUNK = 1 << 16
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped or bunzipped when its magic says so."""
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, gunzipped or bunzipped when its magic says so. With `limit`, only
+    the start: at least `limit` decoded bytes where the file has them (to tell its format)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -39,22 +40,26 @@ def read_bytes(path: Path) -> bytes:
     elif raw.startswith(BZIP2_MAGIC):
         kind, decoder = "bzip2", bz2.BZ2Decompressor()
     else:
-        return raw
-    out = []
+        return raw[:limit]
+    out, decoded = [], 0
     for offset in range(0, len(raw), _CHUNK):
         try:
-            out.append(decoder.decompress(raw[offset:offset + _CHUNK]))
+            out.append(decoder.decompress(raw[offset : offset + _CHUNK]))
         except (zlib.error, OSError, ValueError) as err:
-            raise DataError(f"{path}: {kind} data damaged in compressed bytes {offset}..{offset + _CHUNK} ({err})") from err
-        if decoder.eof:
-            break
-    if not decoder.eof:
-        raise DataError(f"{path}: {kind} stream ends early at compressed offset {len(raw)} "
-                        f"({sum(map(len, out))} bytes decoded); the file is truncated")
-    return b"".join(out)
+            raise DataError(
+                f"{path}: {kind} data damaged in compressed bytes {offset}..{offset + _CHUNK} ({err})"
+            ) from err
+        decoded += len(out[-1])
+        if decoder.eof or (limit is not None and decoded >= limit):
+            return b"".join(out)
+    raise DataError(
+        f"{path}: {kind} stream ends early at compressed offset {len(raw)} "
+        f"({decoded} bytes decoded); the file is truncated"
+    )
 
 
 # --- IDX ---------------------------------------------------------------------------------
+
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file of unsigned bytes (gzipped or not) as a uint8 array of its shape."""
@@ -66,11 +71,13 @@ def read_idx(path: Path) -> np.ndarray:
     ndim, header = data[3], 4 + 4 * data[3]
     if ndim == 0 or len(data) < header:
         raise DataError(f"{path}: offset 4: IDX header of {ndim} sizes is truncated ({len(data)} bytes in all)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     want, have = prod(shape), len(data) - header
     if have < want:
-        raise DataError(f"{path}: offset {len(data)}: truncated; the header promises {shape} = {want} bytes "
-                        f"after offset {header}, the file holds {have}")
+        raise DataError(
+            f"{path}: offset {len(data)}: truncated; the header promises {shape} = {want} bytes "
+            f"after offset {header}, the file holds {have}"
+        )
     if have > want:
         raise DataError(f"{path}: offset {header + want}: {have - want} bytes beyond the {shape} the header promises")
     return np.frombuffer(data, dtype=np.uint8, count=want, offset=header).reshape(shape)
@@ -78,12 +85,15 @@ def read_idx(path: Path) -> np.ndarray:
 
 # --- text: LIBSVM and ESL ---------------------------------------------------------------
 
+
 def _lines(path: Path, data: bytes):
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} (decoded offset {err.start}): not text (byte 0x{data[err.start]:02x})") from err
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line} (decoded offset {err.start}): not text (byte 0x{data[err.start]:02x})"
+        ) from err
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             yield number, line
@@ -97,8 +107,10 @@ def text_format(path: Path, data: bytes) -> str:
             return "libsvm"
         if len(tokens) == PIXELS + 1:
             return "esl"
-        raise DataError(f"{path}: line {number}: neither LIBSVM (`label idx:value ...`) nor ESL "
-                        f"(a label and {PIXELS} values); it has {len(tokens)} fields")
+        raise DataError(
+            f"{path}: line {number}: neither LIBSVM (`label idx:value ...`) nor ESL "
+            f"(a label and {PIXELS} values); it has {len(tokens)} fields"
+        )
     raise DataError(f"{path}: empty; expected LIBSVM or ESL text")
 
 
@@ -123,7 +135,9 @@ def parse_libsvm(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
         except ValueError as err:
             raise DataError(f"{path}: line {number}: not `label idx:value ...` ({err})") from err
         if label != int(label) or not 1 <= label <= 10:
-            raise DataError(f"{path}: line {number}: label {tokens[0]} is not 1..10 (LIBSVM's usps numbers digits 1..10)")
+            raise DataError(
+                f"{path}: line {number}: label {tokens[0]} is not 1..10 (LIBSVM's usps numbers digits 1..10)"
+            )
         _check_range(path, number, row)
         images.append(row)
         labels.append(int(label) - 1)
@@ -135,8 +149,9 @@ def parse_esl(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     for number, line in _lines(path, data):
         tokens = line.split()
         if len(tokens) != PIXELS + 1:
-            raise DataError(f"{path}: line {number}: {len(tokens)} fields, expected a label and {PIXELS} values "
-                            f"(a truncated file?)")
+            raise DataError(
+                f"{path}: line {number}: {len(tokens)} fields, expected a label and {PIXELS} values (a truncated file?)"
+            )
         try:
             values = np.asarray(tokens, dtype=np.float64)
         except ValueError as err:
@@ -152,6 +167,7 @@ def parse_esl(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 # --- HDF5 ---------------------------------------------------------------------------------
 
+
 def read_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'train': (images, labels), 'test': ...}: images float32 (N, 16, 16) mapped to [-1, 1]."""
     import h5py  # only the sources that read HDF5 pay for the import
@@ -161,8 +177,10 @@ def read_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         with h5py.File(path, "r") as f:
             for split in ("train", "test"):
                 if f.get(f"{split}/data") is None or f.get(f"{split}/target") is None:
-                    raise DataError(f"{path}: no {split}/data or {split}/target; expected groups train and test, "
-                                    f"each with data (N, {PIXELS}) in [0, 1] and target 0..9")
+                    raise DataError(
+                        f"{path}: no {split}/data or {split}/target; expected groups train and test, "
+                        f"each with data (N, {PIXELS}) in [0, 1] and target 0..9"
+                    )
                 x, y = np.asarray(f[f"{split}/data"], dtype=np.float32), np.asarray(f[f"{split}/target"])
                 out[split] = (x, y)
     except DataError:
@@ -171,7 +189,9 @@ def read_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         raise DataError(f"{path}: unreadable HDF5 ({type(err).__name__}: {err})") from err
     for split, (x, y) in out.items():
         if x.ndim != 2 or x.shape[1] != PIXELS or y.shape != (len(x),):
-            raise DataError(f"{path}: {split}/data has shape {x.shape} and target {y.shape}; expected (N, {PIXELS}) and (N,)")
+            raise DataError(
+                f"{path}: {split}/data has shape {x.shape} and target {y.shape}; expected (N, {PIXELS}) and (N,)"
+            )
         if len(x) and (not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1):
             raise DataError(f"{path}: {split}/data: values outside [0, 1] ({x.min()}..{x.max()})")
         if len(y) and (y.min() < 0 or y.max() > 9):
@@ -182,9 +202,22 @@ def read_h5(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # --- any USPS file ---------------------------------------------------------------------------
 
+
 def is_hdf5(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+
+
+def usps_format(path: Path) -> str:
+    """'hdf5', 'libsvm' or 'esl', told from the content's start; anything else is a DataError
+    that says it is none of them (an empty or garbage usps.h5 is not a split missing its test file)."""
+    if is_hdf5(path):
+        return "hdf5"
+    try:
+        return text_format(path, read_bytes(path, limit=_CHUNK))
+    except DataError as err:
+        why = str(err).removeprefix(f"{path}: ")
+        raise DataError(f"{path}: not a readable HDF5, LIBSVM or ESL file ({why})") from err
 
 
 def read_usps_split(path: Path) -> tuple[str, np.ndarray, np.ndarray]:

@@ -44,8 +44,10 @@ def _mirrors(cfg) -> tuple[str, ...]:
 
 def load(cfg) -> Pools:
     root, mirrors = _root(cfg), _mirrors(cfg)
-    hint = (f"Put the four files ({', '.join(f[0] for f in FILES.values())}) in {root} by hand "
-            f"(or point data.root at a folder holding them), or use data=embedded, which works offline.")
+    hint = (
+        f"Put the four files ({', '.join(f[0] for f in FILES.values())}) in {root} by hand "
+        f"(or point data.root at a folder holding them), or use data=embedded, which works offline."
+    )
     arrays = {}
     for key, (name, md5, shape) in FILES.items():
         path = fetch(Remote(name, tuple(m + name for m in mirrors), md5=md5), root, hint=hint)

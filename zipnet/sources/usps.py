@@ -17,7 +17,7 @@ import numpy as np
 from zipnet.download import DownloadError, Remote, fetch
 from zipnet.errors import ConfigError, DataError
 from zipnet.sources import Pools
-from zipnet.sources.formats import is_hdf5, read_h5, read_usps_split
+from zipnet.sources.formats import read_h5, read_usps_split, usps_format
 
 SHARED = False
 COUNTS = {  # class counts 0..9 (ESL's zip.info.txt; REFERENCE.md section 3)
@@ -28,13 +28,22 @@ LIBSVM = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/"
 ESL = ("https://hastie.su.domains/ElemStatLearn/datasets/", "https://web.stanford.edu/~hastie/ElemStatLearn/datasets/")
 # (train, test) pairs, tried in order
 DOWNLOADS = (
-    (Remote("usps.bz2", (LIBSVM + "usps.bz2",), md5="ec16c51db3855ca6c91edd34d0e9b197"),
-     Remote("usps.t.bz2", (LIBSVM + "usps.t.bz2",), md5="8ea070ee2aca1ac39742fdd1ef5ed118")),
-    (Remote("zip.train.gz", tuple(base + "zip.train.gz" for base in ESL)),
-     Remote("zip.test.gz", tuple(base + "zip.test.gz" for base in ESL))),
+    (
+        Remote("usps.bz2", (LIBSVM + "usps.bz2",), md5="ec16c51db3855ca6c91edd34d0e9b197"),
+        Remote("usps.t.bz2", (LIBSVM + "usps.t.bz2",), md5="8ea070ee2aca1ac39742fdd1ef5ed118"),
+    ),
+    (
+        Remote("zip.train.gz", tuple(base + "zip.train.gz" for base in ESL)),
+        Remote("zip.test.gz", tuple(base + "zip.test.gz" for base in ESL)),
+    ),
 )
 # names a folder given as data.path may hold, (train, test), first match wins
-LOCAL_PAIRS = (("usps.bz2", "usps.t.bz2"), ("usps", "usps.t"), ("zip.train.gz", "zip.test.gz"), ("zip.train", "zip.test"))
+LOCAL_PAIRS = (
+    ("usps.bz2", "usps.t.bz2"),
+    ("usps", "usps.t"),
+    ("zip.train.gz", "zip.test.gz"),
+    ("zip.train", "zip.test"),
+)
 
 
 def _path(cfg) -> Path | None:
@@ -54,22 +63,26 @@ def _test_sibling(train: Path) -> Path | None:
 def local_files(path: Path) -> tuple[Path, ...]:
     """(usps.h5,) or (train, test) for data.path."""
     if path.is_dir():
-        for name in ("usps.h5",):
-            if (path / name).is_file():
-                return (path / name,)
+        if (path / "usps.h5").is_file():
+            return local_files(path / "usps.h5")
         for train, test in LOCAL_PAIRS:
             if (path / train).is_file() and (path / test).is_file():
                 return path / train, path / test
-        raise DataError(f"{path}: holds none of usps.h5, " + ", ".join(f"{a} + {b}" for a, b in LOCAL_PAIRS)
-                        + "; point data.path at the file or folder")
+        raise DataError(
+            f"{path}: holds none of usps.h5, "
+            + ", ".join(f"{a} + {b}" for a, b in LOCAL_PAIRS)
+            + "; point data.path at the file or folder"
+        )
     if not path.is_file():
         raise DataError(f"{path}: no such file or folder (data.path)")
-    if is_hdf5(path):
+    if usps_format(path) == "hdf5":
         return (path,)
     test = _test_sibling(path)
     if test is None or not test.is_file():
-        raise DataError(f"{path}: a LIBSVM or ESL file holds one split, and its test file {test} is missing; "
-                        f"put both in one folder and point data.path at it, or use usps.h5")
+        raise DataError(
+            f"{path}: a LIBSVM or ESL file holds one split, and its test file {test} is missing; "
+            f"put both in one folder and point data.path at it, or use usps.h5"
+        )
     return path, test
 
 
@@ -78,7 +91,7 @@ def _read(files: tuple[Path, ...]) -> Pools:
         splits = read_h5(files[0])
     else:
         splits = {}
-        for split, file in zip(("train", "test"), files):
+        for split, file in zip(("train", "test"), files, strict=True):
             _, images, labels = read_usps_split(file)
             splits[split] = (images, labels)
     return Pools(*splits["train"], *splits["test"])
@@ -90,6 +103,7 @@ def _check_counts(split: str):
         counts = np.bincount(labels, minlength=10).tolist()
         if counts != COUNTS[split]:
             raise DataError(f"{path}: class counts {counts}, expected USPS {split} {COUNTS[split]}")
+
     return check
 
 
@@ -101,14 +115,23 @@ def _download(cfg) -> tuple[Path, Path]:
     tried = []
     for train, test in DOWNLOADS:
         try:
-            return tuple(fetch(remote, root, check=None if remote.md5 else _check_counts(split))
-                         for remote, split in ((train, "train"), (test, "test")))
+            return tuple(
+                fetch(remote, root, check=None if remote.md5 else _check_counts(split))
+                for remote, split in ((train, "train"), (test, "test"))
+            )
         except DownloadError as err:
             tried += err.tried
-    raise DownloadError("\n".join(
-        ["could not download the USPS digits; tried:"] + [f"  {url}: {why}" for url, why in tried]
-        + [f"Put usps.h5, usps.bz2 + usps.t.bz2 or zip.train.gz + zip.test.gz in {root} by hand, or point "
-           f"data.path at a copy, or use data=embedded, which works offline."]), tried)
+    raise DownloadError(
+        "\n".join(
+            ["could not download the USPS digits; tried:"]
+            + [f"  {url}: {why}" for url, why in tried]
+            + [
+                f"Put usps.h5, usps.bz2 + usps.t.bz2 or zip.train.gz + zip.test.gz in {root} by hand, or point "
+                f"data.path at a copy, or use data=embedded, which works offline."
+            ]
+        ),
+        tried,
+    )
 
 
 def files(cfg) -> tuple[Path, ...]:
