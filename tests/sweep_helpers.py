@@ -15,17 +15,35 @@ from zipnet.sweeps.storage import RUN_ID, tally
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.passes=1", "tracking.figures=false"]
 
 
-def study_args(name: str, n_trials: int = 6, batch: int = 3, launcher: str = "population", seed: int = 0,
-               pruner: str = "{name:median}", **settings) -> list[str]:
+def study_args(
+    name: str,
+    n_trials: int = 6,
+    batch: int = 3,
+    launcher: str = "population",
+    seed: int = 0,
+    pruner: str = "{name:median}",
+    **settings,
+) -> list[str]:
     """A study on the command line: the sweeper, its settings and a search space in Hydra's grammar."""
-    args = ["-m", "hydra/sweeper=zipnet_optuna", f"hydra/launcher={launcher}", f"hydra.sweeper.study_name={name}",
-            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.batch={batch}",
-            f"hydra.sweeper.sampler={{name:random,seed:{seed}}}", f"hydra.sweeper.pruner={pruner}"]
+    args = [
+        "-m",
+        "hydra/sweeper=zipnet_optuna",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweeper.study_name={name}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweeper.batch={batch}",
+        f"hydra.sweeper.sampler={{name:random,seed:{seed}}}",
+        f"hydra.sweeper.pruner={pruner}",
+    ]
     args += [f"hydra.sweeper.{k}={v}" for k, v in settings.items()]
     return args
 
 
-SPACE = ["model.init=choice(sqrt,linear)", "loss.mse=choice(mean,sum,half_sum)", "optim.lr=tag(log,interval(0.005,0.1))"]
+SPACE = [
+    "model.init=choice(sqrt,linear)",
+    "loss.mse=choice(mean,sum,half_sum)",
+    "optim.lr=tag(log,interval(0.005,0.1))",
+]
 
 
 def env_for(cwd: Path) -> dict:
@@ -35,13 +53,25 @@ def env_for(cwd: Path) -> dict:
 
 
 def zipnet(cwd: Path, *args: str, timeout: float = 300, module: str = "zipnet.train") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env_for(cwd), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env_for(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen(cwd: Path, *args: str, module: str = "zipnet.train") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env_for(cwd), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env_for(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def load(cwd: Path, name: str) -> optuna.Study:
@@ -52,8 +82,12 @@ def runs(cwd: Path, name: str, experiment: str = "zipnet"):
     """(client, parents, children) of study `name` in the MLflow store under cwd."""
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
-    parents = client.search_runs([exp.experiment_id], f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'study'")
-    children = client.search_runs([exp.experiment_id], f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'trial'")
+    parents = client.search_runs(
+        [exp.experiment_id], f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'study'"
+    )
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'trial'"
+    )
     return client, parents, children
 
 

@@ -19,8 +19,18 @@ def _key(*overrides):
 
 
 def test_populations_split_on_data_trainer_and_table_only():
-    assert _key("optim.lr=0.1", "model.init=linear", "seed=3", "loss.mse=sum", "model.activation=scaled_tanh",
-                "targets=pm0.6", "trainer.progress=off") == _key()
+    assert (
+        _key(
+            "optim.lr=0.1",
+            "model.init=linear",
+            "seed=3",
+            "loss.mse=sum",
+            "model.activation=scaled_tanh",
+            "targets=pm0.6",
+            "trainer.progress=off",
+        )
+        == _key()
+    )
     for structural in ("data.n_train=100", "trainer.passes=3", "model.table=full", "optim=sdlm"):
         assert _key(structural) != _key(), structural
 
@@ -57,20 +67,37 @@ class _Peek(runner.Watcher):
 def test_every_member_has_a_live_run_from_its_first_pass(tmp_path):
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False)
     peeks = [_Peek(tracker.client) for _ in range(3)]
-    jobs = [runner.Job(compose(["data.n_train=300", "data.n_test=100", "trainer.passes=3", f"seed={k}"]),
-                       watchers=[runner.Tracked(tracker), peek]) for k, peek in enumerate(peeks)]
+    jobs = [
+        runner.Job(
+            compose(["data.n_train=300", "data.n_test=100", "trainer.passes=3", f"seed={k}"]),
+            watchers=[runner.Tracked(tracker), peek],
+        )
+        for k, peek in enumerate(peeks)
+    ]
     runner.run(jobs, log=None)
     for job, peek in zip(jobs, peeks):
         assert job.result.population_sizes == [3, 3, 3]
         # each pass is in the store while the run is RUNNING, with its own timestamp
-        assert [(status, steps) for status, steps, _ in peek.seen] == [("RUNNING", [1]), ("RUNNING", [1, 2]),
-                                                                       ("RUNNING", [1, 2, 3])]
+        assert [(status, steps) for status, steps, _ in peek.seen] == [
+            ("RUNNING", [1]),
+            ("RUNNING", [1, 2]),
+            ("RUNNING", [1, 2, 3]),
+        ]
         assert tracker.client.get_run(job.run_id).info.status == "FINISHED"
 
 
 def _multirun(tmp_path, name, *extra, expect=0):
-    args = [sys.executable, "-m", "zipnet.train", "-m", *SMALL, "optim.lr=0.01,0.03", "model.init=sqrt,linear",
-            f"hydra.sweep.dir={tmp_path}/{name}", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "zipnet.train",
+        "-m",
+        *SMALL,
+        "optim.lr=0.01,0.03",
+        "model.init=sqrt,linear",
+        f"hydra.sweep.dir={tmp_path}/{name}",
+        *extra,
+    ]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == expect, proc.stderr[-3000:]
     jobs = sorted((tmp_path / name).glob("*/metrics.json"), key=lambda p: int(p.parent.name))
@@ -92,8 +119,18 @@ def test_population_launcher_jobs_equal_their_basic_launcher_runs(tmp_path):
 
 
 def _grid(tmp_path, *extra):
-    args = [sys.executable, "-m", "zipnet.train", "-m", "data.n_train=200", "data.n_test=100", "trainer.passes=1",
-            "tracking.figures=false", "optim.lr=0.01,-1,0.03", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "zipnet.train",
+        "-m",
+        "data.n_train=200",
+        "data.n_test=100",
+        "trainer.passes=1",
+        "tracking.figures=false",
+        "optim.lr=0.01,-1,0.03",
+        *extra,
+    ]
     return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 

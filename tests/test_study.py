@@ -19,10 +19,19 @@ BASE = {"study_name": "s", "n_trials": 6, "batch": 3}
 
 
 def test_the_grammar_becomes_optuna_distributions():
-    spec = from_sweeper({**BASE, "params": {
-        "model.init": "choice(sqrt, linear)", "optim.lr": "tag(log, interval(0.001, 0.3))",
-        "data.seed": "range(0, 3)", "trainer.passes": "tag(int, interval(1, 5))", "targets": "pm1.0,pm0.6"}},
-        ["seed=2", "loss.mse=choice(mean,sum)"])
+    spec = from_sweeper(
+        {
+            **BASE,
+            "params": {
+                "model.init": "choice(sqrt, linear)",
+                "optim.lr": "tag(log, interval(0.001, 0.3))",
+                "data.seed": "range(0, 3)",
+                "trainer.passes": "tag(int, interval(1, 5))",
+                "targets": "pm1.0,pm0.6",
+            },
+        },
+        ["seed=2", "loss.mse=choice(mean,sum)"],
+    )
     d = {n: p.distribution for n, p in spec.params.items()}
     assert d["model.init"] == D.CategoricalDistribution(["sqrt", "linear"])
     assert d["optim.lr"] == D.FloatDistribution(0.001, 0.3, log=True)
@@ -31,9 +40,16 @@ def test_the_grammar_becomes_optuna_distributions():
     assert d["targets"] == D.CategoricalDistribution(["pm1.0", "pm0.6"])
     assert d["loss.mse"] == D.CategoricalDistribution(["mean", "sum"])  # a sweep on the command line joins
     assert spec.fixed == ["seed=2"]  # a plain override is fixed for every trial
-    assert spec.trial_overrides({"model.init": "linear", "optim.lr": 0.01, "data.seed": 1, "trainer.passes": 2,
-                                 "targets": "pm0.6", "loss.mse": "sum"}) == [
-        "model.init=linear", "optim.lr=0.01", "data.seed=1", "trainer.passes=2", "targets=pm0.6", "loss.mse=sum"]
+    assert spec.trial_overrides(
+        {
+            "model.init": "linear",
+            "optim.lr": 0.01,
+            "data.seed": 1,
+            "trainer.passes": 2,
+            "targets": "pm0.6",
+            "loss.mse": "sum",
+        }
+    ) == ["model.init=linear", "optim.lr=0.01", "data.seed=1", "trainer.passes=2", "targets=pm0.6", "loss.mse=sum"]
 
 
 def test_a_file_in_the_first_schema_still_loads_as_it_did():
@@ -48,15 +64,37 @@ def test_a_file_in_the_first_schema_still_loads_as_it_did():
 
 def test_the_cli_runs_a_file_in_the_first_schema(tmp_path):
     """zipnet-sweep, the thin front end, through the same sweeper."""
-    proc = subprocess.run([sys.executable, "-m", "zipnet.sweep", str(LEGACY), "data.n_train=200", "data.n_test=100",
-                           "trainer.passes=1", "tracking.figures=false", "--n-trials", "4", "--batch", "2", "--study",
-                           "old"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.sweep",
+            str(LEGACY),
+            "data.n_train=200",
+            "data.n_test=100",
+            "trainer.passes=1",
+            "tracking.figures=false",
+            "--n-trials",
+            "4",
+            "--batch",
+            "2",
+            "--study",
+            "old",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import optuna
 
     study = optuna.load_study(study_name="old", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
-    assert len(study.get_trials()) == 4 and {t.params["targets"] for t in study.get_trials()} <= {"pm1.0", "pm0.8",
-                                                                                                  "pm0.6"}
+    assert len(study.get_trials()) == 4 and {t.params["targets"] for t in study.get_trials()} <= {
+        "pm1.0",
+        "pm0.8",
+        "pm0.6",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml")))
@@ -72,18 +110,21 @@ def test_every_shipped_study_composes_and_checks(name):
         check(spec, composer)  # composes every choice and bound; loads no data
 
 
-@pytest.mark.parametrize("settings,key,text", [
-    ({"n_trails": 5}, "n_trails", "unknown key"),
-    ({"params": {"optim.lr": "interval(0.3, 0.001)"}}, "params.optim.lr", "not below high"),
-    ({"params": {"optim.lr": "tag(log, interval(-1, 0.1))"}}, "params.optim.lr", "log scale"),
-    ({"params": {"optim.lr": "0.1"}}, "params.optim.lr", "one value"),
-    ({"params": {"optim.lr": "tag(cubic, interval(0.1, 0.2))"}}, "params.optim.lr", "unknown tag"),
-    ({"metric": "test/accuracy"}, "metric", "test/error"),
-    ({"pruner": {"name": "median", "n_startup": 3}}, "pruner.n_startup", "n_startup_trials"),
-    ({"sampler": {"name": "bayes"}}, "sampler.name", "tpe"),
-    ({"batch": 0}, "batch", ">= 1"),
-    ({"grace_period": 5, "heartbeat_interval": 10}, "grace_period", "> heartbeat_interval"),
-])
+@pytest.mark.parametrize(
+    "settings,key,text",
+    [
+        ({"n_trails": 5}, "n_trails", "unknown key"),
+        ({"params": {"optim.lr": "interval(0.3, 0.001)"}}, "params.optim.lr", "not below high"),
+        ({"params": {"optim.lr": "tag(log, interval(-1, 0.1))"}}, "params.optim.lr", "log scale"),
+        ({"params": {"optim.lr": "0.1"}}, "params.optim.lr", "one value"),
+        ({"params": {"optim.lr": "tag(cubic, interval(0.1, 0.2))"}}, "params.optim.lr", "unknown tag"),
+        ({"metric": "test/accuracy"}, "metric", "test/error"),
+        ({"pruner": {"name": "median", "n_startup": 3}}, "pruner.n_startup", "n_startup_trials"),
+        ({"sampler": {"name": "bayes"}}, "sampler.name", "tpe"),
+        ({"batch": 0}, "batch", ">= 1"),
+        ({"grace_period": 5, "heartbeat_interval": 10}, "grace_period", "> heartbeat_interval"),
+    ],
+)
 def test_a_malformed_study_names_the_key(settings, key, text):
     conf = {**BASE, "params": {"model.init": "choice(sqrt, linear)"}, **settings}
     with pytest.raises(SweepError) as err:
@@ -91,12 +132,15 @@ def test_a_malformed_study_names_the_key(settings, key, text):
     assert str(err.value).startswith(f"sweeps/x.yaml: {key}:") and text in str(err.value)
 
 
-@pytest.mark.parametrize("fields,key,text", [
-    ({"n_trails": 5}, "n_trails", "unknown key"),
-    ({"space": {"model.init": {"choices": []}}}, "space.model.init.choices", "empty"),
-    ({"space": {"optim.lr": {"low": 0.3, "high": 0.001}}}, "space.optim.lr.low", "above high"),
-    ({"space": {"optim.lr": {"low": 0.1, "hihg": 0.2}}}, "space.optim.lr.hihg", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "fields,key,text",
+    [
+        ({"n_trails": 5}, "n_trails", "unknown key"),
+        ({"space": {"model.init": {"choices": []}}}, "space.model.init.choices", "empty"),
+        ({"space": {"optim.lr": {"low": 0.3, "high": 0.001}}}, "space.optim.lr.low", "above high"),
+        ({"space": {"optim.lr": {"low": 0.1, "hihg": 0.2}}}, "space.optim.lr.hihg", "unknown key"),
+    ],
+)
 def test_a_malformed_file_in_the_first_schema_names_the_file_and_key(tmp_path, fields, key, text):
     raw = {"study": "x", "space": {"model.init": {"choices": ["sqrt"]}}, **fields}
     path = tmp_path / "x.yaml"
@@ -106,12 +150,15 @@ def test_a_malformed_file_in_the_first_schema_names_the_file_and_key(tmp_path, f
     assert str(err.value).startswith(f"{path}: {key}:") and text in str(err.value)
 
 
-@pytest.mark.parametrize("params,key,text", [
-    ({"model.nope": "choice(1, 2)"}, "params.model.nope", "model.nope"),
-    ({"model.init": "choice(sqrt, cubic)"}, "params.model.init", "'cubic'"),
-    ({"targets": "choice(pm1.0, pm0.5)"}, "params.targets", "pm0.5"),
-    ({"data.n_train": "choice(100, 200)"}, "params.data.n_train", "also fixed"),
-])
+@pytest.mark.parametrize(
+    "params,key,text",
+    [
+        ({"model.nope": "choice(1, 2)"}, "params.model.nope", "model.nope"),
+        ({"model.init": "choice(sqrt, cubic)"}, "params.model.init", "'cubic'"),
+        ({"targets": "choice(pm1.0, pm0.5)"}, "params.targets", "pm0.5"),
+        ({"data.n_train": "choice(100, 200)"}, "params.data.n_train", "also fixed"),
+    ],
+)
 def test_a_space_the_config_rejects_fails_before_any_trial(params, key, text):
     spec = from_sweeper({**BASE, "params": params}, ["data.n_train=300"])
     with Composer() as composer, pytest.raises(SweepError) as err:
@@ -120,18 +167,23 @@ def test_a_space_the_config_rejects_fails_before_any_trial(params, key, text):
 
 
 def test_a_metric_the_loss_cannot_produce_is_refused():
-    spec = from_sweeper({**BASE, "metric": "paper/gap", "params": {"optim.lr": "choice(0.01, 0.03)"}},
-                        ["loss=cross_entropy", "model.output=linear"])
+    spec = from_sweeper(
+        {**BASE, "metric": "paper/gap", "params": {"optim.lr": "choice(0.01, 0.03)"}},
+        ["loss=cross_entropy", "model.output=linear"],
+    )
     with Composer() as composer, pytest.raises(SweepError, match="metric: paper/gap is measured on MSE runs only"):
         check(spec, composer)
-    spec = from_sweeper({**BASE, "metric": "paper/gap", "params": {"loss": "choice(mse, cross_entropy)"}},
-                        ["model.output=linear"])
+    spec = from_sweeper(
+        {**BASE, "metric": "paper/gap", "params": {"loss": "choice(mse, cross_entropy)"}}, ["model.output=linear"]
+    )
     with Composer() as composer, pytest.raises(SweepError, match="params.loss='cross_entropy'"):
         check(spec, composer)
 
 
-@pytest.mark.parametrize("value", [0.0123, 1e-05, 3, True, None, "sqrt", "half_sum", "1.0", "a b", "null", "pm0.6",
-                                   "it's", "sqlite:////tmp/x.db"])
+@pytest.mark.parametrize(
+    "value",
+    [0.0123, 1e-05, 3, True, None, "sqrt", "half_sum", "1.0", "a b", "null", "pm0.6", "it's", "sqlite:////tmp/x.db"],
+)
 def test_override_values_parse_back_to_the_same_value(value):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -7,9 +7,19 @@ import time
 
 import pytest
 from optuna.trial import TrialState
+from sweep_helpers import (
+    SPACE,
+    TINY,
+    assert_study_and_runs_agree,
+    load,
+    logged_runs,
+    popen,
+    runs,
+    states,
+    study_args,
+    zipnet,
+)
 
-from sweep_helpers import (SPACE, TINY, assert_study_and_runs_agree, load, logged_runs, popen, runs, states,
-                           study_args, zipnet)
 from zipnet.sweeps.storage import INTERRUPTED, RUN_ID
 
 
@@ -50,10 +60,22 @@ PRUNING = "{name:median,n_startup_trials:2,n_warmup_steps:0}"
 def test_a_bad_learning_rate_region_is_pruned_per_pass(tmp_path, launcher):
     """With the population launcher the batch trains together and the pruner drops members;
     with Hydra's basic launcher each job reports to the storage and prunes itself."""
-    args = [*study_args("prune", n_trials=8, batch=4 if launcher == "population" else 1, launcher=launcher, seed=3,
-                        pruner=PRUNING, max_failure_rate=0.0),
-            "data.n_train=200", "data.n_test=100", "trainer.passes=3", "tracking.figures=false",
-            "optim.lr=tag(log,interval(1e-7,0.1))"]
+    args = [
+        *study_args(
+            "prune",
+            n_trials=8,
+            batch=4 if launcher == "population" else 1,
+            launcher=launcher,
+            seed=3,
+            pruner=PRUNING,
+            max_failure_rate=0.0,
+        ),
+        "data.n_train=200",
+        "data.n_test=100",
+        "trainer.passes=3",
+        "tracking.figures=false",
+        "optim.lr=tag(log,interval(1e-7,0.1))",
+    ]
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study, parent, children = assert_study_and_runs_agree(tmp_path, "prune", 8)
@@ -72,8 +94,12 @@ def test_a_bad_learning_rate_region_is_pruned_per_pass(tmp_path, launcher):
 
 
 def test_a_diverging_trial_fails_and_the_study_completes(tmp_path):
-    args = [*study_args("nan", n_trials=4, batch=4, seed=2, max_failure_rate=0.5), *TINY, "loss.mse=sum",
-            "optim.lr=choice(0.03,1e38)"]
+    args = [
+        *study_args("nan", n_trials=4, batch=4, seed=2, max_failure_rate=0.5),
+        *TINY,
+        "loss.mse=sum",
+        "optim.lr=choice(0.03,1e38)",
+    ]
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study, parent, children = assert_study_and_runs_agree(tmp_path, "nan", 4)
@@ -86,8 +112,12 @@ def test_a_diverging_trial_fails_and_the_study_completes(tmp_path):
 
 
 def test_more_failures_than_allowed_never_exit_0_even_in_one_batch(tmp_path):
-    args = [*study_args("allnan", n_trials=2, batch=2, max_failure_rate=0.2), *TINY, "loss.mse=sum",
-            "optim.lr=choice(1e38,1e37)"]
+    args = [
+        *study_args("allnan", n_trials=2, batch=2, max_failure_rate=0.2),
+        *TINY,
+        "loss.mse=sum",
+        "optim.lr=choice(1e38,1e37)",
+    ]
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "2 trials failed; max_failure_rate 0.2 of 2 allows 0" in proc.stderr and "Traceback" not in proc.stderr
@@ -108,8 +138,14 @@ def _wait_for(db, test, proc, timeout=120):
 
 
 def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again(tmp_path):
-    args = [*study_args("resume", n_trials=8, batch=2, heartbeat_interval=1, grace_period=2),
-            "data.n_train=300", "data.n_test=100", "trainer.passes=2", "tracking.figures=false", *SPACE]
+    args = [
+        *study_args("resume", n_trials=8, batch=2, heartbeat_interval=1, grace_period=2),
+        "data.n_train=300",
+        "data.n_test=100",
+        "trainer.passes=2",
+        "tracking.figures=false",
+        *SPACE,
+    ]
     db = tmp_path / "mlruns" / "optuna.db"
     proc = popen(tmp_path, *args)
     at_kill = _wait_for(db, lambda s: s.get("COMPLETE", 0) >= 2 and s.get("RUNNING", 0) >= 1, proc)
@@ -136,8 +172,14 @@ def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again
 
 
 def test_sigterm_gives_the_trials_back_ends_runs_killed_and_exits_143(tmp_path):
-    args = [*study_args("term", n_trials=6, batch=3), "data.n_train=2000", "data.n_test=100", "trainer.passes=6",
-            "tracking.figures=false", *SPACE]
+    args = [
+        *study_args("term", n_trials=6, batch=3),
+        "data.n_train=2000",
+        "data.n_test=100",
+        "trainer.passes=6",
+        "tracking.figures=false",
+        *SPACE,
+    ]
     proc = popen(tmp_path, *args)
     deadline = time.time() + 120
     while logged_runs(tmp_path / "mlruns" / "mlflow.db") < 3:  # every member of the batch is past its first pass
@@ -152,8 +194,9 @@ def test_sigterm_gives_the_trials_back_ends_runs_killed_and_exits_143(tmp_path):
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     interrupted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert len(interrupted) == 3 and sorted(w.params["optim.lr"] for w in waiting) == \
-        sorted(t.params["optim.lr"] for t in interrupted)
+    assert len(interrupted) == 3 and sorted(w.params["optim.lr"] for w in waiting) == sorted(
+        t.params["optim.lr"] for t in interrupted
+    )
     client, parents, children = runs(tmp_path, "term")
     assert parents[0].info.status == "KILLED"
     assert children and all(c.info.status == "KILLED" for c in children)
@@ -174,15 +217,21 @@ def test_two_workers_share_one_study_and_stop_at_exactly_n_trials(tmp_path):
 # -- checked before any trial runs ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra,key,text", [
-    (["hydra.sweeper.metric=paper/gap", "loss=cross_entropy", "model.output=linear"], "metric",
-     "measured on MSE runs only"),
-    (["model.init=choice(sqrt,cubic)"], "params.model.init", "'cubic'"),
-    (["optim.lr=interval(0.3,0.001)"], "params.optim.lr", "not below high"),
-    (["model.nope=choice(1,2)"], "params.model.nope", "model.nope"),
-    (["hydra.sweeper.sampler={name:bayes}"], "sampler.name", "tpe"),
-    (["+hydra.sweeper.n_trails=5"], "n_trails", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "extra,key,text",
+    [
+        (
+            ["hydra.sweeper.metric=paper/gap", "loss=cross_entropy", "model.output=linear"],
+            "metric",
+            "measured on MSE runs only",
+        ),
+        (["model.init=choice(sqrt,cubic)"], "params.model.init", "'cubic'"),
+        (["optim.lr=interval(0.3,0.001)"], "params.optim.lr", "not below high"),
+        (["model.nope=choice(1,2)"], "params.model.nope", "model.nope"),
+        (["hydra.sweeper.sampler={name:bayes}"], "sampler.name", "tpe"),
+        (["+hydra.sweeper.n_trails=5"], "n_trails", "unknown key"),
+    ],
+)
 def test_a_study_that_cannot_run_is_refused_before_any_trial(tmp_path, extra, key, text):
     proc = zipnet(tmp_path, *study_args("bad"), *TINY, "optim.lr=choice(0.01,0.03)", *extra)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -193,6 +242,10 @@ def test_a_study_that_cannot_run_is_refused_before_any_trial(tmp_path, extra, ke
 
 
 def test_a_missing_storage_folder_is_named(tmp_path):
-    proc = zipnet(tmp_path, *study_args("x", storage=f"sqlite:///{tmp_path}/no/such/dir/optuna.db"), *TINY,
-                  "optim.lr=choice(0.01,0.03)")
+    proc = zipnet(
+        tmp_path,
+        *study_args("x", storage=f"sqlite:///{tmp_path}/no/such/dir/optuna.db"),
+        *TINY,
+        "optim.lr=choice(0.01,0.03)",
+    )
     assert proc.returncode == 2 and "the folder" in proc.stderr and "no/such/dir does not exist" in proc.stderr

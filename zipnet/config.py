@@ -69,7 +69,9 @@ def lr_by_pass(cfg: DictConfig, key: str) -> tuple[float, ...] | None:
     if value is None:
         return None
     if not isinstance(value, (list, ListConfig)) or not value:
-        raise ConfigError(key, f"{value!r} is not allowed; give null or a non-empty list of learning rates, one per pass")
+        raise ConfigError(
+            key, f"{value!r} is not allowed; give null or a non-empty list of learning rates, one per pass"
+        )
     out = []
     for i, lr in enumerate(value):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
@@ -125,8 +127,11 @@ def optim(cfg: DictConfig) -> OptimSpec:
         lr_end=None if lr_end is None else number(cfg, "optim.lr_end", positive=True),
     )
     if name == "sdlm":
-        spec.update(mu=number(cfg, "optim.mu", positive=True), hessian=choice(cfg, "optim.hessian", HESSIANS),
-                    hessian_samples=integer(cfg, "optim.hessian_samples", minimum=1))
+        spec.update(
+            mu=number(cfg, "optim.mu", positive=True),
+            hessian=choice(cfg, "optim.hessian", HESSIANS),
+            hessian_samples=integer(cfg, "optim.hessian_samples", minimum=1),
+        )
         decay = number(cfg, "optim.hessian_decay", positive=True)
         if decay > 1:
             raise ConfigError("optim.hessian_decay", f"{decay!r} is not allowed; give a number in (0, 1]")
@@ -193,7 +198,7 @@ class Composer:
 
         self._ctx = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
 
-    def __enter__(self) -> "Composer":
+    def __enter__(self) -> Composer:
         self._ctx.__enter__()
         return self
 

@@ -61,10 +61,15 @@ class MultirunCallback(Callback):
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
-        self.run_id = self.tracker.start(f"grid {' '.join(overrides)}"[:250], role="multirun",
-                                         tags={"zipnet.sweep": str(sweep_dir), "zipnet.overrides": " ".join(overrides)})
-        self.tracker.client.log_batch(self.run_id, params=[Param("sweep.overrides", " ".join(overrides)[:6000]),
-                                                           Param("sweep.dir", str(sweep_dir))])
+        self.run_id = self.tracker.start(
+            f"grid {' '.join(overrides)}"[:250],
+            role="multirun",
+            tags={"zipnet.sweep": str(sweep_dir), "zipnet.overrides": " ".join(overrides)},
+        )
+        self.tracker.client.log_batch(
+            self.run_id,
+            params=[Param("sweep.overrides", " ".join(overrides)[:6000]), Param("sweep.dir", str(sweep_dir))],
+        )
         os.environ[tracking.PARENT_ENV] = self.run_id
         os.environ[GRID_KEYS] = ",".join(swept_keys(overrides))
         _current.append(self)

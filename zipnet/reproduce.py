@@ -121,8 +121,15 @@ def load_stored(client, run_id: str) -> Stored:
 def rerun_command(overrides: list[str], workdir: Path) -> tuple[list[dict], dict]:
     """`zipnet-train OVERRIDES` in a fresh process, untracked; its per-pass history and
     which backend trained it, on what."""
-    cmd = [sys.executable, "-m", "zipnet.train", *overrides, "tracking.enabled=false", "trainer.progress=off",
-           f"hydra.run.dir={workdir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zipnet.train",
+        *overrides,
+        "tracking.enabled=false",
+        "trainer.progress=off",
+        f"hydra.run.dir={workdir}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ReproduceError(f"the rerun failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -145,10 +152,10 @@ class _Follow:
             drop: set[int] = set()
             if pass_number < len(self.sizes) and self.target in self.alive:
                 at = self.alive.index(self.target)
-                before, after = self.alive[:at], self.alive[at + 1:]
+                before, after = self.alive[:at], self.alive[at + 1 :]
                 want_before = self.positions[pass_number]
                 want_after = self.sizes[pass_number] - want_before - 1
-                drop = set(before[: len(before) - want_before]) | set(after[max(0, want_after):])
+                drop = set(before[: len(before) - want_before]) | set(after[max(0, want_after) :])
             self.alive = [k for k in self.alive if k not in drop]
             self.dropping = (pass_number, drop)
         return self.dropping[1]
@@ -198,8 +205,14 @@ def compare(stored: Stored, history: list[dict], exact: bool = True) -> list[tup
         if len(old) != len(new):
             out.append((key, False, f"MISMATCH: {len(old)} passes stored, {len(new)} rerun"))
             continue
-        if not exact and key not in EXACT_ACROSS_BACKENDS and all(
-                math.isclose(a, b, rel_tol=TOLERANCE["rel"], abs_tol=TOLERANCE["abs"]) for (_, a), (_, b) in zip(old, new)):
+        if (
+            not exact
+            and key not in EXACT_ACROSS_BACKENDS
+            and all(
+                math.isclose(a, b, rel_tol=TOLERANCE["rel"], abs_tol=TOLERANCE["abs"])
+                for (_, a), (_, b) in zip(old, new)
+            )
+        ):
             worst = max(abs(a - b) / max(abs(a), 1e-30) for (_, a), (_, b) in zip(old, new))
             out.append((key, True, f"within tolerance ({len(old)} passes, largest relative difference {worst:.1e})"))
             continue
@@ -212,30 +225,45 @@ def find_best(client, name: str, experiment: str) -> str:
     """The best finished run of study `name`, else of experiment `name`."""
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
-        parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`zipnet.study` = '{name}' and "
-                                     "tags.`zipnet.role` = 'study'")
+        parents = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'study'"
+        )
         if parents:
             params = parents[0].data.params
             metric, direction = params.get("sweep.metric", "test/error"), params.get("sweep.direction", "minimize")
             order = "ASC" if direction == "minimize" else "DESC"
-            runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`zipnet.study` = '{name}' and "
-                                      "tags.`zipnet.role` = 'trial' and tags.`zipnet.status` = 'finished'",
-                                      order_by=[f"metrics.`{metric}` {order}"], max_results=1)
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`zipnet.study` = '{name}' and "
+                "tags.`zipnet.role` = 'trial' and tags.`zipnet.status` = 'finished'",
+                order_by=[f"metrics.`{metric}` {order}"],
+                max_results=1,
+            )
             if not runs:
                 raise ReproduceError(f"study {name!r} has no finished trial")
             return runs[0].info.run_id
     exp = client.get_experiment_by_name(name)
     if exp is None:
         raise ReproduceError(f"no study {name!r} in experiment {experiment!r}, and no experiment {name!r}")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`zipnet.status` = 'finished'",
-                              order_by=["metrics.`test/error` ASC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`zipnet.status` = 'finished'",
+        order_by=["metrics.`test/error` ASC"],
+        max_results=1,
+    )
     if not runs:
         raise ReproduceError(f"experiment {name!r} has no finished run")
     return runs[0].info.run_id
 
 
-def reproduce(run_id: str | None = None, best: str | None = None, experiment: str = tracking.DEFAULT_EXPERIMENT,
-              tracking_uri: str | None = None, single: bool = False, log=print) -> bool:
+def reproduce(
+    run_id: str | None = None,
+    best: str | None = None,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    tracking_uri: str | None = None,
+    single: bool = False,
+    log=print,
+) -> bool:
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -249,21 +277,28 @@ def reproduce(run_id: str | None = None, best: str | None = None, experiment: st
     overrides = rebuild_overrides(stored.cfg, stored.overrides)
     log("command: " + " ".join(["zipnet-train", *map(shlex.quote, overrides)]))
     if stored.sizes[0] > 1 and not single:
-        log(f"trained in a population (members per pass: {','.join(map(str, stored.sizes))}; its place: "
-            f"{','.join(map(str, stored.positions))}): rerunning it among as many copies of itself")
+        log(
+            f"trained in a population (members per pass: {','.join(map(str, stored.sizes))}; its place: "
+            f"{','.join(map(str, stored.positions))}): rerunning it among as many copies of itself"
+        )
         history, engine = rerun_population(overrides, stored.sizes, stored.positions)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             history, engine = rerun_command(overrides, Path(tmp) / "run")
     same = all(stored.engine.get(k) == engine.get(k) for k in set(stored.engine) | set(engine))
     if not same:
-        log("another backend or CPU: " + "; ".join(f"{k.split('.')[-1]} {stored.engine.get(k, '?')} -> {engine.get(k, '?')}"
-                                                  for k in sorted(set(stored.engine) | set(engine))
-                                                  if stored.engine.get(k) != engine.get(k))
-            + f"; comparing losses within rel {TOLERANCE['rel']:g} (misses and errors exactly)")
+        log(
+            "another backend or CPU: "
+            + "; ".join(
+                f"{k.split('.')[-1]} {stored.engine.get(k, '?')} -> {engine.get(k, '?')}"
+                for k in sorted(set(stored.engine) | set(engine))
+                if stored.engine.get(k) != engine.get(k)
+            )
+            + f"; comparing losses within rel {TOLERANCE['rel']:g} (misses and errors exactly)"
+        )
     rows = compare(stored, history, exact=same)
     width = max(len(k) for k in COMPARED)
-    for key, ok, detail in rows:
+    for key, _, detail in rows:
         log(f"  {key:<{width}}  {detail}")
     matched = all(ok for _, ok, _ in rows)
     exact = matched and all(detail.startswith("match") for _, _, detail in rows)
@@ -284,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     which.add_argument("run_id", nargs="?", help="an MLflow run id")
     which.add_argument("--best", metavar="STUDY_OR_EXPERIMENT", help="the best finished run of a study or experiment")
     parser.add_argument("--experiment", default=tracking.DEFAULT_EXPERIMENT, help="where --best looks for the study")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
     parser.add_argument("--single", action="store_true", help="rerun the plain command even for a population member")
     args = parser.parse_args(argv)
     try:

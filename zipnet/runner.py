@@ -17,9 +17,9 @@ import contextlib
 import contextvars
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,17 +33,17 @@ SUMMARY_OVER = 16  # a population larger than this prints one summary line per p
 class Watcher:
     """Follows one job through training; every hook is optional."""
 
-    def start(self, job: "Job") -> None:
+    def start(self, job: Job) -> None:
         """Before the first pass (the data is loaded: job.digits)."""
 
-    def on_pass(self, job: "Job", result: RunResult) -> bool:
+    def on_pass(self, job: Job, result: RunResult) -> bool:
         """After each pass, result.history[-1] is its row; True stops the job (pruned)."""
         return False
 
-    def end(self, job: "Job", result: RunResult) -> None:
+    def end(self, job: Job, result: RunResult) -> None:
         """The job trained to its end: finished, pruned or diverged."""
 
-    def abort(self, job: "Job", status: str, error: BaseException) -> None:
+    def abort(self, job: Job, status: str, error: BaseException) -> None:
         """Training raised: status is KILLED (interrupted) or FAILED."""
 
 
@@ -64,7 +64,7 @@ class Job:
     run_id: str | None = None  # its MLflow run, when tracked
     metric: str = "test/error"  # what its task function returns (a sweep's trial: the study's metric)
 
-    def check(self) -> "Job":
+    def check(self) -> Job:
         """Check every value (ConfigError names the key); nothing has run yet."""
         if self.member is None:
             self.member, self.opts = checks.check(self.cfg)
@@ -116,10 +116,15 @@ def population_key(job: Job) -> str:
     tree = plain(job.cfg)
     data = {k: v for k, v in tree["data"].items() if not k.startswith("target_")}
     model, optim = tree["model"], tree["optim"]
-    shared = {"data": data, "trainer": {k: v for k, v in tree["trainer"].items() if k != "progress"},
-              "table": [model["table"], model["table_seed"]], "relu": model.get("activation") == "relu",
-              "output": model.get("output"), "loss": tree["loss"].get("name"),
-              "optim": [optim["name"], optim.get("hessian"), optim.get("hessian_samples")]}
+    shared = {
+        "data": data,
+        "trainer": {k: v for k, v in tree["trainer"].items() if k != "progress"},
+        "table": [model["table"], model["table_seed"]],
+        "relu": model.get("activation") == "relu",
+        "output": model.get("output"),
+        "loss": tree["loss"].get("name"),
+        "optim": [optim["name"], optim.get("hessian"), optim.get("hessian_samples")],
+    }
     return json.dumps(shared, sort_keys=True)
 
 
@@ -177,16 +182,24 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
     try:
         digits = load_digits(group[0].cfg.data)
         if say is not None:
-            say(f"data: {group[0].cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, "
-                f"fingerprint {digits.fingerprint[:12]}")
+            say(
+                f"data: {group[0].cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, "
+                f"fingerprint {digits.fingerprint[:12]}"
+            )
         for job in group:
             job.digits = digits
             started.append(job)  # aborted if anything below raises, however far its watchers got
             for watcher in job.watchers:
                 watcher.start(job)
         # a single run prints the seed's lines itself (the engine's log); a population, each job's
-        results = train([job.member for job in group], digits, log=say if len(group) == 1 else None,
-                        on_pass=on_pass, progress=bar, **engine_options(group[0].opts))
+        results = train(
+            [job.member for job in group],
+            digits,
+            log=say if len(group) == 1 else None,
+            on_pass=on_pass,
+            progress=bar,
+            **engine_options(group[0].opts),
+        )
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         for job in group:
@@ -251,8 +264,13 @@ class Output(Watcher):
             return
         job.out_dir.mkdir(parents=True, exist_ok=True)
         (job.out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(job.cfg, resolve=True))
-        summary = {"status": result.status, "diverged_at_pass": result.diverged_at_pass, "history": result.history,
-                   "data_fingerprint": getattr(job.digits, "fingerprint", None), "engine": engine_tags(result)}
+        summary = {
+            "status": result.status,
+            "diverged_at_pass": result.diverged_at_pass,
+            "history": result.history,
+            "data_fingerprint": getattr(job.digits, "fingerprint", None),
+            "engine": engine_tags(result),
+        }
         (job.out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
 
 
@@ -260,8 +278,9 @@ class Tracked(Watcher):
     """The job's MLflow run: created before the first pass, each pass logged as it comes,
     artifacts and the model at the end. It ends FINISHED, FAILED or KILLED."""
 
-    def __init__(self, tracker, tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-                 role: str = "run"):
+    def __init__(
+        self, tracker, tags: dict[str, str] | None = None, parent_run_id: str | None = None, role: str = "run"
+    ):
         self.tracker, self.tags, self.parent, self.role = tracker, dict(tags or {}), parent_run_id, role
         self.logged = 0
 
@@ -280,7 +299,7 @@ class Tracked(Watcher):
     def end(self, job: Job, result: RunResult) -> None:
         from zipnet import tracking
 
-        self.tracker.log_history(job.run_id, result.history[self.logged:])  # the pass a member diverged in
+        self.tracker.log_history(job.run_id, result.history[self.logged :])  # the pass a member diverged in
         tags = tracking.population_tags(result.population_sizes or [1], result.population_positions or [0])
         tags.update(engine_tags(result))
         self.tracker.finish(job.run_id, result, job.digits, extra_tags=tags)

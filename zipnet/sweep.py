@@ -21,8 +21,9 @@ from zipnet import config as checks
 from zipnet.sweeps.study import SweepError, from_legacy, is_legacy, load_file
 
 
-def hydra_args(path: str | Path, overrides: list[str], folder: Path, n_trials=None, batch=None, storage=None,
-               study=None) -> list[str]:
+def hydra_args(
+    path: str | Path, overrides: list[str], folder: Path, n_trials=None, batch=None, storage=None, study=None
+) -> list[str]:
     """The `zipnet-train` arguments that run this study file, its preset written into `folder`."""
     path = Path(path)
     raw = load_file(path)
@@ -34,16 +35,23 @@ def hydra_args(path: str | Path, overrides: list[str], folder: Path, n_trials=No
         spec = from_legacy(path, raw)  # checks the file as it always did, naming file and key
         sweeper = {k: v for k, v in raw.items() if k not in ("study", "overrides", "space")}
         sweeper.update(study_name=spec.study_name, params=raw["space"])
-        preset = OmegaConf.create({"defaults": [{"override /hydra/sweeper": "zipnet_optuna"},
-                                                {"override /hydra/launcher": "population"}],
-                                   "hydra": {"sweeper": sweeper}})
+        preset = OmegaConf.create(
+            {
+                "defaults": [{"override /hydra/sweeper": "zipnet_optuna"}, {"override /hydra/launcher": "population"}],
+                "hydra": {"sweeper": sweeper},
+            }
+        )
         target.write_text("# @package _global_\n" + OmegaConf.to_yaml(preset))
         fixed = spec.fixed
     else:
         target.write_text(path.read_text())
     settings = {"n_trials": n_trials, "batch": batch, "storage": storage, "study_name": study}
     extra = [checks.override(f"hydra.sweeper.{k}", v) for k, v in settings.items() if v is not None]
-    if study is None and not is_legacy(raw) and OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.study_name") is None:
+    if (
+        study is None
+        and not is_legacy(raw)
+        and OmegaConf.select(OmegaConf.load(path), "hydra.sweeper.study_name") is None
+    ):
         extra.append(checks.override("hydra.sweeper.study_name", path.stem))
     return ["--config-dir", str(folder), "-m", f"sweeps={name}", *fixed, *overrides, *extra]
 
@@ -59,8 +67,10 @@ def run_sweep(path: str | Path, overrides: list[str] = (), log=print, **settings
     raw = load_file(path)
     with checks.Composer() as composer:
         if is_legacy(raw):
-            spec = from_legacy(path, {**raw, **{("study" if k == "study_name" else k): v for k, v in settings.items()
-                                                 if v is not None}})
+            spec = from_legacy(
+                path,
+                {**raw, **{("study" if k == "study_name" else k): v for k, v in settings.items() if v is not None}},
+            )
             spec.fixed += list(overrides)
         else:
             preset = [f"sweeps={path.stem}"]
@@ -112,8 +122,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="zipnet-sweep-") as tmp:
         try:
-            argv_train = hydra_args(args.study_file, args.overrides, Path(tmp), args.n_trials, args.batch,
-                                    args.storage, args.study)
+            argv_train = hydra_args(
+                args.study_file, args.overrides, Path(tmp), args.n_trials, args.batch, args.storage, args.study
+            )
         except SweepError as err:
             print(f"zipnet-sweep: error: {err}", file=sys.stderr)
             sys.exit(2)

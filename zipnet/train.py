@@ -38,8 +38,9 @@ def run(cfg: DictConfig, log=print, out_dir: Path | None = None, watchers: list 
 
 def tracked_run(cfg: DictConfig, tracker, overrides: list[str] = (), log=print, out_dir: Path | None = None):
     """`run`, streamed into a new MLflow run of `tracker`; returns (RunResult, run_id)."""
-    job = runner.Job(cfg, overrides=list(overrides), out_dir=out_dir,
-                     watchers=[runner.Output(), runner.Tracked(tracker)]).check()
+    job = runner.Job(
+        cfg, overrides=list(overrides), out_dir=out_dir, watchers=[runner.Output(), runner.Tracked(tracker)]
+    ).check()
     runner.run([job], log=log, bar=_bar(job))
     if job.error is not None:
         raise job.error
@@ -53,8 +54,9 @@ def _bar(job: runner.Job):
     return PassBar(job.opts["passes"], enabled=enabled)
 
 
-def job_for(cfg: DictConfig, overrides: list[str], out_dir: Path | None = None, grid: bool = False,
-            num: int = 0) -> runner.Job:
+def job_for(
+    cfg: DictConfig, overrides: list[str], out_dir: Path | None = None, grid: bool = False, num: int = 0
+) -> runner.Job:
     """A job for `cfg`: its config checked, its output folder, its MLflow run (a child of the
     multirun's or study's parent, when there is one) and, in a sweep, its Optuna trial."""
     from zipnet import multirun
@@ -89,8 +91,7 @@ def make_job(cfg: DictConfig) -> runner.Job:
 
     hc = HydraConfig.get()
     grid = hc.mode == RunMode.MULTIRUN
-    job = job_for(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir), grid=grid,
-                  num=hc.job.num if grid else 0)
+    job = job_for(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir), grid=grid, num=hc.job.num if grid else 0)
     if grid:
         for watcher in job.watchers:
             if isinstance(watcher, runner.Tracked) and watcher.role == "job":

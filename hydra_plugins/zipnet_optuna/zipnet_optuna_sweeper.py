@@ -19,7 +19,7 @@ machines with a server storage, share one study (zipnet/sweeps/).
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class ZipnetOptunaSweeperConf:
     _target_: str = "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper.ZipnetOptunaSweeper"
-    study_name: Optional[str] = None  # null: the name of the sweeps preset, else "zipnet"
-    storage: Optional[str] = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
+    study_name: str | None = None  # null: the name of the sweeps preset, else "zipnet"
+    storage: str | None = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
     direction: str = "minimize"
     metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
     n_trials: int = 20  # the target in total: a rerun continues up to it, never past it
@@ -42,22 +42,23 @@ class ZipnetOptunaSweeperConf:
     max_failure_rate: float = 0.2  # diverged or crashed trials allowed, as a share of n_trials
     sampler: Any = None  # {name: tpe, seed: 0, ...settings}; null: TPE, seed 0
     pruner: Any = None  # {name: median, ...settings}; null: the median pruner
-    params: Optional[Dict[str, Any]] = None
+    params: dict[str, Any] | None = None
     storage_timeout: float = 30.0
     heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials
-    grace_period: Optional[int] = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)
+    grace_period: int | None = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="zipnet_optuna", node=ZipnetOptunaSweeperConf,
-                             provider="zipnet")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="zipnet_optuna", node=ZipnetOptunaSweeperConf, provider="zipnet"
+)
 
 
 class ZipnetOptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -65,10 +66,11 @@ class ZipnetOptunaSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context,
-                                                                task_function=task_function, config=config)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         """Run the study to its target. Exit status: 2 for a study that cannot run (named key),
         3 when more trials failed than allowed, 4 when other workers still hold trials."""
         from zipnet.errors import ConfigError, StoreError
@@ -92,16 +94,16 @@ class ZipnetOptunaSweeper(Sweeper):
             print(f"zipnet-train: stopped: {err}", file=sys.stderr)
             sys.exit(4)
 
-    def compose(self, overrides: List[str]) -> DictConfig:
+    def compose(self, overrides: list[str]) -> DictConfig:
         """A job's config as the launcher will compose it (the study's checks use it)."""
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
 
-    def _launch(self, jobs: List[List[str]], first: int) -> List[Optional[str]]:
-        returns: List[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))
-        reasons: List[Optional[str]] = []
+    def _launch(self, jobs: list[list[str]], first: int) -> list[str | None]:
+        returns: list[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))
+        reasons: list[str | None] = []
         for ret in returns:
             try:
-                ret.return_value
+                _ = ret.return_value  # raises what the job raised
                 reasons.append(None)
             except Exception as err:  # the job raised: its trial fails with this reason
                 text = str(err).strip().splitlines()

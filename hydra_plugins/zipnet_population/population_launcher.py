@@ -11,9 +11,9 @@ A job that cannot train (a bad value) refuses the whole batch before anything tr
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -34,9 +34,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 
 class PopulationLauncher(Launcher):
     def __init__(self) -> None:
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -58,8 +58,15 @@ class PopulationLauncher(Launcher):
                     cfg.hydra.job.id = idx
                     cfg.hydra.job.num = idx
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                returns.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
-                                       config=cfg, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+                returns.append(
+                    run_job(
+                        hydra_context=self.hydra_context,
+                        task_function=self.task_function,
+                        config=cfg,
+                        job_dir_key="hydra.sweep.dir",
+                        job_subdir_key="hydra.sweep.subdir",
+                    )
+                )
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         jobs = [ret.return_value if ret.status == JobStatus.COMPLETED else None for ret in returns]
         if any(job is None for job in jobs):
@@ -84,12 +91,14 @@ class PopulationLauncher(Launcher):
         for num, ret in enumerate(returns):
             if ret.status == JobStatus.FAILED:  # not a zipnet error: say what it was
                 try:
-                    ret.return_value
+                    _ = ret.return_value  # raises what the job raised
                 except Exception as err:
                     print(f"zipnet-train: error: job {num}: {type(err).__name__}: {err}", file=sys.stderr)
         refused = len(multirun.refused) or "some"
-        print(f"zipnet-train: nothing trained: {refused} job(s) of this batch cannot run; fix them or leave them out",
-              file=sys.stderr)
+        print(
+            f"zipnet-train: nothing trained: {refused} job(s) of this batch cannot run; fix them or leave them out",
+            file=sys.stderr,
+        )
         multirun.discard_parent()
         sys.exit(2)
 

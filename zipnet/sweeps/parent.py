@@ -30,12 +30,20 @@ def ensure(tracker, study, spec: StudySpec, url: str) -> str:
             pass
     from mlflow.entities import Param
 
-    run_id = tracker.start(spec.study_name, role="study",
-                           tags={"zipnet.study": spec.study_name, "zipnet.storage": stores.masked(url)})
-    params = {"sweep.metric": spec.metric, "sweep.direction": spec.direction, "sweep.n_trials": spec.n_trials,
-              "sweep.batch": spec.batch, "sweep.max_failure_rate": spec.max_failure_rate,
-              "sweep.sampler": json.dumps(spec.sampler), "sweep.pruner": json.dumps(spec.pruner),
-              "sweep.overrides": " ".join(spec.fixed), "sweep.defined_in": spec.where}
+    run_id = tracker.start(
+        spec.study_name, role="study", tags={"zipnet.study": spec.study_name, "zipnet.storage": stores.masked(url)}
+    )
+    params = {
+        "sweep.metric": spec.metric,
+        "sweep.direction": spec.direction,
+        "sweep.n_trials": spec.n_trials,
+        "sweep.batch": spec.batch,
+        "sweep.max_failure_rate": spec.max_failure_rate,
+        "sweep.sampler": json.dumps(spec.sampler),
+        "sweep.pruner": json.dumps(spec.pruner),
+        "sweep.overrides": " ".join(spec.fixed),
+        "sweep.defined_in": spec.where,
+    }
     params.update({f"sweep.space.{n}": p.describe() for n, p in spec.params.items()})
     tracker.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     study.set_user_attr(PARENT, run_id)
@@ -47,15 +55,22 @@ def update(tracker, run_id: str, study, spec: StudySpec, tally: stores.Tally) ->
     from mlflow.entities import Metric, RunTag
 
     stamp = int(time.time() * 1000)
-    values = {"study/complete": tally.complete, "study/pruned": tally.pruned, "study/failed": tally.failed,
-              "study/counted": tally.counted}
+    values = {
+        "study/complete": tally.complete,
+        "study/pruned": tally.pruned,
+        "study/failed": tally.failed,
+        "study/counted": tally.counted,
+    }
     tags = {}
     best = best_trial(study, spec)
     if best is not None:
         values[f"study/best_{spec.metric}"] = best.value
         tags = {"zipnet.best_trial": str(best.number), "zipnet.best_run_id": best.user_attrs.get(stores.RUN_ID, "")}
-    tracker.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, tally.counted) for k, v in values.items()],
-                             tags=[RunTag(k, v) for k, v in tags.items()])
+    tracker.client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), stamp, tally.counted) for k, v in values.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
 
 
 def complete(tracker, run_id: str, study) -> None:

@@ -63,9 +63,9 @@ def without_password(url: str) -> str:
 def local_file(url: str) -> Path | None:
     """The local file behind a sqlite or journal storage URL, else None (a server)."""
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):])
+        return Path(url[len("sqlite:///") :])
     if url.startswith("journal:"):
-        return Path(url[len("journal:"):].removeprefix("//"))
+        return Path(url[len("journal:") :].removeprefix("//"))
     return None
 
 
@@ -87,13 +87,22 @@ def open_storage(url: str, spec: StudySpec | None = None):
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         else:
             spec = spec or StudySpec(where="storage", study_name="")
-            kwargs = {"connect_args": {"timeout": spec.storage_timeout}} if url.startswith("sqlite") else \
-                {"pool_pre_ping": True}
+            kwargs = (
+                {"connect_args": {"timeout": spec.storage_timeout}}
+                if url.startswith("sqlite")
+                else {"pool_pre_ping": True}
+            )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
                 storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry))
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=spec.heartbeat_interval,
+                    grace_period=spec.grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=spec.max_retry
+                    ),
+                )
     except Exception as err:
         raise storage_error(url, err) from err
     _storages[url] = _storages[without_password(url)] = storage  # this process's jobs reach it by either
@@ -103,8 +112,10 @@ def open_storage(url: str, spec: StudySpec | None = None):
 def storage_error(url: str, err: BaseException) -> SweepError:
     text = str(err)
     if "locked" in text or "busy" in text:
-        return SweepError(f"storage {masked(url)}: the database is locked by another process and stayed locked past "
-                          "storage_timeout; wait for it, or give each machine a server storage (postgresql://...)")
+        return SweepError(
+            f"storage {masked(url)}: the database is locked by another process and stayed locked past "
+            "storage_timeout; wait for it, or give each machine a server storage (postgresql://...)"
+        )
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return SweepError(f"storage {masked(url)}: cannot open it: {first}")
 
@@ -240,8 +251,12 @@ class Coordinator:
         stale = before - {t.number for t in self._running()}
         cutoff = time.time() - self.spec.grace
         for t in running:
-            if t.number not in self.mine and t.number not in stale and WORKER not in t.user_attrs \
-                    and t.datetime_start.timestamp() < cutoff:
+            if (
+                t.number not in self.mine
+                and t.number not in stale
+                and WORKER not in t.user_attrs
+                and t.datetime_start.timestamp() < cutoff
+            ):
                 self._fail_and_retry(t.number)
                 stale.add(t.number)
         for number in sorted(stale - set(self.mine)):
@@ -260,7 +275,8 @@ class Coordinator:
             self.storage.set_trial_user_attr(tid, attr, True)
         self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)(
-            self.study, self.storage.get_trial(tid))
+            self.study, self.storage.get_trial(tid)
+        )
 
     def _running(self):
         from optuna.trial import TrialState
@@ -300,10 +316,13 @@ class Coordinator:
 
         trials = self.study.get_trials(deepcopy=False)
         again = retried(trials)
-        alive = sorted(t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.COMPLETE,
-                                                               TrialState.PRUNED, TrialState.WAITING)
-                       or (t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get(SURPLUS)))
-        over = set(alive[self.spec.n_trials:])
+        alive = sorted(
+            t.number
+            for t in trials
+            if t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)
+            or (t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get(SURPLUS))
+        )
+        over = set(alive[self.spec.n_trials :])
         keep = []
         for trial in asked:
             if trial.number in over:
@@ -317,7 +336,8 @@ class Coordinator:
         if now.failed > self.spec.failure_budget:
             raise FailureBudgetExceeded(
                 f"{now.failed} trials failed; max_failure_rate {self.spec.max_failure_rate} of {self.spec.n_trials} "
-                f"allows {self.spec.failure_budget}. The study is kept: fix the cause and rerun the same command.")
+                f"allows {self.spec.failure_budget}. The study is kept: fix the cause and rerun the same command."
+            )
 
     def check_budget(self) -> None:
         self._check_budget(self.now())

@@ -35,11 +35,24 @@ class FailureBudgetExceeded(RuntimeError):
     """More trials failed than max_failure_rate allows."""
 
 
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
-            "gp": "GPSampler", "nsga2": "NSGAIISampler"}
-PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
-           "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner",
-           "patient": "PatientPruner", "wilcoxon": "WilcoxonPruner", "none": "NopPruner"}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "qmc": "QMCSampler",
+    "gp": "GPSampler",
+    "nsga2": "NSGAIISampler",
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+    "patient": "PatientPruner",
+    "wilcoxon": "WilcoxonPruner",
+    "none": "NopPruner",
+}
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,18 @@ class StudySpec:
 
     def as_dict(self) -> dict:
         """What is stored with the study (no storage URL: it may hold a password)."""
-        return {"study_name": self.study_name, "metric": self.metric, "direction": self.direction,
-                "n_trials": self.n_trials, "batch": self.batch, "max_failure_rate": self.max_failure_rate,
-                "sampler": self.sampler, "pruner": self.pruner, "fixed": self.fixed,
-                "params": {n: p.describe() for n, p in self.params.items()}}
+        return {
+            "study_name": self.study_name,
+            "metric": self.metric,
+            "direction": self.direction,
+            "n_trials": self.n_trials,
+            "batch": self.batch,
+            "max_failure_rate": self.max_failure_rate,
+            "sampler": self.sampler,
+            "pruner": self.pruner,
+            "fixed": self.fixed,
+            "params": {n: p.describe() for n, p in self.params.items()},
+        }
 
     def fail(self, key: str, message: str):
         raise SweepError(f"{self.where}: {key}: {message}")
@@ -121,8 +142,22 @@ def _is_number(v) -> bool:
 # Settings shared by both forms
 
 
-SETTINGS = ("study_name", "storage", "direction", "metric", "n_trials", "batch", "max_failure_rate", "sampler",
-            "pruner", "params", "storage_timeout", "heartbeat_interval", "grace_period", "max_retry")
+SETTINGS = (
+    "study_name",
+    "storage",
+    "direction",
+    "metric",
+    "n_trials",
+    "batch",
+    "max_failure_rate",
+    "sampler",
+    "pruner",
+    "params",
+    "storage_timeout",
+    "heartbeat_interval",
+    "grace_period",
+    "max_retry",
+)
 
 
 def _settings(spec: StudySpec, raw: dict) -> StudySpec:
@@ -133,7 +168,9 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     spec.study_name = name
     storage = raw.get("storage")
     if storage is not None and not (isinstance(storage, str) and storage):
-        spec.fail("storage", f"{storage!r} is not allowed; give null (sqlite next to the MLflow store) or a storage URL")
+        spec.fail(
+            "storage", f"{storage!r} is not allowed; give null (sqlite next to the MLflow store) or a storage URL"
+        )
     spec.storage = storage
     metric = raw.get("metric", spec.metric)
     if metric not in metrics.OBJECTIVES:
@@ -149,7 +186,9 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
             spec.fail(key, f"{value!r} is not allowed; give an integer >= {minimum}")
         setattr(spec, key, value)
     grace = raw.get("grace_period")
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace <= spec.heartbeat_interval):
+    if grace is not None and (
+        isinstance(grace, bool) or not isinstance(grace, int) or grace <= spec.heartbeat_interval
+    ):
         spec.fail("grace_period", f"{grace!r} is not allowed; give null or seconds > heartbeat_interval")
     spec.grace_period = grace
     rate = raw.get("max_failure_rate", spec.max_failure_rate)
@@ -279,8 +318,11 @@ def _grammar(spec: StudySpec, parser, name: str, text) -> Param:
         if "int" in tags:
             return Param(name, D.IntDistribution(int(low), int(high), log=log))
         return Param(name, D.FloatDistribution(float(low), float(high), log=log))
-    spec.fail(key, f"{text!r} is one value; give choice(...), range(...) or interval(...) (fixed values go on the "
-                   "command line or in the study's config)")
+    spec.fail(
+        key,
+        f"{text!r} is one value; give choice(...), range(...) or interval(...) (fixed values go on the "
+        "command line or in the study's config)",
+    )
 
 
 def _linked(spec: StudySpec, name: str, choices: dict) -> Param:
@@ -300,8 +342,20 @@ def _linked(spec: StudySpec, name: str, choices: dict) -> Param:
 # The first schema (zipnet-sweep's study files)
 
 
-LEGACY_KEYS = ("study", "storage", "storage_timeout", "metric", "direction", "n_trials", "batch", "max_failure_rate",
-               "sampler", "pruner", "overrides", "space")
+LEGACY_KEYS = (
+    "study",
+    "storage",
+    "storage_timeout",
+    "metric",
+    "direction",
+    "n_trials",
+    "batch",
+    "max_failure_rate",
+    "sampler",
+    "pruner",
+    "overrides",
+    "space",
+)
 LEGACY_PARAM_KEYS = ("choices", "type", "low", "high", "log", "step")
 
 
@@ -420,8 +474,10 @@ def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
             overrides = param.overrides(value)
             for text in overrides:
                 if checks.override_key(text) in fixed:
-                    spec.fail(f"params.{name}", f"{checks.override_key(text)!r} is also fixed by an override; "
-                                                "sweep it or fix it, not both")
+                    spec.fail(
+                        f"params.{name}",
+                        f"{checks.override_key(text)!r} is also fixed by an override; sweep it or fix it, not both",
+                    )
             try:
                 trial_cfg = composer.compose(base + overrides)
                 checks.check(trial_cfg)
@@ -433,8 +489,11 @@ def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
 
 def _check_metric(spec: StudySpec, cfg: DictConfig, where: str) -> None:
     if spec.metric == metrics.GAP and OmegaConf.select(cfg, "loss.name") != "mse":
-        spec.fail("metric", f"{metrics.GAP} is measured on MSE runs only, and {where} trains with "
-                            f"loss={OmegaConf.select(cfg, 'loss.name')}; choose another metric")
+        spec.fail(
+            "metric",
+            f"{metrics.GAP} is measured on MSE runs only, and {where} trains with "
+            f"loss={OmegaConf.select(cfg, 'loss.name')}; choose another metric",
+        )
 
 
 def _one_line(err: BaseException) -> str:

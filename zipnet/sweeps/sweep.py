@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from zipnet import config as checks
 from zipnet import runner
@@ -35,18 +35,23 @@ def default_storage(tracker) -> str:
 
     uri = tracker.uri if tracker is not None else tracking.resolve_uri(None)
     if uri.startswith("sqlite:///"):
-        return f"sqlite:///{os.path.join(os.path.dirname(uri[len('sqlite:///'):]), 'optuna.db')}"
+        return f"sqlite:///{os.path.join(os.path.dirname(uri[len('sqlite:///') :]), 'optuna.db')}"
     if tracker is None:
         return tracking.resolve_uri("sqlite:///mlruns/optuna.db")
-    raise SweepError(f"storage: MLflow tracks to {stores.masked(uri)}, so each machine would run its own copy of the "
-                     "study in a local file; give the study a shared storage, e.g. "
-                     "storage=postgresql://USER@HOST:5432/optuna (the password from $PGPASSWORD or ~/.pgpass)")
+    raise SweepError(
+        f"storage: MLflow tracks to {stores.masked(uri)}, so each machine would run its own copy of the "
+        "study in a local file; give the study a shared storage, e.g. "
+        "storage=postgresql://USER@HOST:5432/optuna (the password from $PGPASSWORD or ~/.pgpass)"
+    )
 
 
 def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
     """What a job needs to find its trial, wherever it runs (no password)."""
-    return [checks.override("trial.study", spec.study_name), checks.override("trial.storage", stores.without_password(url)),
-            checks.override("trial.number", number)]
+    return [
+        checks.override("trial.study", spec.study_name),
+        checks.override("trial.storage", stores.without_password(url)),
+        checks.override("trial.number", number),
+    ]
 
 
 class Sweep:
@@ -68,15 +73,19 @@ class Sweep:
             if spec.storage is None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             elif not path.parent.is_dir():
-                raise SweepError(f"storage {self.url}: the folder {path.parent} does not exist; create it or fix the URL")
+                raise SweepError(
+                    f"storage {self.url}: the folder {path.parent} does not exist; create it or fix the URL"
+                )
         try:
             self._open()
         except SweepError:
             raise
         except Exception as err:
             raise stores.storage_error(self.url, err) from err
-        self.log(f"study {spec.study_name!r} in {stores.masked(self.url)}: target {spec.n_trials} trials, "
-                 f"{spec.batch} at a time" + (f"; MLflow parent run {self.parent}" if self.parent else ""))
+        self.log(
+            f"study {spec.study_name!r} in {stores.masked(self.url)}: target {spec.n_trials} trials, "
+            f"{spec.batch} at a time" + (f"; MLflow parent run {self.parent}" if self.parent else "")
+        )
         if self.parent:
             os.environ[_parent_env()] = self.parent
         try:
@@ -90,12 +99,19 @@ class Sweep:
         spec = self.spec
         self.storage = stores.open_storage(self.url, spec)
         with stores.lock(self.url):  # workers starting together: one study, one parent
-            self.study = optuna.create_study(study_name=spec.study_name, storage=self.storage, load_if_exists=True,
-                                             direction=spec.direction, sampler=make_sampler(spec, 0),
-                                             pruner=make_pruner(spec))
+            self.study = optuna.create_study(
+                study_name=spec.study_name,
+                storage=self.storage,
+                load_if_exists=True,
+                direction=spec.direction,
+                sampler=make_sampler(spec, 0),
+                pruner=make_pruner(spec),
+            )
             if self.study.direction.name.lower() != spec.direction:
-                raise SweepError(f"{spec.where}: direction: study {spec.study_name!r} in {stores.masked(self.url)} was "
-                                 f"created to {self.study.direction.name.lower()}; this says {spec.direction}")
+                raise SweepError(
+                    f"{spec.where}: direction: study {spec.study_name!r} in {stores.masked(self.url)} was "
+                    f"created to {self.study.direction.name.lower()}; this says {spec.direction}"
+                )
             from zipnet.sweeps.trial import SPEC
 
             if SPEC not in self.study.user_attrs:
@@ -126,8 +142,10 @@ class Sweep:
         except KeyboardInterrupt:
             coord.give_back()
             others = coord.others_running()
-            self.log(f"study {spec.study_name!r}: stopped; this worker's trials were given back to be asked again"
-                     + (f"; {others} still running on other workers" if others else ""))
+            self.log(
+                f"study {spec.study_name!r}: stopped; this worker's trials were given back to be asked again"
+                + (f"; {others} still running on other workers" if others else "")
+            )
             if self.parent and not others:
                 self.tracker.end(self.parent, "KILLED")
             raise
@@ -141,8 +159,10 @@ class Sweep:
         if self.parent:
             parent.update(self.tracker, self.parent, self.study, spec, now)
         if now.running:
-            raise StillRunning(f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
-                               "whether they are alive; rerun this command once they are done")
+            raise StillRunning(
+                f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
+                "whether they are alive; rerun this command once they are done"
+            )
         if self.parent and now.counted >= spec.n_trials:
             parent.complete(self.tracker, self.parent, self.study)
         return now
@@ -163,13 +183,18 @@ class Sweep:
 
     def _summary(self, now: stores.Tally) -> None:
         spec = self.spec
-        line = (f"study {spec.study_name!r}: {now.counted}/{spec.n_trials} trials ({now.complete} complete, "
-                f"{now.pruned} pruned, {now.failed} failed" + (f", {now.running} still running elsewhere" if now.running
-                                                                else "") + ")")
+        line = (
+            f"study {spec.study_name!r}: {now.counted}/{spec.n_trials} trials ({now.complete} complete, "
+            f"{now.pruned} pruned, {now.failed} failed"
+            + (f", {now.running} still running elsewhere" if now.running else "")
+            + ")"
+        )
         best = parent.best_trial(self.study, spec)
         if best is not None:
-            line += (f"; best {spec.metric} {best.value:.4g} (trial {best.number}: "
-                     f"{' '.join(spec.trial_overrides(best.params))})")
+            line += (
+                f"; best {spec.metric} {best.value:.4g} (trial {best.number}: "
+                f"{' '.join(spec.trial_overrides(best.params))})"
+            )
         self.log(line)
 
 

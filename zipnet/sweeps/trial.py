@@ -42,7 +42,7 @@ class Link:
         study_id = storage.get_study_id_from_name(self.study_name)
         return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, self.number))
 
-    def watcher(self) -> "TrialWatcher":
+    def watcher(self) -> TrialWatcher:
         return TrialWatcher(self)
 
 
@@ -59,11 +59,19 @@ def link(cfg: DictConfig) -> Link | None:
     spec = StudySpec(where=f"study {name!r}", study_name=name, pruner=attrs[SPEC]["pruner"])
 
     # the job never samples: a random sampler keeps opening the trial cheap
-    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
-                              pruner=make_pruner(spec))
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
+    )
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
-    return Link(name, url, int(number), study, optuna.trial.Trial(study, trial_id), attrs[SPEC]["metric"],
-                int(OmegaConf.select(cfg, "trainer.passes")))
+    return Link(
+        name,
+        url,
+        int(number),
+        study,
+        optuna.trial.Trial(study, trial_id),
+        attrs[SPEC]["metric"],
+        int(OmegaConf.select(cfg, "trainer.passes")),
+    )
 
 
 def refuse(cfg: DictConfig, reason: str) -> None:
@@ -109,6 +117,7 @@ class TrialWatcher(Watcher):
 
     def abort(self, job: Job, status: str, error: BaseException) -> None:
         if status == "FAILED":  # KILLED: the sweeper gives the trial back to be asked again
-            self.link.trial.set_user_attr(stores.REASON, str(error).strip().splitlines()[0][:500] if str(error)
-                                          else type(error).__name__)
+            self.link.trial.set_user_attr(
+                stores.REASON, str(error).strip().splitlines()[0][:500] if str(error) else type(error).__name__
+            )
             self.link.study.tell(self.link.number, state=_state("FAIL"), skip_if_finished=True)
