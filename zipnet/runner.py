@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +31,36 @@ Log = Callable[[str], None]
 SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
 
 
+class Clock:
+    """Where a process's time went: training and evaluation (the engine's own per-pass
+    figures), and each kind of watcher (tracking, optuna, output). Callers reset it."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def timing(self, kind: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(kind, time.perf_counter() - started)
+
+    def reset(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
+clock = Clock()
+
+
 class Watcher:
     """Follows one job through training; every hook is optional."""
+
+    kind = "other"  # what its time counts as (Clock)
 
     def start(self, job: Job) -> None:
         """Before the first pass (the data is loaded: job.digits)."""
@@ -169,12 +198,16 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
 
     def on_pass(pass_number: int, live: list[RunResult]) -> set[int]:
         stop = set()
+        if live:  # the engine's time for this pass, the same for every member
+            clock.add("training", live[0].history[-1].get("seconds", 0.0))
+            clock.add("evaluation", live[0].history[-1].get("eval_seconds", 0.0))
         for result in live:
             k = place[id(result.member)]
             job = group[k]
             for watcher in job.watchers:
-                if watcher.on_pass(job, result):
-                    stop.add(k)
+                with clock.timing(watcher.kind):
+                    if watcher.on_pass(job, result):
+                        stop.add(k)
         if say is not None and len(group) > 1:
             lines(group, live, pass_number, say)
         return stop
@@ -190,7 +223,8 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
             job.digits = digits
             started.append(job)  # aborted if anything below raises, however far its watchers got
             for watcher in job.watchers:
-                watcher.start(job)
+                with clock.timing(watcher.kind):
+                    watcher.start(job)
         # a single run prints the seed's lines itself (the engine's log); a population, each job's
         results = train(
             [job.member for job in group],
@@ -220,7 +254,8 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
             name = f"{job.name}: " if len(group) > 1 else ""
             say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
         for watcher in job.watchers:
-            watcher.end(job, result)
+            with clock.timing(watcher.kind):
+                watcher.end(job, result)
 
 
 def _recoverable(err: BaseException) -> bool:
@@ -259,6 +294,8 @@ def _one_line(err: BaseException) -> str:
 class Output(Watcher):
     """The job's folder: config_resolved.yaml and metrics.json (per-pass metrics)."""
 
+    kind = "output"
+
     def end(self, job: Job, result: RunResult) -> None:
         if job.out_dir is None:
             return
@@ -277,6 +314,8 @@ class Output(Watcher):
 class Tracked(Watcher):
     """The job's MLflow run: created before the first pass, each pass logged as it comes,
     artifacts and the model at the end. It ends FINISHED, FAILED or KILLED."""
+
+    kind = "tracking"
 
     def __init__(
         self, tracker, tags: dict[str, str] | None = None, parent_run_id: str | None = None, role: str = "run"

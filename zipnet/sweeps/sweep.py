@@ -58,6 +58,8 @@ class Sweep:
     def __init__(self, spec: StudySpec, launch: Launch, composer, log=print):
         self.spec, self.launch, self.composer, self.log = spec, launch, composer, log
         self.jobs_launched = 0
+        self.seconds: dict[str, float] = {}  # this worker's time by kind, over its batches (runner.Clock)
+        self.started = time.perf_counter()
 
     def run(self) -> stores.Tally:
         """Run the study to its target; returns the final tally."""
@@ -173,16 +175,26 @@ class Sweep:
         jobs = [spec.fixed + spec.trial_overrides(t.params) + trial_keys(spec, self.url, t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         started = time.perf_counter()
+        runner.clock.reset()
         with self.coord.beat(numbers):
             reasons = self.launch(jobs, self.jobs_launched)
         self.jobs_launched += len(jobs)
-        self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
-        if self.parent:
-            parent.update(self.tracker, self.parent, self.study, spec, self.coord.now())
-        self.log(f"batch done in {time.perf_counter() - started:.1f} s")
+        with runner.clock.timing("optuna"):
+            self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
+        with runner.clock.timing("tracking"):
+            if self.parent:
+                parent.update(self.tracker, self.parent, self.study, spec, self.coord.now())
+        seconds = runner.clock.reset()
+        for kind, value in seconds.items():
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + value
+        self.log(split(f"batch of {len(jobs)} done", time.perf_counter() - started, seconds))
 
     def _summary(self, now: stores.Tally) -> None:
         spec = self.spec
+        if self.jobs_launched:
+            self.log(
+                split(f"this worker: {self.jobs_launched} trials", time.perf_counter() - self.started, self.seconds)
+            )
         line = (
             f"study {spec.study_name!r}: {now.counted}/{spec.n_trials} trials ({now.complete} complete, "
             f"{now.pruned} pruned, {now.failed} failed"
@@ -196,6 +208,17 @@ class Sweep:
                 f"{' '.join(spec.trial_overrides(best.params))})"
             )
         self.log(line)
+
+
+def split(what: str, total: float, seconds: dict[str, float]) -> str:
+    """`batch done in 40.1 s: training 30.2 s, evaluation 5.1 s, tracking 3.0 s, optuna 1.2 s, other 0.6 s`."""
+    parts = [
+        f"{kind} {seconds[kind]:.1f} s"
+        for kind in ("training", "evaluation", "tracking", "optuna", "output")
+        if kind in seconds
+    ]
+    other = total - sum(seconds.values())
+    return f"{what} in {total:.1f} s: " + ", ".join(parts + [f"other {other:.1f} s"])
 
 
 def _parent_env() -> str:

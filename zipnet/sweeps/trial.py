@@ -91,6 +91,8 @@ def _state(name: str):
 class TrialWatcher(Watcher):
     """Reports the study's metric after every pass, prunes, and tells the result."""
 
+    kind = "optuna"
+
     def __init__(self, found: Link):
         self.link = found
 
