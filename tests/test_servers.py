@@ -6,6 +6,8 @@ and Optuna's heartbeat fails the trial of a worker that died (and re-queues its 
 """
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +19,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from servers import http_status
+import hosts
+from servers import http_status, start_postgres
 
 pytest_plugins = ["servers"]
 
@@ -140,3 +143,48 @@ def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monk
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[again.number]) == number
     assert 2 <= detected < 30  # not before the grace period; the figure is printed for the closing note
     print(f"heartbeat: trial failed and re-queued {detected:.1f} s after its worker died (grace 2 s)")
+
+
+def _skip_unless_hosts(network: bool = False, pid: bool = False) -> None:
+    reason = hosts.unavailable(network=network, pid=pid)
+    if reason:
+        pytest.skip(reason)
+
+
+def test_a_host_has_its_own_hostname_and_pids():
+    _skip_unless_hosts(pid=True)
+    assert hosts.host("box-7").run(["hostname"], capture_output=True, text=True).stdout == "box-7\n"
+    assert socket.gethostname() != "box-7"  # this machine's name is untouched
+
+    # in its own pid namespace the command is not pid 1 (sh is its init) and gets signals as anywhere
+    show = "import os, socket, time; print(socket.gethostname(), os.getpid(), flush=True); time.sleep(60)"
+    proc = hosts.host("box-8", pid=True).popen([sys.executable, "-c", show], stdout=subprocess.PIPE, text=True)
+    try:
+        name, inner_pid = proc.stdout.readline().split()
+        assert name == "box-8" and 1 < int(inner_pid) < 10  # pids count from 1 there
+        assert proc.pid != int(inner_pid) and hosts._cmdline(proc.pid)[:2] == [sys.executable, "-c"]
+        proc.terminate()
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.popen.kill()
+
+
+def test_a_host_reaches_postgres_through_its_veth():
+    _skip_unless_hosts(network=True)
+    query = ("import psycopg, socket, sys; c = psycopg.connect(sys.argv[1], connect_timeout=10); "
+             "print(socket.gethostname(), c.execute('SELECT inet_client_addr()').fetchone()[0])")
+    with hosts.start_network() as net:
+        made = (net.bridge, net.host("worker-1").netns)
+        with start_postgres(listen=("127.0.0.1", net.address), clients=("127.0.0.1/32", net.cidr)) as pg:
+            worker = net.hosts[0]
+            env = {**os.environ, **pg.env}
+            seen = worker.run([sys.executable, "-c", query, pg.url("optuna", host=net.address)], env=env,
+                              capture_output=True, text=True, timeout=60)
+            assert seen.returncode == 0, seen.stderr
+            assert seen.stdout.split() == ["worker-1", worker.address]  # the server saw the host's own address
+            # the host's loopback is its own: this machine's 127.0.0.1 is out of its reach
+            local = worker.run([sys.executable, "-c", query, pg.url("optuna")], env=env, capture_output=True,
+                               text=True, timeout=60)
+            assert local.returncode != 0 and "refused" in local.stderr
+    assert made[1] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert subprocess.run(["ip", "link", "show", made[0]], capture_output=True).returncode != 0
