@@ -22,10 +22,10 @@ from zipnet import tracking
 from zipnet.data import load_digits
 from zipnet.engine import RunResult, train
 from zipnet.errors import ConfigError, DataError
-from zipnet import population
+from zipnet import population, resources
 from zipnet.progress import PassBar
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = resources.conf_dir()
 
 
 def run(cfg: DictConfig, log=print, out_dir: Path | None = None, on_pass=None, digits=None) -> RunResult:
