@@ -94,11 +94,12 @@ import sys, time, optuna
 storage = optuna.storages.RDBStorage(sys.argv[1], heartbeat_interval=1, grace_period=2)
 study = optuna.load_study(study_name="stale", storage=storage)
 trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
-storage.record_heartbeat(trial._trial_id)
+trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("stale"), trial.number)
+storage.record_heartbeat(trial_id)
 print(trial.number, flush=True)
 while True:
     time.sleep(0.5)
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(trial_id)
 """
 
 
@@ -113,7 +114,8 @@ def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monk
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     study = optuna.create_study(study_name="stale", storage=storage)
     live = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
-    storage.record_heartbeat(live._trial_id)
+    live_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("stale"), live.number)
+    storage.record_heartbeat(live_id)
 
     worker = subprocess.Popen([sys.executable, "-c", WORKER, postgres.url("optuna")], stdout=subprocess.PIPE,
                               text=True, env={**os.environ, **postgres.env})
@@ -128,7 +130,7 @@ def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monk
 
     while study.trials[number].state == optuna.trial.TrialState.RUNNING:
         assert time.monotonic() - died < 30, "the dead worker's trial was never failed"
-        storage.record_heartbeat(live._trial_id)  # this worker is alive
+        storage.record_heartbeat(live_id)  # this worker is alive
         optuna.storages.fail_stale_trials(study)
         time.sleep(0.2)
     detected = time.monotonic() - died
