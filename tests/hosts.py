@@ -55,7 +55,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _cmdline(pid: int) -> list[str] | None:
+def command_line(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a.decode(errors="replace") for a in f.read().split(b"\0")[:-1]]
@@ -80,7 +80,7 @@ class HostProcess:
             else:
                 candidates = [self.popen.pid]
             for pid in candidates:
-                if _cmdline(pid) == self.argv:
+                if command_line(pid) == self.argv:
                     return pid
             if self.popen.poll() is not None:
                 if self.popen.returncode == 0:  # done already: the wrapper's pid is all there is

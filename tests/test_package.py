@@ -127,3 +127,12 @@ def test_a_folder_group_reads_package_headers(tmp_path):
         nested = compose("config", overrides=["+sweeps=nested"])
     assert (quick.lr, quick.passes, "sweeps" in quick) == (0.1, 2, False)
     assert (nested.passes, nested.sweeps.study) == (23, "nested")
+
+
+@pytest.mark.parametrize("launcher", ["submitit_local", "submitit_slurm"])
+def test_the_submitit_launchers_come_with_the_package(launcher):
+    """Grids on a cluster: `hydra/launcher=submitit_slurm` (and submitit_local, its stand-in here) compose."""
+    with initialize_config_dir(config_dir=str(resources.conf_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
+    assert cfg.hydra.launcher._target_.endswith("LocalLauncher" if launcher == "submitit_local" else "SlurmLauncher")

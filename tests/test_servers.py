@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 
+import hosts
 import mlflow
 import optuna
 import psycopg
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-
-import hosts
 from servers import http_status, start_postgres
 
 pytest_plugins = ["servers"]
@@ -164,7 +163,7 @@ def test_a_host_has_its_own_hostname_and_pids():
     try:
         name, inner_pid = proc.stdout.readline().split()
         assert name == "box-8" and 1 < int(inner_pid) < 10  # pids count from 1 there
-        assert proc.pid != int(inner_pid) and hosts._cmdline(proc.pid)[:2] == [sys.executable, "-c"]
+        assert proc.pid != int(inner_pid) and hosts.command_line(proc.pid)[:2] == [sys.executable, "-c"]
         proc.terminate()
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
