@@ -112,7 +112,7 @@ def main() -> None:
     if reason := postgres_missing():
         sys.exit(f"bench_storage: {reason}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # else each ended run prints its URL (and asks for it)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # else an ended run prints its URL (one more request)
 
     with tempfile.TemporaryDirectory(prefix="zipnet-bench-") as tmp:
         tmp = Path(tmp)
