@@ -7,13 +7,16 @@ the environment (`PGPASSFILE`, `MLFLOW_TRACKING_USERNAME` / `_PASSWORD`), never 
 
     pytest_plugins = ["servers"]                 # in a test module: the fixtures below
 
-    def test_x(postgres, mlflow_server):         # session-scoped, on 127.0.0.1
-        storage = postgres.url("optuna")         # postgresql://zipnet@127.0.0.1:PORT/optuna
+    def test_x(postgres, mlflow_server):         # session-scoped; on 127.0.0.1, or a bridge (see `lan`)
+        storage = postgres.url("optuna")         # postgresql://zipnet@ADDRESS:PORT/optuna
         env = {**os.environ, **postgres.env, **mlflow_server.env}
 
     with start_postgres(listen=("127.0.0.1", net.address), clients=("127.0.0.1/32", net.cidr)) as pg:
         with start_mlflow(pg, host=net.address) as server:   # servers that other namespaces reach
             ...
+
+    def test_y(cluster):                         # both servers, and hosts that reach them
+        worker = cluster.host("worker-1", pid=True).popen(["zipnet-train", ...], env=cluster.env())
 
 PostgreSQL refuses to run as root: as root the server runs as the system user `zipnet-pg`
 (created on first use); otherwise as the current user.
@@ -41,6 +44,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hosts
 import pytest
 
 PG_BINARIES = ("initdb", "pg_ctl", "postgres")
@@ -250,7 +254,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=5)  # its data is thrown away: no need to wait for idle client connections
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -308,18 +312,79 @@ def start_mlflow(pg: Postgres, host: str = "127.0.0.1", workers: int = 2, user: 
         shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Both servers and the machines that use them: hosts in network namespaces on a bridge when this
+    machine allows it (`network` set, servers listening on the bridge), else hosts with their own
+    hostname on this machine's network (servers on 127.0.0.1)."""
+
+    postgres: Postgres
+    mlflow: Mlflow
+    network: hosts.Network | None
+
+    @property
+    def storage(self) -> str:
+        """The Optuna storage URL every host reaches (no password in it)."""
+        return self.postgres.url("optuna")
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """`base` (default: this process's environment) with both servers' URL and credentials."""
+        return {**(os.environ if base is None else base), **self.postgres.env, **self.mlflow.env}
+
+    def host(self, hostname: str, pid: bool = False) -> hosts.Host:
+        """Another machine: on the bridge with its own address if there is one, else on this network."""
+        return self.network.host(hostname, pid=pid) if self.network else hosts.host(hostname, pid=pid)
+
+
+def addresses(network: hosts.Network | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(listen, clients) for start_postgres: the bridge first (the URLs name it) and loopback, or loopback alone."""
+    if network is None:
+        return ("127.0.0.1",), ("127.0.0.1/32",)
+    return (network.address, "127.0.0.1"), (network.cidr, "127.0.0.1/32")
+
+
+@contextlib.contextmanager
+def start_cluster() -> Iterator[Cluster]:
+    """PostgreSQL and MLflow for hosts: on a bridge with network namespaces where possible."""
+    with contextlib.ExitStack() as stack:
+        network = None if hosts.unavailable(network=True, pid=True) else stack.enter_context(hosts.start_network())
+        pg = stack.enter_context(start_postgres(*addresses(network)))
+        server = stack.enter_context(start_mlflow(pg, host=pg.host))
+        yield Cluster(postgres=pg, mlflow=server, network=network)
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """PostgreSQL on 127.0.0.1 with databases `optuna` and `mlflow`; skips when its binaries are missing."""
+def lan() -> Iterator[hosts.Network | None]:
+    """A bridge for hosts in network namespaces, or None where this machine cannot make one."""
+    if hosts.unavailable(network=True, pid=True):
+        yield None
+        return
+    with hosts.start_network() as network:
+        yield network
+
+
+@pytest.fixture(scope="session")
+def postgres(lan: hosts.Network | None) -> Iterator[Postgres]:
+    """PostgreSQL with databases `optuna` and `mlflow`, on `lan`'s bridge if there is one, else 127.0.0.1
+    (this machine reaches both); skips when PostgreSQL's binaries are missing."""
     reason = postgres_missing()
     if reason:
         pytest.skip(reason)
-    with start_postgres() as pg:
+    with start_postgres(*addresses(lan)) as pg:
         yield pg
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(postgres: Postgres) -> Iterator[Mlflow]:
-    """`mlflow server` on 127.0.0.1 over `postgres`, artifacts proxied, basic auth."""
-    with start_mlflow(postgres) as server:
+    """`mlflow server` over `postgres`, on the same address, artifacts proxied, basic auth."""
+    with start_mlflow(postgres, host=postgres.host) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def cluster(postgres: Postgres, mlflow_server: Mlflow, lan: hosts.Network | None) -> Cluster:
+    """The session's servers and the hosts that use them; skips, saying why, where namespaces cannot be made."""
+    reason = hosts.unavailable(pid=True)
+    if reason:
+        pytest.skip(reason)
+    return Cluster(postgres=postgres, mlflow=mlflow_server, network=lan)

@@ -189,3 +189,22 @@ def test_a_host_reaches_postgres_through_its_veth():
             assert local.returncode != 0 and "refused" in local.stderr
     assert made[1] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", made[0]], capture_output=True).returncode != 0
+
+
+def test_cluster_hosts_use_both_servers(cluster, monkeypatch):
+    """What a worker on another host does first: open the study in PostgreSQL and a run on the MLflow server."""
+    first = ("import socket, sys, mlflow, optuna; "
+             "study = optuna.create_study(study_name='cluster', storage=sys.argv[1], load_if_exists=True); "
+             "mlflow.set_experiment('cluster'); run = mlflow.start_run(run_name=socket.gethostname()); "
+             "mlflow.log_metric('test/error', 0.05); mlflow.end_run(); print(study.study_name, run.info.run_id)")
+    done = cluster.host("worker-1").run([sys.executable, "-c", first, cluster.storage], env=cluster.env(),
+                                        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    name, run_id = done.stdout.split()[-2:]
+    assert name == "cluster"
+    for key, value in cluster.mlflow.env.items():
+        monkeypatch.setenv(key, value)
+    run = MlflowClient(cluster.mlflow.url).get_run(run_id)
+    assert (run.info.run_name, run.info.status, run.data.metrics) == ("worker-1", "FINISHED", {"test/error": 0.05})
+    if cluster.network is not None:  # the servers listen on the bridge: the host reached them through its veth
+        assert cluster.mlflow.url.startswith(f"http://{cluster.network.address}:")
