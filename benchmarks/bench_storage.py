@@ -85,9 +85,12 @@ def mlflow_run(client: MlflowClient, experiment_id: str, files: list[Path], i: i
     return passes
 
 
-def time_mlflow(uri: str, runs: int, files: list[Path], synchronous: bool = True) -> tuple[list[float], list[float]]:
+def time_mlflow(uri: str, runs: int, files: list[Path], synchronous: bool = True,
+                artifacts: Path | None = None) -> tuple[list[float], list[float]]:
+    """`artifacts`: where a local store keeps them (a server decides for itself)."""
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(f"bench-{time.time_ns()}")
+    experiment_id = client.create_experiment(f"bench-{time.time_ns()}",
+                                             artifact_location=artifacts.as_uri() if artifacts else None)
     mlflow_run(client, experiment_id, files, -1)  # warm-up
     times, passes = [], []
     for i in range(runs):
@@ -126,7 +129,7 @@ def main() -> None:
                 started = time.perf_counter() - t0
                 sqlite_optuna = time_optuna(f"sqlite:///{tmp / 'optuna.db'}", args.trials)
                 pg_optuna = time_optuna(pg.url("optuna"), args.trials)
-                sqlite_mlflow = time_mlflow(f"sqlite:///{tmp / 'mlflow.db'}", args.runs, files)
+                sqlite_mlflow = time_mlflow(f"sqlite:///{tmp / 'mlflow.db'}", args.runs, files, artifacts=tmp / "art")
                 os.environ.update(server.env)
                 server_mlflow = time_mlflow(server.url, args.runs, files)
                 server_async = time_mlflow(server.url, args.runs, files, synchronous=False)
