@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["servers"]  # PostgreSQL, MLflow server and hosts fixtures (tests/servers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_USPS = ROOT.parent / "shared" / "data" / "usps.h5"
 

@@ -5,8 +5,7 @@ the addresses given (127.0.0.1 by default, or a bridge from hosts.py), keep thei
 temporary folder, and stop and remove it when the context ends. Clients get the credentials from
 the environment (`PGPASSFILE`, `MLFLOW_TRACKING_USERNAME` / `_PASSWORD`), never inside a URL.
 
-    pytest_plugins = ["servers"]                 # in a test module: the fixtures below
-
+    # tests/conftest.py loads this module as a plugin: its fixtures are there in every test module
     def test_x(postgres, mlflow_server):         # session-scoped; on 127.0.0.1, or a bridge (see `lan`)
         storage = postgres.url("optuna")         # postgresql://zipnet@ADDRESS:PORT/optuna
         env = {**os.environ, **postgres.env, **mlflow_server.env}

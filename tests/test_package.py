@@ -120,12 +120,14 @@ def test_a_folder_group_reads_package_headers(tmp_path):
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text(
         f"lr: 0.1\npasses: 23\nhydra:\n  searchpath:\n    - zipnet-group://{tmp_path / 'sweeps'}\n")
-    (tmp_path / "sweeps" / "quick.yaml").write_text("# @package _global_\n# a study\npasses: 2\n")
+    (tmp_path / "sweeps" / "quick.yaml").write_text(  # as a study selects its sweeper
+        "# @package _global_\n# a study\ndefaults:\n  - override /hydra/job_logging: disabled\npasses: 2\n")
     (tmp_path / "sweeps" / "nested.yaml").write_text("study: nested\n")
     with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
-        quick = compose("config", overrides=["+sweeps=quick"])
-        nested = compose("config", overrides=["+sweeps=nested"])
+        quick = compose("config", overrides=["+sweeps=quick"], return_hydra_config=True)
+        nested = compose("config", overrides=["+sweeps=nested"], return_hydra_config=True)
     assert (quick.lr, quick.passes, "sweeps" in quick) == (0.1, 2, False)
+    assert (quick.hydra.job_logging.root.level, nested.hydra.job_logging.root.level) == ("ERROR", "INFO")
     assert (nested.passes, nested.sweeps.study) == (23, "nested")
 
 

@@ -21,8 +21,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from servers import http_status, start_postgres
 
-pytest_plugins = ["servers"]
-
 
 @pytest.fixture
 def mlflow_env(mlflow_server, monkeypatch):
@@ -102,6 +100,8 @@ while True:
 """
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
+                            "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monkeypatch):
     """A worker asks a trial and beats; it is SIGKILLed; fail_stale_trials fails its trial and re-queues the params.
 
