@@ -142,7 +142,7 @@ def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monk
     again = study.ask()
     assert again.params == lost.params
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[again.number]) == number
-    assert 2 <= detected < 30  # not before the grace period; the figure is printed for the closing note
+    assert 1.5 <= detected < 30  # not before the grace period (less the 0.5 s between its beats); printed below
     print(f"heartbeat: trial failed and re-queued {detected:.1f} s after its worker died (grace 2 s)")
 
 
