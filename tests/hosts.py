@@ -14,6 +14,8 @@ listen on `network.address` (see servers.py). Nothing here routes beyond the bri
             worker.wait(timeout=60)
 
     host("box-2").run(["hostname"])                     # a hostname alone: no network namespace
+    with host(socket.gethostname(), pid=True) as twin:  # this hostname, another pid namespace
+        twin.popen([...])                               # ended (SIGKILL) when the block ends
 
 Creating namespaces needs root. Everything a Network made (processes in its namespaces, the
 namespaces, veths, the bridge) is removed when its context ends, also after a failure.
@@ -156,6 +158,12 @@ class Host:
         """End what was started here and is still running: SIGKILL the wrappers (in a pid namespace that ends all)."""
         for proc in self._started:
             _end(proc)
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _end(proc: subprocess.Popen) -> None:

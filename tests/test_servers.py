@@ -159,15 +159,13 @@ def test_a_host_has_its_own_hostname_and_pids():
 
     # in its own pid namespace the command is not pid 1 (sh is its init) and gets signals as anywhere
     show = "import os, socket, time; print(socket.gethostname(), os.getpid(), flush=True); time.sleep(60)"
-    proc = hosts.host("box-8", pid=True).popen([sys.executable, "-c", show], stdout=subprocess.PIPE, text=True)
-    try:
+    with hosts.host("box-8", pid=True) as box:
+        proc = box.popen([sys.executable, "-c", show], stdout=subprocess.PIPE, text=True)
         name, inner_pid = proc.stdout.readline().split()
         assert name == "box-8" and 1 < int(inner_pid) < 10  # pids count from 1 there
         assert proc.pid != int(inner_pid) and hosts.command_line(proc.pid)[:2] == [sys.executable, "-c"]
         proc.terminate()
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-    finally:
-        proc.popen.kill()
 
 
 def test_a_host_reaches_postgres_through_its_veth():
