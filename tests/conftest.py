@@ -6,6 +6,8 @@ import torch
 
 pytest_plugins = ["pytester"]  # tests/test_conftest.py runs these fixtures in a pytest of its own
 
+pytest_plugins = ["servers"]  # PostgreSQL, MLflow server and hosts fixtures (tests/servers.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the project (CI has it); ZIPNET_SHARED_DATA points elsewhere, e.g. from a git worktree
 SHARED_DATA = Path(os.environ.get("ZIPNET_SHARED_DATA") or ROOT.parent / "shared" / "data")

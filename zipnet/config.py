@@ -9,18 +9,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from zipnet import resources
 from zipnet.engine import BACKENDS, MSE_C, Member
 from zipnet.errors import ConfigError
 from zipnet.net import ACTIVATIONS, INITS, OUTPUTS, TABLES, InitSpec
 from zipnet.optim import HESSIANS, OPTIMS, OptimSpec
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-STUDIES_ROOT = CONF_DIR.parent  # holds sweeps/, the `sweeps` config group (hydra_plugins/zipnet_searchpath)
+CONF_DIR = resources.conf_dir()  # conf/ in a checkout, zipnet/conf/ in an installed package
 PROGRESS = ("auto", "on", "off")
 LOSSES = ("mse", "cross_entropy")
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zipnet import resources
 from zipnet.net import PARAM_NAMES
 
-SOURCE = Path(__file__).with_name("kernel.c")
+SOURCE = resources.kernel_source()
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
 BLOCKS = (8, 16, 32)  # compiled lane counts; the engine picks one per population size
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)

@@ -21,11 +21,23 @@ from zipnet import config as checks
 from zipnet.sweeps.study import SweepError, from_legacy, is_legacy, load_file
 
 
+def study_file(path: str | Path) -> Path:
+    """A study file by path, or a shipped study by name (`paper_open_choices`, or
+    `sweeps/paper_open_choices.yaml` where the package has no sweeps/ folder of its own)."""
+    from zipnet import resources
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = resources.sweeps_dir() / f"{path.stem}.yaml"
+    return shipped if shipped.is_file() else path
+
+
 def hydra_args(
     path: str | Path, overrides: list[str], folder: Path, n_trials=None, batch=None, storage=None, study=None
 ) -> list[str]:
     """The `zipnet-train` arguments that run this study file, its preset written into `folder`."""
-    path = Path(path)
+    path = study_file(path)
     raw = load_file(path)
     name = f"file_{path.stem}"
     target = folder / "sweeps" / f"{name}.yaml"
@@ -63,7 +75,7 @@ def run_sweep(path: str | Path, overrides: list[str] = (), log=print, **settings
     from zipnet.sweeps.study import from_sweeper
     from zipnet.sweeps.sweep import Sweep
 
-    path = Path(path)
+    path = study_file(path)
     raw = load_file(path)
     with checks.Composer() as composer:
         if is_legacy(raw):

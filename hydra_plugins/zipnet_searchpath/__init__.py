@@ -1,1 +1,1 @@
-"""Adds the study definitions (top-level sweeps/) to Hydra's search path: `sweeps=NAME`."""
+"""The study definitions as Hydra's config group `sweeps`, in a checkout as in an installed package."""
