@@ -10,6 +10,7 @@ import optuna
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from zipnet.config import override
 from zipnet.sweeps.storage import RUN_ID, tally
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.passes=1", "tracking.figures=false"]
@@ -35,7 +36,7 @@ def study_args(
         f"hydra.sweeper.sampler={{name:random,seed:{seed}}}",
         f"hydra.sweeper.pruner={pruner}",
     ]
-    args += [f"hydra.sweeper.{k}={v}" for k, v in settings.items()]
+    args += [override(f"hydra.sweeper.{k}", v) for k, v in settings.items()]
     return args
 
 

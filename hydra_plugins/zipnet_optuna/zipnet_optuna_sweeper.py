@@ -66,6 +66,7 @@ class ZipnetOptunaSweeper(Sweeper):
 
         self.config = config
         self.hydra_context = hydra_context
+        _mask_storage(config)  # every job's .hydra/ files are written from this config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -109,3 +110,20 @@ class ZipnetOptunaSweeper(Sweeper):
                 text = str(err).strip().splitlines()
                 reasons.append(f"{type(err).__name__}: {text[0] if text else ''}")
         return reasons
+
+
+def _mask_storage(config: DictConfig) -> None:
+    """A storage URL's password stays out of the config Hydra writes to disk (the sweeper keeps
+    its own copy of the settings)."""
+    from omegaconf import open_dict, read_write
+
+    from zipnet.sweeps.storage import masked
+
+    with read_write(config.hydra), open_dict(config.hydra):
+        if config.hydra.sweeper.get("storage"):
+            config.hydra.sweeper.storage = masked(config.hydra.sweeper.storage)
+        hydra_overrides = config.hydra.overrides.hydra
+        for i, text in enumerate(hydra_overrides):
+            key, _, value = text.partition("=")
+            if key.lstrip("+~") == "hydra.sweeper.storage":
+                hydra_overrides[i] = f"{key}={masked(value.strip(chr(39) + chr(34)))}"

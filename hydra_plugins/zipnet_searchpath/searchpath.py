@@ -60,8 +60,12 @@ class FolderGroupSource(ConfigSource):
             raise ConfigLoadError(f"Config not found : {config_path} in {self.path}")
         with open(path, encoding="utf-8") as f:
             text = f.read()
-        return ConfigResult(config=OmegaConf.create(text), path=f"{self.scheme()}://{self.path}",
-                            provider=self.provider, header=_header(text))
+        return ConfigResult(
+            config=OmegaConf.create(text),
+            path=f"{self.scheme()}://{self.path}",
+            provider=self.provider,
+            header=_header(text),
+        )
 
     def available(self) -> bool:
         return os.path.isdir(self.path)
@@ -77,7 +81,7 @@ class FolderGroupSource(ConfigSource):
         if config_path == "" and results_filter in (None, ObjectType.GROUP) and self.available():
             return [self.group]
         if config_path == self.group and results_filter in (None, ObjectType.CONFIG) and self.available():
-            return sorted(f[:-len(".yaml")] for f in os.listdir(self.path) if f.endswith(".yaml"))
+            return sorted(f[: -len(".yaml")] for f in os.listdir(self.path) if f.endswith(".yaml"))
         return []
 
 

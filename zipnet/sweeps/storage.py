@@ -55,9 +55,12 @@ def without_password(url: str) -> str:
     """The URL a job's config carries: no password (the driver reads $PGPASSWORD or .pgpass)."""
     if "://" not in url or "@" not in url:
         return url
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    return make_url(url).set(password=None).render_as_string(hide_password=False)
+    u = make_url(url)
+    return URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query).render_as_string(
+        hide_password=False
+    )
 
 
 def local_file(url: str) -> Path | None:
