@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from servers import http_status
-
 from sweep_helpers import SPACE, assert_study_and_runs_agree, env_for, study_args
+
 from zipnet.sweeps.storage import RUN_ID, WORKER, tally
 
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 from mlflow import MlflowClient
-
 from sweep_helpers import env_for
 
 

@@ -189,3 +189,34 @@ def test_override_values_parse_back_to_the_same_value(value):
 
     parsed = OverridesParser.create().parse_override(f"k={override_value(value)}").value()
     assert parsed == value and type(parsed) is type(value)
+
+
+def test_a_batch_asked_after_the_start_up_spreads_out_the_liar_sees_it():
+    """TPE's constant liar counts the batch's RUNNING trials as poor, so a batch asked at once
+    (zipnet's sampler, built per batch) spreads out instead of piling onto one posterior mode."""
+    import math
+    import statistics
+
+    import optuna
+
+    from zipnet.sweeps.study import make_sampler
+
+    spreads = {}
+    for liar in (False, True):
+        spec = from_sweeper(
+            {
+                **BASE,
+                "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 10, "constant_liar": liar},
+                "params": {"optim.lr": "tag(log, interval(0.001, 0.3))"},
+            },
+            [],
+        )
+        study = optuna.create_study(sampler=make_sampler(spec, 0))
+        dist = {"optim.lr": spec.params["optim.lr"].distribution}
+        for _ in range(10):
+            t = study.ask(dist)
+            study.tell(t, (math.log10(t.params["optim.lr"]) - math.log10(0.03)) ** 2)
+        study.sampler = make_sampler(spec, 10)  # a new sampler for the batch, as the sweep makes one
+        batch = [study.ask(dist) for _ in range(16)]  # asked together, none told yet
+        spreads[liar] = statistics.pstdev(math.log10(t.params["optim.lr"]) for t in batch)
+    assert spreads[True] > 3 * spreads[False], spreads

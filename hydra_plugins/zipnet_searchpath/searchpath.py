@@ -11,7 +11,6 @@ plugin acts when the primary config directory is zipnet's.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.object_type import ObjectType
@@ -22,9 +21,9 @@ from omegaconf import OmegaConf
 from zipnet import resources
 
 
-def _header(text: str) -> dict[str, Optional[str]]:
+def _header(text: str) -> dict[str, str | None]:
     """The `# @key value` lines at the top of a config file (Hydra reads `# @package`)."""
-    header: dict[str, Optional[str]] = {"package": None}
+    header: dict[str, str | None] = {"package": None}
     for line in text.splitlines():
         line = line.strip()
         if not line:
@@ -47,7 +46,7 @@ class FolderGroupSource(ConfigSource):
     def group(self) -> str:
         return os.path.basename(self.path.rstrip("/"))
 
-    def _file(self, config_path: str) -> Optional[str]:
+    def _file(self, config_path: str) -> str | None:
         """The file behind `group/name`, or None when the path is not one of this group's configs."""
         group, _, name = config_path.partition("/")
         if group != self.group or not name or "/" in name:
@@ -77,7 +76,7 @@ class FolderGroupSource(ConfigSource):
         path = self._file(config_path)
         return path is not None and os.path.isfile(path)
 
-    def list(self, config_path: str, results_filter: Optional[ObjectType]) -> List[str]:
+    def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         if config_path == "" and results_filter in (None, ObjectType.GROUP) and self.available():
             return [self.group]
         if config_path == self.group and results_filter in (None, ObjectType.CONFIG) and self.available():
