@@ -4,8 +4,9 @@
 
 Measures (1) the reference per-example autograd loop, (2) the engine at K=1 (torch ops, and
 the default: the kernel's one-member path), (3) the engine at several K. Each is timed over
-`--passes` training passes plus the per-pass evaluation of train and test; a 23-pass trial is extrapolated from those per-pass times. Prints seconds per
-pass, seconds per trial (amortised over K), trials per hour, peak RSS, and ratios to (1).
+`--passes` training passes plus the per-pass evaluation of train and test; a 23-pass trial is
+extrapolated from those per-pass times. Prints seconds per pass, seconds per trial (amortised
+over K), trials per hour, peak RSS, and ratios to (1).
 """
 
 from __future__ import annotations
@@ -79,9 +80,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data_cfg = OmegaConf.load(CONF_DIR / "data" / "embedded.yaml")
     digits = load_digits(data_cfg)
-    print(f"data: {len(digits.train_y)} train / {len(digits.test_y)} test; {os.cpu_count()} cores; "
-          f"torch threads {args.threads} for (1) and (2); {args.passes} timed pass(es) each, trials extrapolated to 23 passes")
-    header = f"{'run':<24}{'backend':>8}{'train s/pass':>14}{'eval s/pass':>13}{'s/trial':>10}{'trials/h':>11}{'x (1)':>9}{'peak RSS MB':>13}"
+    print(
+        f"data: {len(digits.train_y)} train / {len(digits.test_y)} test; {os.cpu_count()} cores; "
+        f"torch threads {args.threads} for (1) and (2); {args.passes} timed pass(es) each, "
+        "trials extrapolated to 23 passes"
+    )
+    header = (
+        f"{'run':<24}{'backend':>8}{'train s/pass':>14}{'eval s/pass':>13}{'s/trial':>10}{'trials/h':>11}"
+        f"{'x (1)':>9}{'peak RSS MB':>13}"
+    )
     print(header)
     rows = []
 
@@ -89,8 +96,11 @@ def main() -> None:
         per_trial = PASSES_PER_TRIAL * (train_s + eval_s) / K
         rows.append(per_trial)
         ratio = rows[0] / per_trial
-        print(f"{name:<24}{backend:>8}{train_s:>14.3f}{eval_s:>13.3f}{per_trial:>10.2f}{3600 / per_trial:>11.0f}"
-              f"{ratio:>9.1f}{peak_rss_mb():>13.0f}", flush=True)
+        print(
+            f"{name:<24}{backend:>8}{train_s:>14.3f}{eval_s:>13.3f}{per_trial:>10.2f}{3600 / per_trial:>11.0f}"
+            f"{ratio:>9.1f}{peak_rss_mb():>13.0f}",
+            flush=True,
+        )
 
     train_s, eval_s = time_reference(digits, args.passes)
     report("(1) reference autograd", "torch", train_s, eval_s, 1)
@@ -102,8 +112,10 @@ def main() -> None:
         train_s, eval_s, used = time_engine(digits, K, args.passes, "auto")
         report(f"(3) engine K={K}", used, train_s, eval_s, K)
     best = min(rows[3:], default=rows[2])
-    print(f"best: {best:.2f} s per 23-pass trial, {rows[0] / best:.0f}x the trials per hour of (1); "
-          f"engine K=1: {rows[0] / rows[2]:.1f}x (1) (torch ops: {rows[0] / rows[1]:.1f}x)")
+    print(
+        f"best: {best:.2f} s per 23-pass trial, {rows[0] / best:.0f}x the trials per hour of (1); "
+        f"engine K=1: {rows[0] / rows[2]:.1f}x (1) (torch ops: {rows[0] / rows[1]:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,12 @@ METRICS = ["train/loss", "train/error", "train/misses", "test/loss", "test/error
 
 def optuna_trial(study: optuna.Study, storage: optuna.storages.RDBStorage, seed: int) -> float:
     """One trial; returns the seconds its passes took (report and heartbeat)."""
-    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
-                       "init": optuna.distributions.CategoricalDistribution(["sqrt", "linear"])})
+    trial = study.ask(
+        {
+            "lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True),
+            "init": optuna.distributions.CategoricalDistribution(["sqrt", "linear"]),
+        }
+    )
     study_id = storage.get_study_id_from_name(study.study_name)  # public API: no trial._trial_id
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     storage.record_heartbeat(trial_id)
@@ -73,8 +77,13 @@ def mlflow_run(client: MlflowClient, experiment_id: str, files: list[Path], i: i
     start, pending = time.perf_counter(), []
     for step in range(1, PASSES + 1):
         now = int(time.time() * 1000)
-        pending.append(client.log_batch(run_id, metrics=[Metric(name, 1.0 / (step + j), now, step)
-                                                         for j, name in enumerate(METRICS)], synchronous=synchronous))
+        pending.append(
+            client.log_batch(
+                run_id,
+                metrics=[Metric(name, 1.0 / (step + j), now, step) for j, name in enumerate(METRICS)],
+                synchronous=synchronous,
+            )
+        )
     passes = time.perf_counter() - start
     for operation in pending:
         if operation is not None:
@@ -85,12 +94,14 @@ def mlflow_run(client: MlflowClient, experiment_id: str, files: list[Path], i: i
     return passes
 
 
-def time_mlflow(uri: str, runs: int, files: list[Path], synchronous: bool = True,
-                artifacts: Path | None = None) -> tuple[list[float], list[float]]:
+def time_mlflow(
+    uri: str, runs: int, files: list[Path], synchronous: bool = True, artifacts: Path | None = None
+) -> tuple[list[float], list[float]]:
     """`artifacts`: where a local store keeps them (a server decides for itself)."""
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment(f"bench-{time.time_ns()}",
-                                             artifact_location=artifacts.as_uri() if artifacts else None)
+    experiment_id = client.create_experiment(
+        f"bench-{time.time_ns()}", artifact_location=artifacts.as_uri() if artifacts else None
+    )
     mlflow_run(client, experiment_id, files, -1)  # warm-up
     times, passes = [], []
     for i in range(runs):
@@ -103,8 +114,10 @@ def time_mlflow(uri: str, runs: int, files: list[Path], synchronous: bool = True
 def row(name: str, timed: tuple[list[float], list[float]], base: tuple[list[float], list[float]]) -> str:
     (times, passes), (base_times, base_passes) = timed, base
     mean, per_pass = statistics.mean(times), statistics.mean(passes)
-    return (f"{name:<32} {mean * 1000:10.1f} {statistics.median(times) * 1000:10.1f} {per_pass * 1000:10.2f}"
-            f" {mean / statistics.mean(base_times):8.2f}x {per_pass / statistics.mean(base_passes):8.2f}x")
+    return (
+        f"{name:<32} {mean * 1000:10.1f} {statistics.median(times) * 1000:10.1f} {per_pass * 1000:10.2f}"
+        f" {mean / statistics.mean(base_times):8.2f}x {per_pass / statistics.mean(base_passes):8.2f}x"
+    )
 
 
 def main() -> None:
@@ -141,8 +154,10 @@ def main() -> None:
     print(row(f"mlflow sqlite ({args.runs} runs)", sqlite_mlflow, sqlite_mlflow))
     print(row(f"mlflow server ({args.runs} runs)", server_mlflow, sqlite_mlflow))
     print(row("mlflow server, synchronous=False", server_async, sqlite_mlflow))
-    print(f"(a trial: ask, {PASSES + 2} heartbeats, {PASSES} reports, tell; a run: 48 params, {PASSES} x "
-          f"{len(METRICS)} metrics in {PASSES} batches, 2 artifacts ~40 kB)")
+    print(
+        f"(a trial: ask, {PASSES + 2} heartbeats, {PASSES} reports, tell; a run: 48 params, {PASSES} x "
+        f"{len(METRICS)} metrics in {PASSES} batches, 2 artifacts ~40 kB)"
+    )
 
 
 if __name__ == "__main__":

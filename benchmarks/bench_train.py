@@ -56,8 +56,10 @@ def main() -> None:
     print(f"one pass over {n} digits, torch threads {args.threads}")
     print(f"reference autograd loop: {ref_s:7.2f} s  {n / ref_s:8.0f} steps/s")
     for backend, name in (("torch", "engine K=1, torch ops "), ("c", "engine K=1, kernel    ")):
-        print(f"{name}: {seconds[backend]:7.2f} s  {n / seconds[backend]:8.0f} steps/s  "
-              f"{ref_s / seconds[backend]:6.2f}x the reference (target >= 5x)")
+        print(
+            f"{name}: {seconds[backend]:7.2f} s  {n / seconds[backend]:8.0f} steps/s  "
+            f"{ref_s / seconds[backend]:6.2f}x the reference (target >= 5x)"
+        )
 
 
 if __name__ == "__main__":

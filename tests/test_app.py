@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -39,12 +38,21 @@ def test_every_option_of_every_group_composes_and_validates(group):
 def test_defaults_are_the_seeds_settings():
     cfg = _compose()
     m = checks.member(cfg)
-    assert (m.init.init, m.activation, m.mse, m.table, m.optim.name, m.optim.lr) == ("sqrt", "tanh", "mean", "block", "sgd", 0.03)
+    assert (m.init.init, m.activation, m.mse, m.table, m.optim.name, m.optim.lr) == (
+        "sqrt",
+        "tanh",
+        "mean",
+        "block",
+        "sgd",
+        0.03,
+    )
     assert (cfg.data.source, cfg.data.n_train, cfg.data.n_test, cfg.trainer.passes) == ("embedded", 7291, 2007, 23)
 
 
 def test_overrides_reach_the_member():
-    cfg = _compose(["model.init=linear", "loss.mse=half_sum", "optim.lr=0.01", "trainer.passes=5", "model.activation=scaled_tanh"])
+    cfg = _compose(
+        ["model.init=linear", "loss.mse=half_sum", "optim.lr=0.01", "trainer.passes=5", "model.activation=scaled_tanh"]
+    )
     m = checks.member(cfg)
     assert (m.init.init, m.mse, m.optim.lr, m.activation) == ("linear", "half_sum", 0.01, "scaled_tanh")
     assert checks.trainer(cfg)["passes"] == 5
@@ -75,7 +83,9 @@ def test_invalid_values_name_the_key_and_what_is_allowed(override, key, allowed)
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,7 +124,10 @@ def test_same_config_in_two_processes_gives_bit_identical_metrics(tmp_path):
         proc = _cli(*args, f"hydra.run.dir={tmp_path}/{name}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         outs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
-    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h["history"]]
+
+    def strip(h):
+        return [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in h["history"]]
+
     assert strip(outs[0]) == strip(outs[1])
     assert outs[0]["data_fingerprint"] == outs[1]["data_fingerprint"]
 
@@ -127,8 +140,16 @@ def test_one_pass_on_500_digits_is_far_below_chance():
 
 def test_a_diverging_run_stops_cleanly_with_its_pass(tmp_path):
     lines = []
-    cfg = _compose(["data.n_train=200", "data.n_test=50", "trainer.passes=3", "optim.lr=3e38", "loss.mse=sum",
-                    "trainer.progress=off"])
+    cfg = _compose(
+        [
+            "data.n_train=200",
+            "data.n_test=50",
+            "trainer.passes=3",
+            "optim.lr=3e38",
+            "loss.mse=sum",
+            "trainer.progress=off",
+        ]
+    )
     result = run(cfg, log=lines.append)
     assert result.status == "diverged" and result.diverged_at_pass == 1
     assert any("diverged at pass 1" in line for line in lines)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from stand_ins import close, data, digits
 
 from zipnet import config as checks
 from zipnet.engine import Member, Population, input_patches, shifted, train
@@ -18,15 +19,25 @@ from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_cross_entropy
 from zipnet.train import CONF_DIR
 
-from stand_ins import close, data, digits
-
 ADAMW = OptimSpec(name="adamw", lr=3e-3, weight_decay=0.01)
 MODERN = [
     Member(init=InitSpec(seed=0), activation="relu", output="linear", loss="cross_entropy", dropout=0.25, optim=ADAMW),
-    Member(init=InitSpec(seed=1, init="linear"), activation="relu", output="linear", loss="cross_entropy", dropout=0.5,
-           optim=replace(ADAMW, lr=1e-3, weight_decay=0.0, beta1=0.8)),
+    Member(
+        init=InitSpec(seed=1, init="linear"),
+        activation="relu",
+        output="linear",
+        loss="cross_entropy",
+        dropout=0.5,
+        optim=replace(ADAMW, lr=1e-3, weight_decay=0.0, beta1=0.8),
+    ),
 ]
-PRESETS = ["modern/1_cross_entropy", "modern/2_adamw", "modern/3_shifts", "modern/4_relu_dropout", "modern/5_full_mnist"]
+PRESETS = [
+    "modern/1_cross_entropy",
+    "modern/2_adamw",
+    "modern/3_shifts",
+    "modern/4_relu_dropout",
+    "modern/5_full_mnist",
+]
 
 
 def _reference(pop: Population, k: int) -> Net1989:
@@ -62,8 +73,16 @@ def test_adamw_steps_match_torch_adamw():
     members = [replace(m, dropout=0.0) for m in MODERN]
     pop = Population(members)
     refs = [_reference(pop, k) for k in range(pop.K)]
-    opts = [torch.optim.AdamW(ref.parameters(), lr=m.optim.lr, betas=(m.optim.beta1, m.optim.beta2),
-                              eps=m.optim.eps, weight_decay=m.optim.weight_decay) for m, ref in zip(members, refs)]
+    opts = [
+        torch.optim.AdamW(
+            ref.parameters(),
+            lr=m.optim.lr,
+            betas=(m.optim.beta1, m.optim.beta2),
+            eps=m.optim.eps,
+            weight_decay=m.optim.weight_decay,
+        )
+        for m, ref in zip(members, refs)
+    ]
     pop.optim.start_pass(0, 1)
     patches = input_patches(x)
     for i in range(6):
@@ -109,7 +128,13 @@ def test_a_modern_member_equals_its_single_run_and_reruns_bit_identically():
     d = data(1000, 200)
     together = train(members, d, passes=2, log=None, shift=1, shift_seed=4)
     again = train(members, d, passes=2, log=None, shift=1, shift_seed=4)
-    metrics = lambda results: [[{k: v for k, v in row.items() if k != "seconds"} for row in r.history] for r in results]
+
+    def metrics(results):
+        return [
+            [{k: v for k, v in row.items() if k not in ("seconds", "eval_seconds")} for row in r.history]
+            for r in results
+        ]
+
     assert metrics(together) == metrics(again)
     for member, got in zip(members, together):
         (alone,) = train([member], d, passes=2, log=None, shift=1, shift_seed=4)
@@ -125,8 +150,12 @@ def test_shifts_move_each_digit_by_at_most_one_pixel_and_fill_with_background():
     moves = set()
     padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
     for i in range(200):  # find each digit's move by search, independently of shifted()
-        found = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                 if torch.equal(out[i, 0], padded[i, 0, 1 - dy : 17 - dy, 1 - dx : 17 - dx])]
+        found = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(out[i, 0], padded[i, 0, 1 - dy : 17 - dy, 1 - dx : 17 - dx])
+        ]
         assert len(found) == 1
         moves.add(found[0])
     assert len(moves) == 9
@@ -151,8 +180,21 @@ def test_presets_are_cumulative():
 
 def test_a_preset_trains_from_the_command_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "zipnet.train", "experiment=modern/4_relu_dropout", "trainer.passes=2", "data.n_train=300",
-         "data.n_test=100", "tracking.enabled=false", "trainer.progress=off", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "zipnet.train",
+            "experiment=modern/4_relu_dropout",
+            "trainer.passes=2",
+            "data.n_train=300",
+            "data.n_test=100",
+            "tracking.enabled=false",
+            "trainer.progress=off",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("eval: split test ") == 2

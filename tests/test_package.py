@@ -21,8 +21,19 @@ from hydra.core.global_hydra import GlobalHydra
 from zipnet import resources
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "mlruns", "outputs", "multirun", "build", "dist", "reports",
-                                     "*.egg-info", "__pycache__", ".pytest_cache")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "mlruns",
+    "outputs",
+    "multirun",
+    "build",
+    "dist",
+    "reports",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,19 +41,42 @@ def fresh_venv(tmp_path_factory):
     """A new venv holding only the zipnet wheel built from this checkout; its python."""
     tmp = tmp_path_factory.mktemp("package")
     shutil.copytree(ROOT, tmp / "src", ignore=NOT_SOURCES)  # the build writes egg-info and build/ beside the sources
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                            "-w", str(tmp / "dist"), str(tmp / "src")], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp / "dist"),
+            str(tmp / "src"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp / "dist").glob("zipnet-*.whl")
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True, timeout=120)
     python = tmp / "venv" / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib, "dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(here)))
-    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                                "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert installed.returncode == 0, installed.stderr
     return python
 
@@ -71,8 +105,9 @@ def test_the_wheel_carries_configs_studies_and_kernel(fresh_venv, tmp_path):
             print(compose("config").trainer.passes)
     """)
     env = _env(fresh_venv, tmp_path / "cache")
-    done = subprocess.run([fresh_venv, "-c", probe, str(ROOT)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [fresh_venv, "-c", probe, str(ROOT)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     package, checkout, conf, source, kernel_built, repo_on_path, studies, passes = done.stdout.splitlines()
     venv = fresh_venv.parent.parent
@@ -86,15 +121,21 @@ def test_the_wheel_carries_configs_studies_and_kernel(fresh_venv, tmp_path):
     assert int(passes) == 23
     assert sorted(p.relative_to(conf).as_posix() for p in Path(conf).rglob("*.yaml")) == sorted(
         [p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")]
-        + [f"sweeps/{p.name}" for p in (ROOT / "sweeps").glob("*.yaml")])
+        + [f"sweeps/{p.name}" for p in (ROOT / "sweeps").glob("*.yaml")]
+    )
 
 
 def test_zipnet_train_runs_from_an_empty_folder(fresh_venv, tmp_path):
     work = tmp_path / "empty"
     work.mkdir()
-    done = subprocess.run(["zipnet-train", "trainer.passes=1", "data.n_train=200", "data.n_test=100",
-                           "tracking.enabled=false"], cwd=work, env=_env(fresh_venv, tmp_path / "cache"),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["zipnet-train", "trainer.passes=1", "data.n_train=200", "data.n_test=100", "tracking.enabled=false"],
+        cwd=work,
+        env=_env(fresh_venv, tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert shutil.which("zipnet-train", path=str(fresh_venv.parent)) is not None
     lines = done.stdout.splitlines()
@@ -119,9 +160,11 @@ def test_a_folder_group_reads_package_headers(tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text(
-        f"lr: 0.1\npasses: 23\nhydra:\n  searchpath:\n    - zipnet-group://{tmp_path / 'sweeps'}\n")
+        f"lr: 0.1\npasses: 23\nhydra:\n  searchpath:\n    - zipnet-group://{tmp_path / 'sweeps'}\n"
+    )
     (tmp_path / "sweeps" / "quick.yaml").write_text(  # as a study selects its sweeper
-        "# @package _global_\n# a study\ndefaults:\n  - override /hydra/job_logging: disabled\npasses: 2\n")
+        "# @package _global_\n# a study\ndefaults:\n  - override /hydra/job_logging: disabled\npasses: 2\n"
+    )
     (tmp_path / "sweeps" / "nested.yaml").write_text("study: nested\n")
     with initialize_config_dir(config_dir=str(tmp_path / "conf"), version_base="1.3"):
         quick = compose("config", overrides=["+sweeps=quick"], return_hydra_config=True)

@@ -12,10 +12,23 @@ from sweep_helpers import env_for
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_a_stop_signal_ends_the_run_killed(tmp_path, sig, code):
-    proc = subprocess.Popen([sys.executable, "-m", "zipnet.train", "data.n_train=1000", "data.n_test=100",
-                             "trainer.passes=200", "tracking.figures=false", "trainer.progress=off"],
-                            cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.train",
+            "data.n_train=1000",
+            "data.n_test=100",
+            "trainer.passes=200",
+            "tracking.figures=false",
+            "trainer.progress=off",
+        ],
+        cwd=tmp_path,
+        env=env_for(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:  # "pass 2" is printed after pass 1 was logged (the engine prints, then watchers log)
         if line.startswith("pass 2"):
             break

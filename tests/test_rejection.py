@@ -106,7 +106,9 @@ def test_curve_and_rate_match_brute_force_with_many_ties(seed):
     for k, err in _by_threshold(outputs, labels).items():  # every threshold is a point of the curve
         assert errors[k] == pytest.approx(err, rel=1e-12, abs=0)
     for target in (0.0, 1.0, 5.0, 10.0, 25.0, 100.0):
-        assert rejection.reject_rate_at(outputs, labels, error=target) == _smallest_rate(want_rates, want_errors, target)
+        assert rejection.reject_rate_at(outputs, labels, error=target) == _smallest_rate(
+            want_rates, want_errors, target
+        )
 
 
 def test_all_correct_rejects_nothing_and_all_wrong_rejects_everything():
@@ -154,8 +156,7 @@ def tracked(tmp_path_factory):
     result, run_id = tracked_run(cfg, tracker, [], log=lambda line: None)
     labels = load_digits(cfg.data).test_y.numpy()
     local = tracker.client.download_artifacts(run_id, "", str(root / "dl"))
-    return {"uri": uri, "client": tracker.client, "run_id": run_id, "result": result, "labels": labels,
-            "local": local}
+    return {"uri": uri, "client": tracker.client, "run_id": run_id, "result": result, "labels": labels, "local": local}
 
 
 def test_a_tracked_run_logs_the_curve_and_the_rate_at_1pct(tracked):
@@ -181,6 +182,7 @@ def test_the_leaderboard_shows_the_rate_only_where_runs_have_it(tracked):
     df = report.load_runs(tracking_uri=tracked["uri"])
     board = report.leaderboard(df)
     assert board["test/reject_at_1pct"].tolist() == [
-        tracked["client"].get_run(tracked["run_id"]).data.metrics[tracking.REJECT_METRIC]]
+        tracked["client"].get_run(tracked["run_id"]).data.metrics[tracking.REJECT_METRIC]
+    ]
     without = df.drop(columns=[f"metrics.{tracking.REJECT_METRIC}"])
     assert "test/reject_at_1pct" not in report.leaderboard(without).columns

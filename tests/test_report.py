@@ -23,14 +23,38 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{root}/mlruns/mlflow.db"
     study = root / "rep.yaml"
-    study.write_text(yaml.safe_dump({
-        "study": "rep", "n_trials": 6, "batch": 3, "sampler": {"name": "random", "seed": 5}, "overrides": TINY,
-        "space": {"model.init": {"choices": ["sqrt", "linear"]}, "optim.lr": {"low": 0.01, "high": 0.1, "log": True}},
-    }))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "study": "rep",
+                "n_trials": 6,
+                "batch": 3,
+                "sampler": {"name": "random", "seed": 5},
+                "overrides": TINY,
+                "space": {
+                    "model.init": {"choices": ["sqrt", "linear"]},
+                    "optim.lr": {"low": 0.01, "high": 0.1, "log": True},
+                },
+            }
+        )
+    )
     run_sweep(study, [f"tracking.uri={uri}", "tracking.figures=false"], log=lambda line: None)
-    proc = subprocess.run([sys.executable, "-m", "zipnet.train", *TINY, "trainer.progress=off", "seed=3",
-                           f"tracking.uri={uri}", f"hydra.run.dir={root}/single"], cwd=root, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.train",
+            *TINY,
+            "trainer.progress=off",
+            "seed=3",
+            f"tracking.uri={uri}",
+            f"hydra.run.dir={root}/single",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     single = proc.stdout.strip().splitlines()[-1].split()[2]
     return {"root": root, "uri": uri, "client": MlflowClient(tracking_uri=uri), "single": single}
@@ -43,18 +67,29 @@ def _independent(client, filter_string):
     for run in client.search_runs([exp.experiment_id], filter_string):
         if run.data.tags.get("zipnet.role") in ("study", "multirun"):
             continue
-        last = {key: max(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step).value
-                for key in ("train/error", "test/error", "train/misses", "test/misses", "train/loss", "test/loss")}
-        rows.append({"run_id": run.info.run_id, "status": run.data.tags["zipnet.status"],
-                     "overrides": run.data.tags["zipnet.overrides"], "params": run.data.params, **last})
+        last = {
+            key: max(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step).value
+            for key in ("train/error", "test/error", "train/misses", "test/misses", "train/loss", "test/loss")
+        }
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "status": run.data.tags["zipnet.status"],
+                "overrides": run.data.tags["zipnet.overrides"],
+                "params": run.data.params,
+                **last,
+            }
+        )
     return rows
 
 
 def test_the_leaderboard_matches_mlflow(store):
     df = report.load_runs(study="rep", tracking_uri=store["uri"])
     board = report.leaderboard(df, top=4)
-    expected = sorted(_independent(store["client"], "tags.`zipnet.study` = 'rep'"),
-                      key=lambda r: (r["test/error"], r["test/loss"], r["run_id"]))[:4]
+    expected = sorted(
+        _independent(store["client"], "tags.`zipnet.study` = 'rep'"),
+        key=lambda r: (r["test/error"], r["test/loss"], r["run_id"]),
+    )[:4]
     assert list(board["run_id"]) == [r["run_id"] for r in expected]
     for (_, row), exp in zip(board.iterrows(), expected):
         assert row["test/error"] == exp["test/error"] and row["train/error"] == exp["train/error"]
@@ -103,8 +138,22 @@ def test_ranking_by_the_gap_to_the_paper_and_the_summary_match_mlflow(store):
 
 def test_the_cli_writes_csv_and_markdown_and_filters_by_tag(store, tmp_path):
     out = tmp_path / "rep"
-    proc = subprocess.run([sys.executable, "-m", "zipnet.report", "--tracking-uri", store["uri"], "--tag",
-                           "zipnet.role=run", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.report",
+            "--tracking-uri",
+            store["uri"],
+            "--tag",
+            "zipnet.role=run",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     board = pd.read_csv(out / "leaderboard.csv")
     assert list(board["run_id"]) == [store["single"]]
@@ -123,8 +172,12 @@ def test_reproduce_the_best_trial_of_a_study_exactly(store):
 
 
 def test_reproduce_a_single_run_by_its_command_exactly(store):
-    proc = subprocess.run([sys.executable, "-m", "zipnet.reproduce", store["single"], "--tracking-uri", store["uri"]],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zipnet.reproduce", store["single"], "--tracking-uri", store["uri"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "command: zipnet-train data.n_train=200 data.n_test=100 trainer.passes=2 seed=3" in proc.stdout
     assert proc.stdout.count("match (2 passes)") == len(COMPARED) and "reproduced exactly" in proc.stdout
@@ -173,18 +226,31 @@ def test_reproduce_a_trial_whose_population_shrank_by_pruning(tmp_path):
     members to the pruner after pass 1, and a survivor still reproduces exactly."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     study = tmp_path / "shrink.yaml"
-    study.write_text(yaml.safe_dump({
-        "study": "shrink", "n_trials": 24, "batch": 12, "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
-        "overrides": ["data.n_train=300", "data.n_test=100", "trainer.passes=3"],
-        "space": {"optim.lr": {"low": 1e-6, "high": 0.1, "log": True}, "model.init": {"choices": ["sqrt", "linear"]}},
-    }))
+    study.write_text(
+        yaml.safe_dump(
+            {
+                "study": "shrink",
+                "n_trials": 24,
+                "batch": 12,
+                "sampler": {"name": "random", "seed": 0},
+                "pruner": {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
+                "overrides": ["data.n_train=300", "data.n_test=100", "trainer.passes=3"],
+                "space": {
+                    "optim.lr": {"low": 1e-6, "high": 0.1, "log": True},
+                    "model.init": {"choices": ["sqrt", "linear"]},
+                },
+            }
+        )
+    )
     run_sweep(study, [f"tracking.uri={uri}", "tracking.figures=false"], log=lambda line: None)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("zipnet")
-    shrunk = [r for r in client.search_runs([exp.experiment_id], "tags.`zipnet.status` = 'finished'")
-              if r.data.tags["zipnet.population_sizes"].split(",")[0] == "12"
-              and len(set(r.data.tags["zipnet.population_sizes"].split(","))) > 1]
+    shrunk = [
+        r
+        for r in client.search_runs([exp.experiment_id], "tags.`zipnet.status` = 'finished'")
+        if r.data.tags["zipnet.population_sizes"].split(",")[0] == "12"
+        and len(set(r.data.tags["zipnet.population_sizes"].split(","))) > 1
+    ]
     assert shrunk, "the second batch should have lost members to the pruner"
     pruned = client.search_runs([exp.experiment_id], "tags.`zipnet.status` = 'pruned'")
     assert pruned

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from stand_ins import close, data, digits
 from torch.func import functional_call, jacrev
 
 from zipnet.engine import MSE_C, Member, Population, input_patches, train
@@ -11,22 +12,33 @@ from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_loss
 
-from stand_ins import close, data, digits
-
 SDLM = OptimSpec(name="sdlm", lr=5e-4, mu=0.02)
 MEMBERS = [
     Member(init=InitSpec(seed=0), optim=SDLM),
-    Member(init=InitSpec(init="linear", seed=1), activation="scaled_tanh", mse="half_sum",
-           target_negative=-0.8, target_positive=0.8, optim=replace(SDLM, lr=2e-4, mu=0.1)),
+    Member(
+        init=InitSpec(init="linear", seed=1),
+        activation="scaled_tanh",
+        mse="half_sum",
+        target_negative=-0.8,
+        target_positive=0.8,
+        optim=replace(SDLM, lr=2e-4, mu=0.1),
+    ),
     Member(init=InitSpec(seed=2), mse="sum", optim=replace(SDLM, lr=1e-4, mu=0.05)),
 ]
 
 
 def _reference_layout(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Engine-layout parameters (no K axis) as Net1989's named parameters."""
-    return {"H1w": p["H1w"].reshape(12, 1, 5, 5), "H1b": p["H1b"].reshape(12, 8, 8),
-            "H2w": p["H2w"].reshape(12, 12, 5, 5), "H2b": p["H2b"].reshape(12, 4, 4),
-            "H3w": p["H3w"].t(), "H3b": p["H3b"], "outw": p["outw"].t(), "outb": p["outb"]}
+    return {
+        "H1w": p["H1w"].reshape(12, 1, 5, 5),
+        "H1b": p["H1b"].reshape(12, 8, 8),
+        "H2w": p["H2w"].reshape(12, 12, 5, 5),
+        "H2b": p["H2b"].reshape(12, 4, 4),
+        "H3w": p["H3w"].t(),
+        "H3b": p["H3b"],
+        "outw": p["outw"].t(),
+        "outb": p["outb"],
+    }
 
 
 def _gauss_newton_diagonal(pop: Population, k: int, x: torch.Tensor, label: int) -> dict[str, torch.Tensor]:

@@ -81,8 +81,12 @@ def test_mlflow_run_and_artifact_through_the_server(mlflow_env, mlflow_server, t
     on_server = list(mlflow_server.artifacts.rglob("note.txt"))
     assert len(on_server) == 1  # the server wrote it under --artifacts-destination
 
-    back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="note.txt",
-                                               dst_path=str(tmp_path / "back"), tracking_uri=mlflow_server.url)
+    back = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id,
+        artifact_path="note.txt",
+        dst_path=str(tmp_path / "back"),
+        tracking_uri=mlflow_server.url,
+    )
     assert open(back).read() == "sent through the server\n"
 
 
@@ -100,8 +104,10 @@ while True:
 """
 
 
-@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning",
-                            "ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+@pytest.mark.filterwarnings(
+    "ignore::optuna.exceptions.ExperimentalWarning",
+    "ignore:Heartbeat of storage is supposed to be used with Study.optimize",
+)
 def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monkeypatch):
     """A worker asks a trial and beats; it is SIGKILLed; fail_stale_trials fails its trial and re-queues the params.
 
@@ -109,15 +115,22 @@ def test_optuna_heartbeat_fails_and_requeues_a_dead_workers_trial(postgres, monk
     """
     monkeypatch.setenv("PGPASSFILE", postgres.env["PGPASSFILE"])
     storage = optuna.storages.RDBStorage(
-        postgres.url("optuna"), heartbeat_interval=1, grace_period=2,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        postgres.url("optuna"),
+        heartbeat_interval=1,
+        grace_period=2,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+    )
     study = optuna.create_study(study_name="stale", storage=storage)
     live = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
     live_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("stale"), live.number)
     storage.record_heartbeat(live_id)
 
-    worker = subprocess.Popen([sys.executable, "-c", WORKER, postgres.url("optuna")], stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, **postgres.env})
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, postgres.url("optuna")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **postgres.env},
+    )
     try:
         number = int(worker.stdout.readline())
     finally:
@@ -170,20 +183,28 @@ def test_a_host_has_its_own_hostname_and_pids():
 
 def test_a_host_reaches_postgres_through_its_veth():
     _skip_unless_hosts(network=True)
-    query = ("import psycopg, socket, sys; c = psycopg.connect(sys.argv[1], connect_timeout=10); "
-             "print(socket.gethostname(), c.execute('SELECT inet_client_addr()').fetchone()[0])")
+    query = (
+        "import psycopg, socket, sys; c = psycopg.connect(sys.argv[1], connect_timeout=10); "
+        "print(socket.gethostname(), c.execute('SELECT inet_client_addr()').fetchone()[0])"
+    )
     with hosts.start_network() as net:
         made = (net.bridge, net.host("worker-1").netns)
         with start_postgres(listen=("127.0.0.1", net.address), clients=("127.0.0.1/32", net.cidr)) as pg:
             worker = net.hosts[0]
             env = {**os.environ, **pg.env}
-            seen = worker.run([sys.executable, "-c", query, pg.url("optuna", host=net.address)], env=env,
-                              capture_output=True, text=True, timeout=60)
+            seen = worker.run(
+                [sys.executable, "-c", query, pg.url("optuna", host=net.address)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert seen.returncode == 0, seen.stderr
             assert seen.stdout.split() == ["worker-1", worker.address]  # the server saw the host's own address
             # the host's loopback is its own: this machine's 127.0.0.1 is out of its reach
-            local = worker.run([sys.executable, "-c", query, pg.url("optuna")], env=env, capture_output=True,
-                               text=True, timeout=60)
+            local = worker.run(
+                [sys.executable, "-c", query, pg.url("optuna")], env=env, capture_output=True, text=True, timeout=60
+            )
             assert local.returncode != 0 and "refused" in local.stderr
     assert made[1] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert subprocess.run(["ip", "link", "show", made[0]], capture_output=True).returncode != 0
@@ -191,12 +212,15 @@ def test_a_host_reaches_postgres_through_its_veth():
 
 def test_cluster_hosts_use_both_servers(cluster, monkeypatch):
     """What a worker on another host does first: open the study in PostgreSQL and a run on the MLflow server."""
-    first = ("import socket, sys, mlflow, optuna; "
-             "study = optuna.create_study(study_name='cluster', storage=sys.argv[1], load_if_exists=True); "
-             "mlflow.set_experiment('cluster'); run = mlflow.start_run(run_name=socket.gethostname()); "
-             "mlflow.log_metric('test/error', 0.05); mlflow.end_run(); print(study.study_name, run.info.run_id)")
-    done = cluster.host("worker-1").run([sys.executable, "-c", first, cluster.storage], env=cluster.env(),
-                                        capture_output=True, text=True, timeout=120)
+    first = (
+        "import socket, sys, mlflow, optuna; "
+        "study = optuna.create_study(study_name='cluster', storage=sys.argv[1], load_if_exists=True); "
+        "mlflow.set_experiment('cluster'); run = mlflow.start_run(run_name=socket.gethostname()); "
+        "mlflow.log_metric('test/error', 0.05); mlflow.end_run(); print(study.study_name, run.info.run_id)"
+    )
+    done = cluster.host("worker-1").run(
+        [sys.executable, "-c", first, cluster.storage], env=cluster.env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     name, run_id = done.stdout.split()[-2:]
     assert name == "cluster"

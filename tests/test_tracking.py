@@ -16,8 +16,17 @@ from zipnet.engine import train
 from zipnet.train import CONF_DIR, tracked_run
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.progress=off"]
-ARTIFACTS = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "learning_curve.png", "misclassified.png",
-             "confusion.png", "confusion.csv", "rejection_curve.png", "rejection.csv"}
+ARTIFACTS = {
+    "config_resolved.yaml",
+    "overrides.yaml",
+    "weights.pt",
+    "learning_curve.png",
+    "misclassified.png",
+    "confusion.png",
+    "confusion.csv",
+    "rejection_curve.png",
+    "rejection.csv",
+}
 
 
 def _compose(overrides):
@@ -26,8 +35,9 @@ def _compose(overrides):
 
 
 def _cli(*args, cwd, env=None):
-    return subprocess.run([sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def _client(tmp_path):
@@ -93,7 +103,9 @@ def test_tracking_disabled_leaves_no_store(tmp_path):
 
 
 def test_a_diverged_run_is_failed_with_its_pass(tmp_path):
-    proc = _cli(*TINY, "trainer.passes=3", "optim.lr=1e38", "loss.mse=sum", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    proc = _cli(
+        *TINY, "trainer.passes=3", "optim.lr=1e38", "loss.mse=sum", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     (run,) = _runs(_client(tmp_path))
     assert run.info.status == "FAILED"
@@ -102,8 +114,15 @@ def test_a_diverged_run_is_failed_with_its_pass(tmp_path):
 
 
 def test_a_grid_multirun_is_one_parent_with_a_child_per_job(tmp_path):
-    proc = _cli("-m", "model.init=sqrt,linear", "loss.mse=mean,sum", *TINY, "trainer.passes=1",
-                f"hydra.sweep.dir={tmp_path}/multi", cwd=tmp_path)
+    proc = _cli(
+        "-m",
+        "model.init=sqrt,linear",
+        "loss.mse=mean,sum",
+        *TINY,
+        "trainer.passes=1",
+        f"hydra.sweep.dir={tmp_path}/multi",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     client = _client(tmp_path)
     (parent,) = _runs(client, "tags.`zipnet.role` = 'multirun'")
@@ -124,8 +143,10 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
     digits = load_digits(cfgs[0].data)
     results = train([checks.member(c) for c in cfgs], digits, passes=2, log=None)
     parent = tracker.start("population", role="multirun")
-    ids = [tracker.log_result(r, c, [f"optim.lr={lr}"], digits, parent_run_id=parent)
-           for r, c, lr in zip(results, cfgs, (0.01, 0.05))]
+    ids = [
+        tracker.log_result(r, c, [f"optim.lr={lr}"], digits, parent_run_id=parent)
+        for r, c, lr in zip(results, cfgs, (0.01, 0.05))
+    ]
     tracker.end(parent)
     client = tracker.client
     for run_id, result in zip(ids, results):
@@ -133,9 +154,13 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
         assert run.data.tags["mlflow.parentRunId"] == parent and run.info.status == "FINISHED"
         stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
         assert stored == [(row["pass"], row["train/loss"]) for row in result.history]
-        assert {a.path for a in client.list_artifacts(run_id)} == {"config_resolved.yaml", "overrides.yaml",
-                                                                     "weights.pt", "confusion.csv",
-                                                                     "rejection.csv"}
+        assert {a.path for a in client.list_artifacts(run_id)} == {
+            "config_resolved.yaml",
+            "overrides.yaml",
+            "weights.pt",
+            "confusion.csv",
+            "rejection.csv",
+        }
 
 
 def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, monkeypatch):
@@ -143,9 +168,11 @@ def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, 
 
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False)
     cfg = _compose(TINY + ["trainer.passes=1"])
-    for raised, status in ((RuntimeError("the trainer broke"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
-        def broken(*args, **kwargs):
+    for raised, _ in ((RuntimeError("the trainer broke"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+
+        def broken(*args, raised=raised, **kwargs):
             raise raised
+
         monkeypatch.setattr(app, "train", broken)
         with pytest.raises(type(raised)):
             tracked_run(cfg, tracker, [], log=lambda line: None)

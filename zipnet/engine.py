@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from zipnet import kernel, paper
 from zipnet.errors import ConfigError
-from zipnet.net import SQUASHES, InitSpec, PARAM_NAMES, connection_table, h2_mask, init_params
+from zipnet.net import PARAM_NAMES, SQUASHES, InitSpec, connection_table, h2_mask, init_params
 from zipnet.optim import OptimSpec, make_optimiser
 
 BACKENDS = ("auto", "torch", "c")
@@ -81,7 +81,9 @@ def h2_field_index() -> tuple[torch.Tensor, torch.Tensor]:
     Returns the H2 receptive fields in (12 maps x 5 x 5, 4 x 4 positions) order, and the
     768 real H1 units (the rest is the -1 border).
     """
-    c, ky, kx, oy, ox = np.meshgrid(np.arange(12), np.arange(5), np.arange(5), np.arange(4), np.arange(4), indexing="ij")
+    c, ky, kx, oy, ox = np.meshgrid(
+        np.arange(12), np.arange(5), np.arange(5), np.arange(4), np.arange(4), indexing="ij"
+    )
     fields = c * 144 + (2 * oy + ky) * 12 + (2 * ox + kx)
     c, i, j = np.meshgrid(np.arange(12), np.arange(8), np.arange(8), indexing="ij")
     units = c * 144 + (2 + i) * 12 + (2 + j)
@@ -91,14 +93,23 @@ def h2_field_index() -> tuple[torch.Tensor, torch.Tensor]:
 class Population:
     """K members' parameters stacked on a leading axis, with the batched per-example step."""
 
-    def __init__(self, members: list[Member], device: str | torch.device = "cpu", fused: bool = True,
-                 backend: str = "torch", threads: int = 0):
+    def __init__(
+        self,
+        members: list[Member],
+        device: str | torch.device = "cpu",
+        fused: bool = True,
+        backend: str = "torch",
+        threads: int = 0,
+    ):
         self.fused = fused  # False: always go through optim.step with explicit gradients (for tests)
         self.device = torch.device(device)
         self.members = list(members)
         self.threads = threads or os.cpu_count() or 1  # for the compiled kernel; its results do not depend on it
-        for key, values in (("model.activation", {m.activation == "relu" for m in members}),
-                            ("model.output", {m.output for m in members}), ("loss.name", {m.loss for m in members})):
+        for key, values in (
+            ("model.activation", {m.activation == "relu" for m in members}),
+            ("model.output", {m.output for m in members}),
+            ("loss.name", {m.loss for m in members}),
+        ):
             if len(values) > 1:
                 raise ConfigError(key, "members of one population must agree on it (population.group_key splits them)")
         self.relu = members[0].activation == "relu"  # else f(a) = A tanh(S a), A and S per member
@@ -131,16 +142,26 @@ class Population:
             raise ConfigError("trainer.backend", f"{backend!r} is not allowed; choose one of {', '.join(BACKENDS)}")
         if backend == "torch":
             return None
-        why = ("it runs on the CPU only" if self.device.type != "cpu" else
-               "it implements SGD only" if not self.optim.fused else
-               "it implements the paper's squashed net with MSE only" if self.relu or self.linear_out or self.cross_entropy
-               else "it has no dropout" if bool((self.dropout > 0).any()) else
-               "its members must share one connection table" if not same_table else None)
+        why = (
+            "it runs on the CPU only"
+            if self.device.type != "cpu"
+            else "it implements SGD only"
+            if not self.optim.fused
+            else "it implements the paper's squashed net with MSE only"
+            if self.relu or self.linear_out or self.cross_entropy
+            else "it has no dropout"
+            if bool((self.dropout > 0).any())
+            else "its members must share one connection table"
+            if not same_table
+            else None
+        )
         # a population of one takes the kernel's single-member path (vectorised over units)
         self.block = 1 if self.K == 1 else kernel.block_for(self.K)
         lib = kernel.library(kernel.block_for(self.K)) if why is None else None
         if lib is None and backend == "c":
-            raise ConfigError("trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
+            raise ConfigError(
+                "trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch"
+            )
         return lib
 
     def _packed(self) -> kernel.Packed:
@@ -273,8 +294,7 @@ class Population:
         dpad = torch.zeros(K, 1728, device=self.device).index_add_(1, self._h2_fields, field_values.reshape(K, 4800))
         return dpad.index_select(1, self._h1_units).view(K, 12, 64)
 
-    def gradients(self, patches: torch.Tensor, label: int, i: int | None = None,
-                  curvature: bool = False):
+    def gradients(self, patches: torch.Tensor, label: int, i: int | None = None, curvature: bool = False):
         """dE/dw for one example, all members: forward, then backprop by hand.
 
         With `curvature`, also the Gauss-Newton h of every parameter from the same forward.
@@ -512,7 +532,7 @@ def train(
                     result.status, result.diverged_at_pass = "diverged", pass_number
                     gone.append(k)
             if log is not None:
-                for k, pos in enumerate(active):
+                for pos in active:
                     log(format_pass(results[pos], prefix=f"member {pos}: " if len(members) > 1 else ""))
             if on_pass is not None:
                 live = [results[pos] for k, pos in enumerate(active) if k not in gone]

@@ -69,8 +69,15 @@ def confusion_png(matrix: np.ndarray, path: Path) -> Path:
     for i in range(10):
         for j in range(10):
             if matrix[i, j]:
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if matrix[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if matrix[i, j] > top / 2 else "black",
+                )
     ax.set_xticks(range(10))
     ax.set_yticks(range(10))
     ax.set_xlabel("predicted")
@@ -91,8 +98,9 @@ def rejection_csv(reject_rate: np.ndarray, error: np.ndarray, path: Path) -> Pat
     return path
 
 
-def rejection_curve(reject_rate: np.ndarray, error: np.ndarray, path: Path, title: str = "",
-                    mark_error: float | None = 1.0) -> Path:
+def rejection_curve(
+    reject_rate: np.ndarray, error: np.ndarray, path: Path, title: str = "", mark_error: float | None = 1.0
+) -> Path:
     """Test error (%) on the accepted digits against the rejection rate (%), with the rate
     that reaches `mark_error` % marked (and, at 1%, the paper's 12.1%).
 
@@ -110,8 +118,13 @@ def rejection_curve(reject_rate: np.ndarray, error: np.ndarray, path: Path, titl
         ax.axhline(mark_error, linestyle=":", color="gray", linewidth=1)
         ax.plot([rate], [mark_error], "o", label=f"{rate:.1f}% rejected for {mark_error:g}% error")
         if mark_error == 1.0:
-            ax.plot([rejection.PAPER_REJECT_AT_1PCT], [1.0], "*", markersize=9,
-                    label=f"paper: {rejection.PAPER_REJECT_AT_1PCT}% for 1%")
+            ax.plot(
+                [rejection.PAPER_REJECT_AT_1PCT],
+                [1.0],
+                "*",
+                markersize=9,
+                label=f"paper: {rejection.PAPER_REJECT_AT_1PCT}% for 1%",
+            )
     right = min(right, 100.0)
     shown = error[reject_rate <= right]
     ax.set_xlim(0, right)
@@ -127,8 +140,9 @@ def rejection_curve(reject_rate: np.ndarray, error: np.ndarray, path: Path, titl
     return path
 
 
-def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, path: Path,
-                       limit: int = 100) -> Path:
+def misclassified_grid(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, path: Path, limit: int = 100
+) -> Path:
     """The misclassified test digits (up to `limit`), each captioned `true->predicted`.
 
     One mosaic image plus one caption per cell keeps this to a single Axes.
@@ -146,8 +160,15 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.nda
     ax.imshow(mosaic, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
     for n, index in enumerate(wrong):
         r, c = divmod(n, cols)
-        ax.text(c * cell + 10, r * cell + 2, f"{labels[index]}->{predicted[index]}", ha="center", va="center",
-                fontsize=6, color="crimson")
+        ax.text(
+            c * cell + 10,
+            r * cell + 2,
+            f"{labels[index]}->{predicted[index]}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="crimson",
+        )
     ax.set_axis_off()
     fig.suptitle(f"misclassified test digits (true->predicted), {len(wrong)} shown", fontsize=8, y=0.995)
     fig.savefig(path)

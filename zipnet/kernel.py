@@ -24,11 +24,28 @@ from zipnet import resources
 from zipnet.net import PARAM_NAMES
 
 SOURCE = resources.kernel_source()
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-mprefer-vector-width=512",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+]
 BLOCKS = (8, 16, 32)  # compiled lane counts; the engine picks one per population size
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
-SHAPES = {"H1w": (12, 25), "H1b": (12, 64), "H2w": (12, 300), "H2b": (12, 16),
-          "H3w": (30, 192), "H3b": (30,), "outw": (10, 30), "outb": (10,)}
+SHAPES = {
+    "H1w": (12, 25),
+    "H1b": (12, 64),
+    "H2w": (12, 300),
+    "H2b": (12, 16),
+    "H3w": (30, 192),
+    "H3b": (30,),
+    "outw": (10, 30),
+    "outb": (10,),
+}
 N_PARAMS = sum(int(np.prod(s)) for s in SHAPES.values())
 
 _libraries: dict[int, ctypes.CDLL | None] = {}
@@ -42,7 +59,7 @@ def _cache_dir() -> Path:
 def _cpu_id() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
-        return next((l for l in info.splitlines() if l.startswith("flags")), "") + platform.processor()
+        return next((line for line in info.splitlines() if line.startswith("flags")), "") + platform.processor()
     except OSError:
         return platform.processor()
 
@@ -56,7 +73,9 @@ def library(blk: int) -> ctypes.CDLL | None:
         try:
             lib = _load(blk)
         except (OSError, subprocess.CalledProcessError) as err:
-            warnings.warn(f"zipnet: the compiled CPU kernel is unavailable ({err}); training with torch ops instead")
+            warnings.warn(
+                f"zipnet: the compiled CPU kernel is unavailable ({err}); training with torch ops instead", stacklevel=2
+            )
     _libraries[blk] = lib
     return lib
 
@@ -65,7 +84,9 @@ def _load(blk: int) -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise OSError("no C compiler (cc or gcc) on PATH")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), str(blk), cc, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(FLAGS), str(blk), cc, _cpu_id()]).encode()
+    ).hexdigest()[:16]
     target = _cache_dir() / f"zipnet-kernel-{blk}-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,11 +144,21 @@ class Packed:
             offset += size
 
 
-def train_pass(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor, threads: int) -> None:
+def train_pass(
+    lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor, threads: int
+) -> None:
     tab = np.ascontiguousarray(table, dtype=np.int8)
     labels = labels.to(torch.int32).contiguous()
-    rc = lib.zn_train_pass(packed.params.data_ptr(), packed.consts.data_ptr(), packed.nblocks, tab.ctypes.data,
-                           inputs.data_ptr(), labels.data_ptr(), int(labels.shape[0]), threads)
+    rc = lib.zn_train_pass(
+        packed.params.data_ptr(),
+        packed.consts.data_ptr(),
+        packed.nblocks,
+        tab.ctypes.data,
+        inputs.data_ptr(),
+        labels.data_ptr(),
+        int(labels.shape[0]),
+        threads,
+    )
     if rc != 0:
         raise MemoryError("zipnet kernel: could not allocate its scratch memory")
 
@@ -137,8 +168,14 @@ def train_pass_one(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor,
     assert packed.K == 1 and packed.blk == 1
     tab = np.ascontiguousarray(table, dtype=np.int8)
     labels = labels.to(torch.int32).contiguous()
-    rc = lib.zn_train_pass_one(packed.params.data_ptr(), packed.consts.data_ptr(), tab.ctypes.data,
-                               inputs.data_ptr(), labels.data_ptr(), int(labels.shape[0]))
+    rc = lib.zn_train_pass_one(
+        packed.params.data_ptr(),
+        packed.consts.data_ptr(),
+        tab.ctypes.data,
+        inputs.data_ptr(),
+        labels.data_ptr(),
+        int(labels.shape[0]),
+    )
     if rc != 0:
         raise MemoryError("zipnet kernel: could not allocate its scratch memory")
 
@@ -148,8 +185,16 @@ def outputs(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, thread
     n = inputs.shape[0]
     tab = np.ascontiguousarray(table, dtype=np.int8)
     out = torch.empty(packed.nblocks, n, 10, packed.blk)
-    rc = lib.zn_forward(packed.params.data_ptr(), packed.consts.data_ptr(), packed.nblocks, tab.ctypes.data,
-                        inputs.data_ptr(), n, out.data_ptr(), threads)
+    rc = lib.zn_forward(
+        packed.params.data_ptr(),
+        packed.consts.data_ptr(),
+        packed.nblocks,
+        tab.ctypes.data,
+        inputs.data_ptr(),
+        n,
+        out.data_ptr(),
+        threads,
+    )
     if rc != 0:
         raise MemoryError("zipnet kernel: could not allocate its scratch memory")
     # contiguous whatever the block count, so sums over a member's outputs run in one order

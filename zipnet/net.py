@@ -85,10 +85,10 @@ def check_paper_counts(table: np.ndarray) -> None:
     for name, (units, connections, parameters) in PAPER_LAYERS.items():
         got = layers[name]
         assert (got.units, got.connections, got.parameters) == (units, connections, parameters), (name, got)
-    assert 256 + sum(l.units for l in layers.values()) == PAPER_UNITS
-    assert sum(l.connections for l in layers.values()) == PAPER_CONNECTIONS
-    assert sum(l.parameters for l in layers.values()) == PAPER_PARAMETERS
-    assert sum(l.macs for l in layers.values()) == PAPER_MACS
+    assert 256 + sum(layer.units for layer in layers.values()) == PAPER_UNITS
+    assert sum(layer.connections for layer in layers.values()) == PAPER_CONNECTIONS
+    assert sum(layer.parameters for layer in layers.values()) == PAPER_PARAMETERS
+    assert sum(layer.macs for layer in layers.values()) == PAPER_MACS
 
 
 def h2_mask(table: np.ndarray) -> torch.Tensor:

@@ -120,9 +120,7 @@ class SDLM(SGD):
 
     def _step_sizes(self) -> None:
         # eps_k = eta / (mu + h_k)
-        self.step_size = {
-            name: _expand(self.lr, h) / (_expand(self.mu, h) + h) for name, h in self.h.items()
-        }
+        self.step_size = {name: _expand(self.lr, h) / (_expand(self.mu, h) + h) for name, h in self.h.items()}
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         for name, p in params.items():
@@ -155,11 +153,11 @@ class AdamW(SGD):
         m.mul_(b1).addcmul_(1 - b1, g)
         v.mul_(b2).addcmul_((1 - b2) * g, g)
         lr = self.lr.view(-1, 1)
-        denom = (v / (1 - b2 ** self.t)).sqrt_().add_(self.eps.view(-1, 1))
-        update = (m * (lr / (1 - b1 ** self.t))).div_(denom)
+        denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps.view(-1, 1))
+        update = (m * (lr / (1 - b1**self.t))).div_(denom)
         decay = 1 - self.lr * self.weight_decay  # decoupled weight decay, (K,)
         offset = 0
-        for name, p in params.items():
+        for p in params.values():
             size = p[0].numel()
             p.mul_(_expand(decay, p)).sub_(update[:, offset : offset + size].view_as(p))
             offset += size

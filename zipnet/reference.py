@@ -17,8 +17,9 @@ MSE_SCALE = {"mean": 0.1, "sum": 1.0, "half_sum": 0.5}  # E = scale * sum_k (y_k
 
 
 class Net1989(nn.Module):
-    def __init__(self, params: dict[str, torch.Tensor], table: np.ndarray, activation: str = "tanh",
-                 output: str = "squash"):
+    def __init__(
+        self, params: dict[str, torch.Tensor], table: np.ndarray, activation: str = "tanh", output: str = "squash"
+    ):
         super().__init__()
         self.relu = activation == "relu"
         self.A, self.S = SQUASHES.get(activation, (1.0, 1.0))

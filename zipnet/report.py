@@ -29,12 +29,17 @@ from zipnet import paper, tracking
 
 PARENT_ROLES = ("study", "multirun")
 COLUMNS = {  # leaderboard column -> search_runs column
-    "train/error": "metrics.train/error", "test/error": "metrics.test/error",
-    "train/misses": "metrics.train/misses", "test/misses": "metrics.test/misses",
-    "train/mse": "metrics.train/loss", "test/mse": "metrics.test/loss",
+    "train/error": "metrics.train/error",
+    "test/error": "metrics.test/error",
+    "train/misses": "metrics.train/misses",
+    "test/misses": "metrics.test/misses",
+    "train/mse": "metrics.train/loss",
+    "test/mse": "metrics.test/loss",
 }
-OPTIONAL = {"test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}",  # shown only where some run has them
-            paper.GAP: f"metrics.{paper.GAP}"}
+OPTIONAL = {
+    "test/reject_at_1pct": f"metrics.{tracking.REJECT_METRIC}",  # shown only where some run has them
+    paper.GAP: f"metrics.{paper.GAP}",
+}
 RANKS = ("test/error", paper.GAP)  # what a leaderboard can rank by (the gap: zipnet/paper.py)
 SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", paper.GAP, tracking.REJECT_METRIC)
 MAX_LEVELS = 6
@@ -44,8 +49,12 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def filter_string(study: str | None = None, parent: str | None = None, tags: dict[str, str] | None = None,
-                  params: dict[str, str] | None = None) -> str:
+def filter_string(
+    study: str | None = None,
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> str:
     parts = [f"tags.`zipnet.role` != {_quote(role)}" for role in PARENT_ROLES]
     if study:
         parts.append(f"tags.`zipnet.study` = {_quote(study)}")
@@ -58,17 +67,26 @@ def filter_string(study: str | None = None, parent: str | None = None, tags: dic
     return " and ".join(parts)
 
 
-def load_runs(experiment: str = tracking.DEFAULT_EXPERIMENT, study: str | None = None, parent: str | None = None,
-              tags: dict[str, str] | None = None, tracking_uri: str | None = None,
-              params: dict[str, str] | None = None) -> pd.DataFrame:
+def load_runs(
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    study: str | None = None,
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
+    tracking_uri: str | None = None,
+    params: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """The selected runs (parents excluded) as mlflow.search_runs returns them."""
     from mlflow import MlflowClient
 
     uri = tracking.resolve_uri(tracking_uri)
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise SystemExit(f"zipnet-report: error: no experiment {experiment!r} in {uri}")
-    return tracking.search_runs(uri, experiment_names=[experiment], filter_string=filter_string(study, parent, tags, params),
-                                max_results=100_000)
+    return tracking.search_runs(
+        uri,
+        experiment_names=[experiment],
+        filter_string=filter_string(study, parent, tags, params),
+        max_results=100_000,
+    )
 
 
 def _status(df: pd.DataFrame) -> pd.Series:
@@ -81,15 +99,17 @@ def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False, b
     keep = ("finished", "pruned") if include_pruned else ("finished",)
     runs = df[_status(df).isin(keep)]
     runs = runs[runs.get("metrics.test/error", pd.Series(dtype=float)).notna()] if len(runs) else runs
-    out = pd.DataFrame({
-        "run_id": runs["run_id"] if len(runs) else [],
-        "name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
-        "status": _status(runs) if len(runs) else [],
-        "passes": pd.to_numeric(runs.get("tags.zipnet.passes_done", pd.Series(index=runs.index, dtype=float))),
-        **{name: runs.get(col, pd.Series(index=runs.index, dtype=float)) for name, col in COLUMNS.items()},
-        **{name: runs[col] for name, col in OPTIONAL.items() if col in runs and runs[col].notna().any()},
-        "overrides": runs.get("tags.zipnet.overrides", pd.Series("", index=runs.index)),
-    })
+    out = pd.DataFrame(
+        {
+            "run_id": runs["run_id"] if len(runs) else [],
+            "name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
+            "status": _status(runs) if len(runs) else [],
+            "passes": pd.to_numeric(runs.get("tags.zipnet.passes_done", pd.Series(index=runs.index, dtype=float))),
+            **{name: runs.get(col, pd.Series(index=runs.index, dtype=float)) for name, col in COLUMNS.items()},
+            **{name: runs[col] for name, col in OPTIONAL.items() if col in runs and runs[col].notna().any()},
+            "overrides": runs.get("tags.zipnet.overrides", pd.Series("", index=runs.index)),
+        }
+    )
     for col in ("train/misses", "test/misses", "passes"):
         out[col] = out[col].astype("Int64")
     if by not in out:
@@ -105,7 +125,7 @@ def factors(df: pd.DataFrame) -> list[str]:
     for col in df.columns:
         if not col.startswith("params."):
             continue
-        key = col[len("params."):]
+        key = col[len("params.") :]
         if key.startswith(tracking.NOT_TRAINING) or key.startswith("sweep."):
             continue
         if df[col].nunique(dropna=False) > 1:
@@ -138,9 +158,15 @@ def effects(df: pd.DataFrame, metric: str = "test/error") -> pd.DataFrame:
         for key in factors(runs):
             levels = _levels(runs[f"params.{key}"])
             for level, values in runs[column].groupby(levels, sort=True, observed=True):
-                rows.append({"factor": key, "level": level, "runs": int(values.count()),
-                             f"mean {metric}": float(values.mean()),
-                             f"std {metric}": float(values.std()) if values.count() > 1 else float("nan")})
+                rows.append(
+                    {
+                        "factor": key,
+                        "level": level,
+                        "runs": int(values.count()),
+                        f"mean {metric}": float(values.mean()),
+                        f"std {metric}": float(values.std()) if values.count() > 1 else float("nan"),
+                    }
+                )
     return pd.DataFrame(rows, columns=["factor", "level", "runs", f"mean {metric}", f"std {metric}"])
 
 
@@ -151,20 +177,29 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     for metric in SUMMARY:
         values = pd.to_numeric(runs[f"metrics.{metric}"]) if f"metrics.{metric}" in runs else pd.Series(dtype=float)
         if values.count():
-            rows.append({"metric": metric, "runs": int(values.count()), "mean": float(values.mean()),
-                         "std": float(values.std()) if values.count() > 1 else float("nan"),
-                         "min": float(values.min()), "max": float(values.max())})
+            rows.append(
+                {
+                    "metric": metric,
+                    "runs": int(values.count()),
+                    "mean": float(values.mean()),
+                    "std": float(values.std()) if values.count() > 1 else float("nan"),
+                    "min": float(values.min()),
+                    "max": float(values.max()),
+                }
+            )
     return pd.DataFrame(rows, columns=["metric", "runs", "mean", "std", "min", "max"])
 
 
 def markdown(df: pd.DataFrame) -> str:
     """A GitHub-style Markdown table (no tabulate needed)."""
+
     def cell(v) -> str:
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
             return ""
         if isinstance(v, float):
             return f"{v:.4g}"
         return str(v).replace("|", "\\|")
+
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "|".join("---" for _ in df.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
@@ -174,20 +209,33 @@ def markdown(df: pd.DataFrame) -> str:
 def effects_markdown(table: pd.DataFrame, metric: str = "test/error") -> str:
     if table.empty:
         return "(no factor varies between the finished runs)"
-    shown = pd.DataFrame({
-        "factor": table["factor"], "level": table["level"], "runs": table["runs"],
-        metric: [f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
-                 for m, s in zip(table[f"mean {metric}"], table[f"std {metric}"])],
-    })
+    shown = pd.DataFrame(
+        {
+            "factor": table["factor"],
+            "level": table["level"],
+            "runs": table["runs"],
+            metric: [
+                f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
+                for m, s in zip(table[f"mean {metric}"], table[f"std {metric}"])
+            ],
+        }
+    )
     return markdown(shown)
 
 
-def write(df: pd.DataFrame, out: Path, top: int = 10, include_pruned: bool = False, by: str = "test/error") -> dict[str, Path]:
+def write(
+    df: pd.DataFrame, out: Path, top: int = 10, include_pruned: bool = False, by: str = "test/error"
+) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     board, table, totals = leaderboard(df, top, include_pruned, by), effects(df, by), summary(df)
-    paths = {"leaderboard.csv": out / "leaderboard.csv", "leaderboard.md": out / "leaderboard.md",
-             "effects.csv": out / "effects.csv", "effects.md": out / "effects.md",
-             "summary.csv": out / "summary.csv", "summary.md": out / "summary.md"}
+    paths = {
+        "leaderboard.csv": out / "leaderboard.csv",
+        "leaderboard.md": out / "leaderboard.md",
+        "effects.csv": out / "effects.csv",
+        "effects.md": out / "effects.md",
+        "summary.csv": out / "summary.csv",
+        "summary.md": out / "summary.md",
+    }
     totals.to_csv(paths["summary.csv"], index=False)
     paths["summary.md"].write_text(markdown(totals) + "\n")
     board.to_csv(paths["leaderboard.csv"], index=False)
@@ -203,14 +251,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", help="only the trials of this Optuna study")
     parser.add_argument("--parent", help="only the children of this parent run (a multirun or a study)")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="only runs with this tag")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                        help="only runs whose config has this value, e.g. trainer.passes=80")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs whose config has this value, e.g. trainer.passes=80",
+    )
     parser.add_argument("--top", type=int, default=10, help="leaderboard length (default 10)")
     parser.add_argument("--include-pruned", action="store_true", help="rank pruned runs too (at their last pass)")
-    parser.add_argument("--by", default="test/error", choices=RANKS,
-                        help="rank and tabulate effects by this final metric (default test/error)")
+    parser.add_argument(
+        "--by",
+        default="test/error",
+        choices=RANKS,
+        help="rank and tabulate effects by this final metric (default test/error)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default reports/<study or experiment>)")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
     args = parser.parse_args(argv)
     tags, params = {}, {}
     for option, items, into in (("--tag", args.tag, tags), ("--param", args.param, params)):

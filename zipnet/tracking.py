@@ -48,8 +48,17 @@ PARENT_ENV = "ZIPNET_MLFLOW_PARENT_RUN"  # a Hydra multirun's parent run, for it
 ROOT = Path(__file__).resolve().parents[1]
 
 # per-pass metrics as the engine writes them; `seconds` is wall time, never compared
-METRICS = ("train/loss", "train/error", "train/misses", "test/loss", "test/error", "test/misses", "lr", "seconds",
-           paper.GAP)  # MSE runs only (zipnet/paper.py)
+METRICS = (
+    "train/loss",
+    "train/error",
+    "train/misses",
+    "test/loss",
+    "test/error",
+    "test/misses",
+    "lr",
+    "seconds",
+    paper.GAP,
+)  # MSE runs only (zipnet/paper.py)
 # once per run, at its last pass: rejection rate (%) for 1% error on the accepted test digits
 REJECT_METRIC = "test/reject_at_1pct"
 # keys that describe where and how a run was watched, not what was trained
@@ -94,7 +103,7 @@ def resolve_uri(uri: str | None = None) -> str:
     made absolute from the current directory and its folder created."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if not path.is_absolute():
             path = Path.cwd() / path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +122,7 @@ def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
                 walk(value, f"{prefix}{key}.")
             else:
                 out[f"{prefix}{key}"] = value
+
     walk(tree, "")
     return out
 
@@ -131,8 +141,10 @@ def git_state() -> dict[str, str]:
     """Commit and dirty flag of the checkout zipnet runs from (once per process)."""
     global _GIT
     if _GIT is None:
+
         def git(*args):
             return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
+
         try:
             head = git("rev-parse", "HEAD")
             status = git("status", "--porcelain", "--untracked-files=no")
@@ -163,7 +175,7 @@ def _store_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    with open(uri[len("sqlite:///"):] + ".zipnet-lock", "a") as fh:
+    with open(uri[len("sqlite:///") :] + ".zipnet-lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -171,14 +183,15 @@ def _store_lock(uri: str):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-_OPEN: dict[str, "Tracker"] = {}  # runs started in this process and not yet ended
+_OPEN: dict[str, Tracker] = {}  # runs started in this process and not yet ended
 
 
 class Tracker:
     """An MLflow client bound to one store and one experiment."""
 
-    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, figures: bool = True,
-                 weights: bool = True):
+    def __init__(
+        self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, figures: bool = True, weights: bool = True
+    ):
         from mlflow import MlflowClient
 
         self.uri = resolve_uri(uri)
@@ -189,7 +202,7 @@ class Tracker:
             self.experiment_id = self._experiment_id(experiment)
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "Tracker | None":
+    def from_config(cls, cfg: DictConfig) -> Tracker | None:
         s = settings(cfg)
         return cls(s.uri, s.experiment, s.figures, s.weights) if s.enabled else None
 
@@ -204,7 +217,7 @@ class Tracker:
         location = None
         if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the current directory
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            location = (Path(self.uri[len("sqlite:///"):]).parent / "artifacts" / safe).as_uri()
+            location = (Path(self.uri[len("sqlite:///") :]).parent / "artifacts" / safe).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it first
@@ -215,8 +228,13 @@ class Tracker:
 
     # -- one run, step by step ---------------------------------------------------------
 
-    def start(self, run_name: str | None = None, tags: dict[str, str] | None = None, role: str = "run",
-              parent_run_id: str | None = None) -> str:
+    def start(
+        self,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        role: str = "run",
+        parent_run_id: str | None = None,
+    ) -> str:
         all_tags = {**base_tags(role), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -248,12 +266,15 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(row[key]), now, int(row["pass"])) for row in history for key in METRICS
-                   if key in row]
+        metrics = [
+            Metric(key, float(row[key]), now, int(row["pass"])) for row in history for key in METRICS if key in row
+        ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
-    def finish(self, run_id: str, result, digits=None, status: str | None = None, extra_tags: dict | None = None) -> None:
+    def finish(
+        self, run_id: str, result, digits=None, status: str | None = None, extra_tags: dict | None = None
+    ) -> None:
         """Artifacts and status tags from a RunResult, then end the run."""
         from mlflow.entities import RunTag
 
@@ -289,7 +310,9 @@ class Tracker:
                 figures.confusion_csv(matrix, out / "confusion.csv")
                 if self.figures:
                     figures.confusion_png(matrix, out / "confusion.png")
-                    figures.misclassified_grid(digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png")
+                    figures.misclassified_grid(
+                        digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png"
+                    )
                 reject_rate, error = rejection.curve(outputs.cpu().numpy(), labels)
                 figures.rejection_csv(reject_rate, error, out / "rejection.csv")
                 if self.figures:
@@ -297,7 +320,9 @@ class Tracker:
                 if result.history:  # outputs are those of the last pass evaluated
                     at_1pct = rejection.rate_on_curve(reject_rate, error, 1.0)
                     step = int(result.history[-1]["pass"])
-                    self.client.log_batch(run_id, metrics=[Metric(REJECT_METRIC, at_1pct, int(time.time() * 1000), step)])
+                    self.client.log_batch(
+                        run_id, metrics=[Metric(REJECT_METRIC, at_1pct, int(time.time() * 1000), step)]
+                    )
             if any(out.iterdir()):
                 self.client.log_artifacts(run_id, tmp)
 
@@ -312,8 +337,17 @@ class Tracker:
 
     # -- one finished member, after the fact ---------------------------------------------
 
-    def log_result(self, result, cfg: DictConfig, overrides: list[str], digits=None, parent_run_id: str | None = None,
-                   tags: dict[str, str] | None = None, run_name: str | None = None, role: str = "run") -> str:
+    def log_result(
+        self,
+        result,
+        cfg: DictConfig,
+        overrides: list[str],
+        digits=None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        role: str = "run",
+    ) -> str:
         """Log a finished RunResult (from `engine.train`) as its own run; returns the run id."""
         run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id)
         try:
@@ -325,11 +359,20 @@ class Tracker:
             raise
         return run_id
 
-    def log_failure(self, cfg: DictConfig | None, overrides: list[str], error: BaseException | str,
-                    parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                    run_name: str | None = None, role: str = "run") -> str:
+    def log_failure(
+        self,
+        cfg: DictConfig | None,
+        overrides: list[str],
+        error: BaseException | str,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        role: str = "run",
+    ) -> str:
         """A run that could not train at all (bad config, data error): FAILED with the error text."""
-        run_id = self.start(run_name, {**(tags or {}), "zipnet.status": "error"}, role=role, parent_run_id=parent_run_id)
+        run_id = self.start(
+            run_name, {**(tags or {}), "zipnet.status": "error"}, role=role, parent_run_id=parent_run_id
+        )
         if cfg is not None:
             self.log_config(run_id, cfg, overrides)
         else:
@@ -342,8 +385,9 @@ class Tracker:
 
     def children(self, parent_run_id: str):
         """The parent's child runs as a DataFrame (mlflow.search_runs)."""
-        return search_runs(self.uri, experiment_ids=[self.experiment_id],
-                           filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+        return search_runs(
+            self.uri, experiment_ids=[self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        )
 
     def summarise(self, parent_run_id: str, metric: str = "test/error", direction: str = "minimize") -> dict:
         """Counts by status and the best child by `metric`, logged onto the parent."""
@@ -363,8 +407,11 @@ class Tracker:
                 summary[f"best_{metric}"] = float(best[column])
                 summary["best_run_id"] = best["run_id"]
         now = int(time.time() * 1000)
-        metrics = [Metric(f"sweep/{k}", float(v), now, 0) for k, v in summary.items() if isinstance(v, (int, float))
-                   and math.isfinite(float(v))]
+        metrics = [
+            Metric(f"sweep/{k}", float(v), now, 0)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
         tags = [RunTag("zipnet.best_run_id", summary["best_run_id"])] if "best_run_id" in summary else []
         self.client.log_batch(parent_run_id, metrics=metrics, tags=tags)
         return summary
@@ -439,12 +486,17 @@ class MultirunCallback(Callback):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         overrides = list(config.hydra.overrides.task)
-        self.run_id = self.tracker.start(f"multirun {sweep_dir.name or sweep_dir}", role="multirun",
-                                         tags={"zipnet.sweep": str(sweep_dir), "zipnet.overrides": " ".join(overrides)})
+        self.run_id = self.tracker.start(
+            f"multirun {sweep_dir.name or sweep_dir}",
+            role="multirun",
+            tags={"zipnet.sweep": str(sweep_dir), "zipnet.overrides": " ".join(overrides)},
+        )
         from mlflow.entities import Param
 
-        self.tracker.client.log_batch(self.run_id, params=[Param("sweep.overrides", " ".join(overrides)[:6000]),
-                                                           Param("sweep.dir", str(sweep_dir))])
+        self.tracker.client.log_batch(
+            self.run_id,
+            params=[Param("sweep.overrides", " ".join(overrides)[:6000]), Param("sweep.dir", str(sweep_dir))],
+        )
         os.environ[PARENT_ENV] = self.run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
