@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest_plugins = ["pytester"]  # tests/test_conftest.py runs these fixtures in a pytest of its own
-
-pytest_plugins = ["servers"]  # PostgreSQL, MLflow server and hosts fixtures (tests/servers.py)
+# pytester: tests/test_conftest.py runs these fixtures in a pytest of its own;
+# servers: the PostgreSQL, MLflow server and hosts fixtures (tests/servers.py)
+pytest_plugins = ["pytester", "servers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data beside the project (CI has it); ZIPNET_SHARED_DATA points elsewhere, e.g. from a git worktree

@@ -153,3 +153,37 @@ def test_a_diverging_run_stops_cleanly_with_its_pass(tmp_path):
     result = run(cfg, log=lines.append)
     assert result.status == "diverged" and result.diverged_at_pass == 1
     assert any("diverged at pass 1" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "overrides,expect",
+    [
+        (["trainer.device=cuda"], "trainer.device: 'cuda' asked for, but no CUDA device is available; use cpu"),
+        (
+            ["loss=cross_entropy", "model.output=squash"],
+            "model.output: 'squash' is not allowed with loss=cross_entropy",
+        ),
+    ],
+)
+def test_a_value_this_machine_or_loss_cannot_use_is_refused_before_a_run_exists(tmp_path, overrides, expect):
+    import torch
+
+    if "trainer.device=cuda" in overrides and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _cli(*overrides, f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)  # tracking on
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("zipnet-train: error:")] == [
+        f"zipnet-train: error: {expect}" + proc.stderr.split(expect, 1)[1].splitlines()[0]
+    ]
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if db.exists():  # the store may exist; it holds no run
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{db}")
+        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_loss_cross_entropy_makes_the_outputs_linear():
+    cfg = _compose(["loss=cross_entropy"])
+    assert (cfg.loss.name, cfg.model.output) == ("cross_entropy", "linear")
+    checks.member(cfg)
