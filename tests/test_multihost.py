@@ -71,6 +71,7 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
             pass
         time.sleep(0.05)
     killed = _held(study, "worker-a")
+    killed_at = time.time()
     workers["worker-a"].kill()
     workers["worker-b"].terminate()
     outs = {h: w.stdout.read() for h, w in workers.items()}
@@ -85,6 +86,12 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
     assert tally(trials).counted == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert sum(1 for t in trials if t.state == TrialState.FAIL) >= killed  # the killed worker's, asked again
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+
+    stale = {t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("zipnet.interrupted")}
+    asked_again = [t.datetime_start.timestamp() - killed_at for t in trials if Retry.retried_trial_number(t) in stale]
+    detected = [t.datetime_complete.timestamp() - killed_at for t in trials if t.number in stale]
+    assert detected and max(detected) < 3 + 1 + 2  # grace_period 3 s after the last beat, found within a beat
 
     client = MlflowClient(tracking_uri=cluster.mlflow.url)
     os.environ.update(cluster.mlflow.env)  # this process authenticates as the workers do
@@ -132,7 +139,11 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
         timeout=600,
     )
     assert again.returncode == 0 and "reproduced" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
-    print(f"multi-host test: {time.perf_counter() - started:.0f} s wall")
+    print(
+        f"multi-host test: {time.perf_counter() - started:.0f} s wall; the killed worker's trials failed as stale "
+        f"{max(detected):.1f} s after the kill and were asked again after {min(asked_again):.1f} s (at a batch's "
+        "start), with heartbeat_interval 1 s and grace_period 3 s"
+    )
 
 
 def test_a_server_tracking_store_without_a_study_storage_is_refused(cluster, tmp_path):

@@ -505,3 +505,13 @@ class MultirunCallback(Callback):
         self.tracker.summarise(self.run_id)
         self.tracker.end(self.run_id, "FINISHED")
         os.environ.pop(PARENT_ENV, None)
+
+
+def quote(value) -> str:
+    """`value` as a string literal in an MLflow filter (the quote is one the value lacks)."""
+    text = str(value)
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    raise ValueError(f"{text!r}: an MLflow filter cannot match a value holding both quotes")

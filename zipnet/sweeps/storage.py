@@ -232,6 +232,7 @@ class Coordinator:
         self.study_id = storage.get_study_id_from_name(spec.study_name)
         self.mine: dict[int, object] = {}  # trial number -> Trial, asked here and not finished
         self.beating = heartbeats(storage)
+        self._recovering = threading.Lock()  # the main thread and the beating thread both recover
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -241,9 +242,14 @@ class Coordinator:
 
     def recover(self) -> None:
         """Stale trials (their worker's heartbeat stopped) fail and are asked again. So does a
-        trial whose worker died between asking it and its first heartbeat (it has no worker)."""
+        trial whose worker died between asking it and its first heartbeat (it has no worker).
+        Runs before every ask and with every heartbeat (from the beating thread)."""
         if not self.beating:
             return
+        with self._recovering:
+            self._recover()
+
+    def _recover(self) -> None:
         import optuna
 
         running = self._running()
@@ -412,11 +418,12 @@ class Coordinator:
 
         def loop():
             while not stop.wait(self.spec.heartbeat_interval):
-                for tid in ids:
-                    try:
+                try:
+                    for tid in ids:
                         self.storage.record_heartbeat(tid)
-                    except Exception:  # a finished trial, or a hiccup of the server: the next beat retries
-                        pass
+                    self.recover()  # another worker's silence is noticed within a beat, not at the next batch
+                except Exception:  # a finished trial, or a hiccup of the server: the next beat retries
+                    pass
 
         thread = threading.Thread(target=loop, name="zipnet-heartbeat", daemon=True)
         thread.start()

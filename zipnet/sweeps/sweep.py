@@ -122,13 +122,23 @@ class Sweep:
         self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log, on_stale=self._stale)
 
     def _stale(self, frozen) -> None:
-        """A dead worker's trial: its MLflow run (live from its first pass) ends KILLED."""
-        run_id = frozen.user_attrs.get(stores.RUN_ID)
-        if self.tracker is not None and run_id:
-            try:
-                self.tracker.end(run_id, "KILLED", f"its worker stopped beating; trial {frozen.number} asked again")
-            except Exception as err:  # deleted meanwhile: nothing to end
-                self.log(f"trial {frozen.number}: could not end its run {run_id}: {str(err).splitlines()[0]}")
+        """A dead worker's trial: its MLflow run (live from its first pass, found by its tags, since
+        the worker may have died before it could record the run on the trial) ends KILLED."""
+        if self.tracker is None:
+            return
+        from zipnet import tracking
+
+        text = f"its worker stopped beating; trial {frozen.number} asked again"
+        try:
+            runs = self.tracker.client.search_runs(
+                [self.tracker.experiment_id],
+                f"tags.`zipnet.study` = {tracking.quote(self.spec.study_name)} and "
+                f"tags.`zipnet.trial` = '{frozen.number}' and attributes.status = 'RUNNING'",
+            )
+            for run in runs:
+                self.tracker.end(run.info.run_id, "KILLED", text)
+        except Exception as err:  # the tracking store hiccuped: the run stays as it was
+            self.log(f"trial {frozen.number}: could not end its run: {str(err).splitlines()[0]}")
 
     def _loop(self) -> stores.Tally:
         spec, coord = self.spec, self.coord
