@@ -1,5 +1,5 @@
 """The pictures a run leaves behind: learning curve, misclassified digits, confusion matrix,
-rejection curve.
+rejection curve; and a report's effect plot per factor.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global figure
 state), small and fast, because a sweep draws them for every trial.
@@ -150,5 +150,27 @@ def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.nda
                 fontsize=6, color="crimson")
     ax.set_axis_off()
     fig.suptitle(f"misclassified test digits (true->predicted), {len(wrong)} shown", fontsize=8, y=0.995)
+    fig.savefig(path)
+    return path
+
+
+def effect_plot(factor: str, levels: list[str], values: list[np.ndarray], metric: str, path: Path) -> Path:
+    """The final `metric` per level of a factor: a box per level (median, quartiles, whiskers
+    to 1.5 IQR, outliers as dots) with the mean as a diamond and the run count under each level.
+    A log scale where the values span more than a decade, so that stuck runs do not flatten the rest."""
+    fig = _figure(max(4.0, 1.0 + 0.8 * len(levels)), 3.5)
+    ax = fig.add_subplot()
+    positions = np.arange(1, len(levels) + 1)
+    ax.boxplot(values, positions=positions, widths=0.5, showmeans=True,
+               meanprops={"marker": "D", "markersize": 4, "markerfacecolor": "white"})
+    ax.set_xticks(positions, [f"{name}\n({len(v)} runs)" for name, v in zip(levels, values)], fontsize=8)
+    every = np.concatenate(values) if values else np.zeros(0)
+    if len(every) and every.min() > 0 and every.max() / every.min() > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel(factor)
+    ax.set_ylabel(f"final {metric}")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"{metric} by {factor}: median, quartiles; diamond = mean", fontsize=9)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.2, top=0.9)
     fig.savefig(path)
     return path

@@ -73,6 +73,22 @@ def log(uri: str, run_id: str, result, digits=None) -> str:
     return info.model_id
 
 
+def warm() -> None:
+    """Save a blank net as an MLflow model into a temporary folder: the first save in a process
+    checks the requirements against every installed package (most of a second)."""
+    import tempfile
+
+    import mlflow.pytorch
+    import numpy as np
+
+    from zipnet.model import ZipNet
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
+        mlflow.pytorch.save_model(ZipNet(), f"{tmp}/model", signature=signature(), pip_requirements=requirements(),
+                                  input_example=np.full((1, 16, 16), -1.0, dtype=np.float32),
+                                  serialization_format="pickle")
+
+
 def model_id(client, run_id: str) -> str | None:
     """The id of the model that run `run_id` logged, if any."""
     outputs = client.get_run(run_id).outputs

@@ -36,3 +36,14 @@ def write(out: Path, result, digits=None, figures: bool = True, weights: bool = 
         draw.misclassified_grid(digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png")
         draw.rejection_curve(reject_rate, error, out / "rejection_curve.png", title=title)
     return rejection.rate_on_curve(reject_rate, error, 1.0)
+
+
+def warm() -> None:
+    """Draw one small learning curve into memory: matplotlib's first figure in a process loads
+    its fonts (a few tenths of a second)."""
+    import io
+
+    from zipnet import figures as draw
+
+    row = {"pass": 1, "train/error": 1.0, "test/error": 2.0}
+    draw.learning_curve([row, {**row, "pass": 2}], io.BytesIO(), title="warm")

@@ -140,8 +140,8 @@ class Tracker:
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
         self._monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor
         self._opened = self._worker.submit(self._open)
-        if figures or weights:  # imported on the worker while the data loads and training runs
-            self._worker.submit(self._warm)
+        if figures or weights:  # on the worker while the data loads and the net trains
+            self._worker.submit(self._warm, figures, weights)
         _TRACKERS.add(self)
 
     @classmethod
@@ -160,9 +160,18 @@ class Tracker:
         return client, store.experiment_id(client, self.experiment, self.uri)
 
     @staticmethod
-    def _warm() -> None:
-        import mlflow.pytorch  # noqa: F401
-        from matplotlib.backends import backend_agg  # noqa: F401
+    def _warm(figures: bool, weights: bool) -> None:
+        """What the first run's end would pay once per process, paid early: the first figure
+        loads matplotlib and its fonts, the first model scans the installed packages."""
+        from zipnet.tracking import models, outputs
+
+        try:
+            if figures:
+                outputs.warm()
+            if weights:
+                models.warm()
+        except Exception:  # only a head start: the real calls report their own errors
+            pass
 
     def _store(self):
         try:
