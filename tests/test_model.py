@@ -121,7 +121,10 @@ def test_the_model_is_the_runs_output_and_the_splits_are_its_datasets(logged):
     client, run_id, digits = logged["client"], logged["run_id"], logged["digits"]
     run = client.get_run(run_id)
     (output,) = run.outputs.model_outputs
-    assert client.get_logged_model(output.model_id).source_run_id == run_id
+    model = client.get_logged_model(output.model_id)
+    assert model.source_run_id == run_id and model.experiment_id == run.info.experiment_id  # the UI looks there
+    assert [m.model_id for m in client.search_logged_models([run.info.experiment_id])] == [output.model_id]
+    assert model.artifact_location.startswith((logged["root"] / "mlruns" / "artifacts").as_uri())
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].name == "embedded train 200 seed 0" and inputs["test"].name == "embedded test 300 seed 0"

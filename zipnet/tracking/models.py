@@ -53,7 +53,7 @@ def _quiet(name: str, level: int = logging.ERROR):
         logger.setLevel(before)
 
 
-def log(uri: str, run_id: str, result, digits=None) -> str:
+def log(client, uri: str, run_id: str, result, digits=None) -> str:
     """Log the member of `result` (an engine RunResult) as the model of run `run_id` in the store
     at `uri`; returns the model's id (its URI is models:/ID)."""
     import mlflow.pytorch
@@ -66,11 +66,16 @@ def log(uri: str, run_id: str, result, digits=None) -> str:
         example = digits.test_x[:2].reshape(-1, 16, 16).cpu().numpy()
     else:
         example = np.full((1, 16, 16), -1.0, dtype=np.float32)  # a blank digit: all background
+    run = client.get_run(run_id)
+    # created here, in the run's experiment (log_model alone would put it in the active experiment)
+    model = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id,
+                                       params=run.data.params)
     # mlflow.pytorch warns about every pickled model; loading this one needs zipnet, by design
     with use_uri(uri), _quiet("mlflow.pytorch"):
-        info = mlflow.pytorch.log_model(net, name=NAME, run_id=run_id, signature=signature(), input_example=example,
-                                        pip_requirements=requirements(), serialization_format="pickle")
-    return info.model_id
+        mlflow.pytorch.log_model(net, name=NAME, run_id=run_id, model_id=model.model_id, signature=signature(),
+                                 input_example=example, pip_requirements=requirements(),
+                                 serialization_format="pickle")
+    return model.model_id
 
 
 def warm() -> None:

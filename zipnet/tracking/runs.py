@@ -315,7 +315,7 @@ class Tracker:
             if any(Path(tmp).iterdir()):
                 client.log_artifacts(run_id, tmp)
         if self.weights and status == "finished" and result.params is not None and result.member is not None:
-            models.log(self.uri, run_id, result, digits)
+            models.log(client, self.uri, run_id, result, digits)
 
     def end(self, run_id: str, status: str = "FINISHED", error: BaseException | str | None = None) -> None:
         """End the run FINISHED, FAILED or KILLED (queued behind its artifacts); an error's text
