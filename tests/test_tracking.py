@@ -393,3 +393,37 @@ def test_a_studys_views_are_logged_onto_its_parent(shared, tmp_path):
     for name in names - {"trials.csv", "param_importances.csv"}:
         with open(f"{local}/{name}", "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_make_dashboard_serves_the_studies_storage(tmp_path):
+    """`make dashboard` runs optuna-dashboard over the sweep's plain Optuna storage, on 127.0.0.1."""
+    import json
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="it's here", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1),
+                                                                         n_trials=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dashboard = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+    server = subprocess.Popen([dashboard, storage, "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.25)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert [s["study_name"] for s in studies] == ["it's here"]

@@ -14,11 +14,4 @@ class DataError(RuntimeError):
 
 
 class StoreError(RuntimeError):
-    """An MLflow store that cannot be opened (corrupt, read-only, unreachable). The message is
-    one line naming the store and the way out."""
-
-    def __init__(self, uri: str, problem: str, fix: str = ""):
-        way_out = f"{fix}, or run without tracking: tracking.enabled=false" if fix else \
-            "run without tracking: tracking.enabled=false"
-        super().__init__(f"MLflow store {uri}: {problem}; {way_out}")
-        self.uri = uri
+    """A tracking or study store that cannot be opened or written. The message names it and the way out."""

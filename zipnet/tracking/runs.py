@@ -179,7 +179,7 @@ class Tracker:
         except StoreError:
             raise
         except Exception as err:
-            raise StoreError(self.uri, f"cannot be opened ({type(err).__name__}: {err})") from err
+            raise store.store_error(self.uri, f"cannot be opened ({store.one_line(err)})") from err
 
     @property
     def client(self):

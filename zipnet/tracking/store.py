@@ -79,16 +79,23 @@ def resolve_uri(uri: str | None = None) -> str:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StoreError(uri, f"cannot create the folder {path.parent} ({err.strerror})",
+            raise store_error(uri, f"cannot create the folder {path.parent} ({err.strerror})",
                              "point tracking.uri at a folder you can write") from err
     return uri
+
+
+def store_error(uri: str, problem: str, fix: str = "") -> StoreError:
+    """One line: the store, what is wrong, and the way out (always including tracking.enabled=false)."""
+    way_out = f"{fix}, or run without tracking: tracking.enabled=false" if fix else \
+        "run without tracking: tracking.enabled=false"
+    return StoreError(f"MLflow store {uri}: {problem}; {way_out}")
 
 
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
 
@@ -102,20 +109,20 @@ def check(uri: str) -> None:
         try:
             _lock_path(path).touch()
         except OSError as err:
-            raise StoreError(uri, f"cannot write in {path.parent} ({err.strerror})",
+            raise store_error(uri, f"cannot write in {path.parent} ({err.strerror})",
                              "make the folder writable or point tracking.uri elsewhere") from err
         if not path.exists():
             return
         if not os.access(path, os.R_OK | os.W_OK):
-            raise StoreError(uri, f"{path} is read-only", "make it writable or point tracking.uri elsewhere")
+            raise store_error(uri, f"{path} is read-only", "make it writable or point tracking.uri elsewhere")
         try:
             with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
                 tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as err:
-            raise StoreError(uri, f"{path} is not a readable SQLite database ({err})",
+            raise store_error(uri, f"{path} is not a readable SQLite database ({err})",
                              f"move or delete {path.name}") from err
         if tables and "experiments" not in tables:
-            raise StoreError(uri, f"{path} is an SQLite database but not an MLflow store",
+            raise store_error(uri, f"{path} is an SQLite database but not an MLflow store",
                              "point tracking.uri at another file")
     elif uri.startswith(("http://", "https://")):
         try:
@@ -123,7 +130,7 @@ def check(uri: str) -> None:
                 pass
         except (OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
-            raise StoreError(uri, f"the tracking server does not answer ({reason})",
+            raise store_error(uri, f"the tracking server does not answer ({reason})",
                              "start it (make ui) or fix tracking.uri") from err
 
 
@@ -141,7 +148,7 @@ def open_client(uri: str):
             client.search_experiments(max_results=1)
     except Exception as err:
         fix = f"move or delete {path.name}" if path is not None else "check the store"
-        raise StoreError(uri, f"cannot be opened ({_one_line(err)})", fix) from err
+        raise store_error(uri, f"cannot be opened ({one_line(err)})", fix) from err
     return client
 
 
