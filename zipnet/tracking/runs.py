@@ -22,6 +22,7 @@ import time
 import traceback
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,6 +122,35 @@ def _error_text(error: BaseException | str) -> str:
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass
+class _Batch:
+    """What one background job writes to a run."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, {key: value})
+    files: dict[str, str] = field(default_factory=dict)  # artifact name -> text
+    data: dict | None = None  # the data config, to describe `digits` as datasets
+    digits: Any = None
+
+
+def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
+    batch = _Batch(params={k: param_text(v)[:6000] for k, v in flatten(cfg).items()},
+                   tags={"zipnet.overrides": " ".join(overrides)[:8000]},
+                   files={"config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+                          "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))})
+    fingerprint = digits if isinstance(digits, str) else getattr(digits, "fingerprint", None)
+    if fingerprint:
+        batch.tags["zipnet.data_fingerprint"] = fingerprint
+    if fingerprint and not isinstance(digits, str) and "data" in cfg:
+        batch.data, batch.digits = OmegaConf.to_container(cfg.data, resolve=True), digits
+    return batch
+
+
+def _metric_rows(history: list[dict]) -> list[tuple[int, dict[str, float]]]:
+    return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}) for row in history]
 
 
 _OPEN: dict[str, "Tracker"] = {}  # runs started in this process and not yet ended
@@ -244,76 +274,63 @@ class Tracker:
         """Params (the flattened config), the overrides as a tag, both as artifacts, and the
         train and test splits of `digits` (zipnet.data.Digits) as the run's datasets. A plain
         fingerprint string in place of `digits` sets the fingerprint tag only."""
-        params = {k: param_text(v)[:6000] for k, v in flatten(cfg).items()}
-        tags = {"zipnet.overrides": " ".join(overrides)[:8000]}
-        fingerprint = digits if isinstance(digits, str) else getattr(digits, "fingerprint", None)
-        if fingerprint:
-            tags["zipnet.data_fingerprint"] = fingerprint
-        files = {"config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-                 "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
-        data = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else None
-        self._queue(run_id, self._log_config, run_id, params, tags, files,
-                    data if digits is not None and not isinstance(digits, str) else None, digits)
-
-    @staticmethod
-    def _log_config(client, run_id, params, tags, files, data, digits) -> None:
-        from mlflow.entities import Param, RunTag
-
-        from zipnet.tracking import datasets
-
-        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                         tags=[RunTag(k, v) for k, v in tags.items()])
-        if data is not None:
-            client.log_inputs(run_id, datasets=datasets.inputs(data, digits))
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, text in files.items():
-                Path(tmp, name).write_text(text)
-            client.log_artifacts(run_id, tmp)
+        self._queue(run_id, self._write, run_id, _config_batch(cfg, overrides, digits))
 
     def log_pass(self, run_id: str, row: dict) -> None:
         """One pass's metrics in one call, step = pass number (queued)."""
         self.log_history(run_id, [row])
 
     def log_history(self, run_id: str, history: list[dict]) -> None:
-        rows = [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}) for row in history]
-        if rows:
-            self._queue(run_id, self._log_metrics, run_id, rows, _now())
+        if history:
+            self._queue(run_id, self._write, run_id, _Batch(metrics=_metric_rows(history)))
 
     @staticmethod
-    def _log_metrics(client, run_id: str, rows: list, stamp: int) -> None:
-        from mlflow.entities import Metric
+    def _write(client, run_id: str, batch: "_Batch", folder: Path | None = None) -> None:
+        """A batch in three store calls at most: params, tags and metrics; datasets; files."""
+        from mlflow.entities import Metric, Param, RunTag
 
-        client.log_batch(run_id, metrics=[Metric(k, v, stamp, step) for step, values in rows for k, v in values.items()])
+        from zipnet.tracking import datasets
 
-    def finish(self, run_id: str, result, digits=None, status: str | None = None, extra_tags: dict | None = None) -> None:
+        stamp = _now()
+        metrics = [Metric(k, v, stamp, step) for step, values in batch.metrics for k, v in values.items()]
+        if batch.params or batch.tags or metrics:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in batch.params.items()],
+                             tags=[RunTag(k, v) for k, v in batch.tags.items()], metrics=metrics)
+        if batch.data is not None:
+            client.log_inputs(run_id, datasets=datasets.inputs(batch.data, batch.digits))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = folder or Path(tmp)
+            for name, text in batch.files.items():
+                (folder / name).write_text(text)
+            if any(folder.iterdir()):
+                client.log_artifacts(run_id, str(folder))
+
+    def finish(self, run_id: str, result, digits=None, status: str | None = None, extra_tags: dict | None = None,
+               _with: "_Batch | None" = None) -> None:
         """Status tags, the run's files (weights, figures, rejection curve, confusion), the
         model of a finished run, then the end of the run by its status; all queued.
 
         A pruned trial keeps its metrics, config and curve data, and draws no figures."""
         status = status or result.status
-        tags = {"zipnet.status": status, "zipnet.passes_done": str(len(result.history))}
+        batch = _with or _Batch()
+        batch.tags.update({"zipnet.status": status, "zipnet.passes_done": str(len(result.history))})
         if result.diverged_at_pass is not None:
-            tags["diverged_at_pass"] = str(result.diverged_at_pass)
+            batch.tags["diverged_at_pass"] = str(result.diverged_at_pass)
         if status == "pruned" and result.history:
-            tags["pruned_at_pass"] = str(result.history[-1]["pass"])
-        tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
-        self._queue(run_id, self._log_outputs, run_id, result, digits, status, tags)
+            batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
+        batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch)
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
-    def _log_outputs(self, client, run_id: str, result, digits, status: str, tags: dict) -> None:
-        from mlflow.entities import Metric, RunTag
-
+    def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: "_Batch") -> None:
         from zipnet.tracking import models, outputs
 
-        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         with tempfile.TemporaryDirectory() as tmp:
             at_1pct = outputs.write(Path(tmp), result, digits, figures=self.figures and status != "pruned",
                                     weights=self.weights, title=run_id[:8])
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
-                step = int(result.history[-1]["pass"])
-                client.log_batch(run_id, metrics=[Metric(REJECT_METRIC, at_1pct, _now(), step)])
-            if any(Path(tmp).iterdir()):
-                client.log_artifacts(run_id, tmp)
+                batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}))
+            self._write(client, run_id, batch, Path(tmp))
         if self.weights and status == "finished" and result.params is not None and result.member is not None:
             models.log(client, self.uri, run_id, result, digits)
 
@@ -347,10 +364,10 @@ class Tracker:
                    tags: dict[str, str] | None = None, run_name: str | None = None, role: str = "run") -> str:
         """Log a finished RunResult (from `engine.train`) as its own run; returns the run id."""
         run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id, watch=False)
-        try:
-            self.log_config(run_id, cfg, overrides, digits)
-            self.log_history(run_id, result.history)
-            self.finish(run_id, result, digits)
+        try:  # config, metrics, files and status together: fewer store calls per trial
+            batch = _config_batch(cfg, overrides, digits)
+            batch.metrics = _metric_rows(result.history)
+            self.finish(run_id, result, digits, _with=batch)
         except BaseException as err:
             self.end(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", err)
             raise

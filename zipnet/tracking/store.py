@@ -21,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from zipnet.errors import ConfigError, StoreError
 
+# MLflow's usage telemetry calls out to the network from a background thread and waits for it at
+# exit (about a second per process here, offline; zipnet runs offline): off unless the user set it
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "zipnet"
 # MLflow 3's UI opens an experiment of this kind on its runs table (the "Model training" view)
