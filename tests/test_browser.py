@@ -29,7 +29,7 @@ ASSISTANT_CLOSE = 'button[data-component-id="mlflow.assistant.chat_panel.close"]
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+                                reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
 
 
 def _free_port() -> int:

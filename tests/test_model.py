@@ -78,7 +78,8 @@ def test_autograd_through_the_module_equals_the_engines_hand_written_backprop():
     for name, grad in grads.items():
         expected = grad[0] if name != "H2w" else grad[0] * net.mask
         got = getattr(net, name).grad * (net.mask if name == "H2w" else 1)
-        assert torch.allclose(got, expected.reshape(got.shape), rtol=1e-4, atol=1e-5), (name, (got - expected.reshape(got.shape)).abs().max())
+        expected = expected.reshape(got.shape)
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), (name, (got - expected).abs().max())
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,8 @@ def test_the_logged_model_predicts_the_runs_final_test_misses(logged):
     outputs = model.predict(images)
     predicted = model.predict(images, params={"output": "digit"})
     logged_misses = client.get_run(run_id).data.metrics["test/misses"]
-    assert int((predicted != digits.test_y.numpy()).sum()) == logged_misses == logged["result"].history[-1]["test/misses"]
+    misses = int((predicted != digits.test_y.numpy()).sum())
+    assert misses == logged_misses == logged["result"].history[-1]["test/misses"]
     assert np.array_equal(outputs, logged["result"].test_outputs.numpy())
     signature = model.metadata.signature
     (spec,) = signature.inputs.inputs

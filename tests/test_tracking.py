@@ -101,7 +101,8 @@ def test_tracking_disabled_leaves_no_store(tmp_path):
 
 
 def test_a_diverged_run_is_failed_with_its_pass(tmp_path):
-    proc = _cli(*TINY, "trainer.passes=3", "optim.lr=1e38", "loss.mse=sum", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    proc = _cli(*TINY, "trainer.passes=3", "optim.lr=1e38", "loss.mse=sum", f"hydra.run.dir={tmp_path}/run",
+                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     (run,) = _runs(_client(tmp_path))
     assert run.info.status == "FAILED"

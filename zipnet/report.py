@@ -69,7 +69,8 @@ def load_runs(experiment: str = tracking.DEFAULT_EXPERIMENT, study: str | None =
     uri = tracking.resolve_uri(tracking_uri)
     if MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is None:
         raise SystemExit(f"zipnet-report: error: no experiment {experiment!r} in {uri}")
-    return tracking.search_runs(uri, experiment_names=[experiment], filter_string=filter_string(study, parent, tags, params),
+    return tracking.search_runs(uri, experiment_names=[experiment],
+                                filter_string=filter_string(study, parent, tags, params),
                                 max_results=100_000)
 
 

@@ -26,10 +26,33 @@ study's views), multirun (the Hydra callback). MLflow is imported only where it 
 
 from zipnet.tracking.models import model_uri, register
 from zipnet.tracking.multirun import MultirunCallback
-from zipnet.tracking.runs import (METRICS, NOT_TRAINING, PARENT_ENV, REJECT_METRIC, STATUS, Tracker, abort_open_runs,
-                                  base_tags, flatten, flush, git_state, multirun_parent, param_text, population_tags)
-from zipnet.tracking.store import (DEFAULT_EXPERIMENT, DEFAULT_URI, Settings, quote, resolve_uri, search_runs,
-                                   settings, ui_link, where)
+from zipnet.tracking.runs import (
+                                  METRICS,
+                                  NOT_TRAINING,
+                                  PARENT_ENV,
+                                  REJECT_METRIC,
+                                  STATUS,
+                                  Tracker,
+                                  abort_open_runs,
+                                  base_tags,
+                                  flatten,
+                                  flush,
+                                  git_state,
+                                  multirun_parent,
+                                  param_text,
+                                  population_tags,
+)
+from zipnet.tracking.store import (
+                                  DEFAULT_EXPERIMENT,
+                                  DEFAULT_URI,
+                                  Settings,
+                                  quote,
+                                  resolve_uri,
+                                  search_runs,
+                                  settings,
+                                  ui_link,
+                                  where,
+)
 from zipnet.tracking.study import log_study
 
 __all__ = [

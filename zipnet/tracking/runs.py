@@ -377,8 +377,8 @@ class Tracker:
                     parent_run_id: str | None = None, tags: dict[str, str] | None = None,
                     run_name: str | None = None, role: str = "run") -> str:
         """A run that could not train at all (bad config, data error): FAILED with the error text."""
-        run_id = self.start(run_name, {**(tags or {}), "zipnet.status": "error"}, role=role, parent_run_id=parent_run_id,
-                            watch=False)
+        tags = {**(tags or {}), "zipnet.status": "error"}
+        run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id, watch=False)
         if cfg is not None:
             self.log_config(run_id, cfg, overrides)
         else:
