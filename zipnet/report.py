@@ -136,8 +136,8 @@ def factors(df: pd.DataFrame) -> list[Factor]:
 
 
 def _target_label(negative: str, positive: str) -> str:
-    lo, hi = float(negative), float(positive)
-    return f"pm{hi:g}" if lo == -hi else f"{lo:g}/{hi:g}"
+    """pm0.6 for targets -0.6 and 0.6, as the `targets` config option is named; else both values."""
+    return f"pm{positive}" if float(negative) == -float(positive) else f"{negative}/{positive}"
 
 
 def levels(df: pd.DataFrame, factor: Factor) -> pd.Series:
