@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import weakref
@@ -154,15 +153,6 @@ def _metric_rows(history: list[dict]) -> list[tuple[int, dict[str, float]]]:
     return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}) for row in history]
 
 
-def _yield_cpu() -> None:
-    """Run this (the writer's) thread at a lower priority: a population trains on every core, split
-    evenly between its threads, and a pass waits for the slowest; the writer takes what they leave."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # Linux: this thread only
-    except (AttributeError, OSError):  # not Linux: the writer keeps the normal priority
-        pass
-
-
 _OPEN: dict[str, "Tracker"] = {}  # runs started in this process and not yet ended
 _TRACKERS: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
 
@@ -175,7 +165,7 @@ class Tracker:
         self.uri = store.resolve_uri(uri)
         store.check(self.uri)  # a corrupt, read-only or unreachable store fails here, in one line
         self.experiment, self.figures, self.weights, self.system_metrics = experiment, figures, weights, system_metrics
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow", initializer=_yield_cpu)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
         self._monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor
