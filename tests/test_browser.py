@@ -9,15 +9,13 @@ Skips only where /usr/bin/chromium is missing (`apt-get install -y chromium` as 
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from servers import free_port, wait_for
 
 from zipnet import tracking
 
@@ -30,12 +28,6 @@ TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,21 +44,14 @@ def ui(tmp_path_factory):
     study_parent, study_children, _ = study(tracker, "tiny", f"sqlite:///{root}/mlruns/optuna.db",
                                             {"optim.lr": [0.01, 0.03, 0.1]}, n_trials=3)
     torch.set_num_threads(before)
-    port, bin_dir = _free_port(), os.path.dirname(sys.executable)
+    port, bin_dir = free_port(), os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([sys.executable, "-m", "zipnet.tracking.ui", "--port", str(port), "--workers", "1",
                                "--tracking-uri", uri], env=env, cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         link = server.stdout.readline().strip().removeprefix("MLflow UI: ")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(0.25)
+        wait_for(f"http://127.0.0.1:{port}/health", server)
         shots = Path(os.environ.get("ZIPNET_SCREENSHOTS", root / "screenshots"))
         shots.mkdir(parents=True, exist_ok=True)
         yield {"link": link, "base": f"http://127.0.0.1:{port}", "experiment": tracker.experiment_id,

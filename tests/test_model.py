@@ -4,10 +4,8 @@ mlflow.pyfunc, registered, and served over HTTP on 127.0.0.1."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from servers import free_port, wait_for
 
 from zipnet import config as checks
 from zipnet import tracking
@@ -150,37 +149,18 @@ def test_the_model_loads_in_a_process_that_imports_only_mlflow(logged, tmp_path)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == logged["result"].test_outputs[:5].argmax(1).tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.25)
-    raise AssertionError(f"{url} did not answer in {timeout} s")
-
-
 def test_a_registered_model_serves_predictions_on_loopback(logged):
     version = tracking.register(logged["uri"], logged["run_id"], "zipnet-tiny", {"zipnet.note": "test"})
     assert int(version.version) == 1 and version.tags["zipnet.note"] == "test"
-    port, bin_dir = _free_port(), os.path.dirname(sys.executable)
+    port, bin_dir = free_port(), os.path.dirname(sys.executable)
     # the scoring server runs uvicorn from PATH: the environment's own
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "models", "serve",
                                "-m", "models:/zipnet-tiny/1", "--env-manager", "local", "-h", "127.0.0.1",
                                "-p", str(port)], env=env, cwd=logged["root"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/ping", server)
+        wait_for(f"http://127.0.0.1:{port}/ping", server)
         images = logged["digits"].test_x[:20].reshape(-1, 16, 16).numpy()
         answers = {}
         for output in ("outputs", "digit"):

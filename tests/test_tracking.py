@@ -235,11 +235,9 @@ def test_a_read_only_store_folder_is_one_line():
 
 
 def test_an_unreachable_server_is_one_line(tmp_path):
-    import socket
+    from servers import free_port
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens on it
     with pytest.raises(StoreError) as caught:
         tracking.Tracker(f"http://127.0.0.1:{port}")
     _one_line_naming(caught.value, f"http://127.0.0.1:{port}", "does not answer")
@@ -400,30 +398,19 @@ def test_make_dashboard_serves_the_studies_storage(tmp_path):
     """`make dashboard` runs optuna-dashboard over the sweep's plain Optuna storage, on 127.0.0.1."""
     import json
     import signal
-    import socket
-    import time
-    import urllib.request
+
+    from servers import free_port, wait_for
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(study_name="it's here", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1),
                                                                          n_trials=2)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dashboard = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
     server = subprocess.Popen([dashboard, storage, "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    studies = json.loads(response.read())["study_summaries"]
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
-                time.sleep(0.25)
+        studies = json.loads(wait_for(f"http://127.0.0.1:{port}/api/studies", server, 60))["study_summaries"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
