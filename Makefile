@@ -1,13 +1,17 @@
 # make repro   the 23-pass 1989 reproduction on the embedded digits (creates .venv if missing)
 # make test    the fast test suite (what CI runs); make test-all adds the slow tests
 # make lint    ruff's checks and its format check (CI runs it before the tests)
-# make ui      the MLflow UI on http://127.0.0.1:5000 over this project's store (PORT=5001 make ui)
+# make ui      the MLflow UI on http://127.0.0.1:5000 over this project's store (PORT=5001 make ui);
+#              prints the link to the experiment's runs table
+# make dashboard  optuna-dashboard on http://127.0.0.1:8080 over the studies' storage (STORAGE=..., DASHBOARD_PORT=...)
 VENV ?= .venv
 PORT ?= 5000
+DASHBOARD_PORT ?= 8080
+STORAGE ?= sqlite:///mlruns/optuna.db
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zipnet-installed
 
-.PHONY: repro test test-all lint bench ui
+.PHONY: repro test test-all lint bench ui dashboard
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
@@ -32,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 
 ui: $(STAMP)
-	mkdir -p mlruns
-	$(BIN)/mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts \
-		--host 127.0.0.1 --port $(PORT)
+	$(BIN)/python -m zipnet.tracking.ui --port $(PORT)
+
+dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard $(STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)

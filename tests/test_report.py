@@ -274,3 +274,115 @@ def test_levels_bin_in_numeric_order_and_keep_runs_without_the_key():
     assert order[-1] == "(not set)" and len(order) == 5
     lows = [float(label.split(" to ")[0]) for label in order[:-1]]
     assert lows == sorted(lows) and lows[0] == 1e-5  # "1e-05 to ..." comes first, not last
+
+
+# -- a study named with a quote, with a linked target pair, made through the Tracker API ----
+
+SPACE = {
+    "model.init": ["sqrt", "linear"],
+    "optim.lr": [0.01, 0.05],
+    "targets": {
+        "pm0.6": ["data.target_negative=-0.6", "data.target_positive=0.6"],
+        "pm1.0": ["data.target_negative=-1.0", "data.target_positive=1.0"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def quoted(tmp_path_factory):
+    """Study "it's": 6 trials of a real Optuna study in sqlite, one population, logged as a sweep does."""
+    from tracked_stores import study
+
+    root = tmp_path_factory.mktemp("quoted")
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    tracker = tracking.Tracker(uri, figures=False)
+    parent, ids, optuna_study = study(tracker, "it's", f"sqlite:///{root}/mlruns/optuna.db", SPACE, n_trials=6)
+    return {
+        "root": root,
+        "uri": uri,
+        "client": MlflowClient(tracking_uri=uri),
+        "parent": parent,
+        "ids": ids,
+        "study": optuna_study,
+    }
+
+
+def test_a_study_named_with_a_quote_is_reported_with_linked_keys_quartiles_and_plots(quoted, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zipnet.report", "--study", "it's", "--tracking-uri", quoted["uri"], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert sorted(board["run_id"]) == sorted(quoted["ids"])
+    table = pd.read_csv(out / "effects.csv")
+    trials = {t.number: t for t in quoted["study"].trials}
+    runs = {
+        r.info.run_id: r
+        for r in quoted["client"].search_runs(
+            [quoted["client"].get_experiment_by_name("zipnet").experiment_id], "tags.`zipnet.role` = 'trial'"
+        )
+    }
+    assert set(table["factor"]) <= {"model.init", "optim.lr", "targets"} and "targets" in set(table["factor"])
+    assert set(table[table["factor"] == "targets"]["level"]) == {"pm0.6", "pm1.0"}
+    for label in ("pm0.6", "pm1.0"):
+        values = [
+            r.data.metrics["test/error"]
+            for r in runs.values()
+            if trials[int(r.data.tags["zipnet.trial"])].params["targets"] == label
+        ]
+        row = table[(table["factor"] == "targets") & (table["level"] == label)].iloc[0]
+        q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else [values[0]] * 3
+        assert row["runs"] == len(values)
+        assert (row["median test/error"], row["q1 test/error"], row["q3 test/error"]) == pytest.approx((median, q1, q3))
+        assert row["mean test/error"] == pytest.approx(statistics.mean(values))
+    assert (out / "effect_targets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    importances = pd.read_csv(out / "importances.csv")
+    assert set(importances["param"]) == set(SPACE)
+    assert "median [q1, q3] test/error" in (out / "effects.md").read_text()
+    logged = {a.path for a in quoted["client"].list_artifacts(quoted["parent"], "report")}
+    assert {"report/effects.csv", "report/effect_targets.png", "report/importances.csv"} <= logged
+
+
+def test_the_best_trial_of_a_study_named_with_a_quote_reproduces_and_registers(quoted):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zipnet.reproduce",
+            "--best",
+            "it's",
+            "--register",
+            "zipnet-best",
+            "--tracking-uri",
+            quoted["uri"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    best = min(quoted["study"].trials, key=lambda t: (t.value, t.number))
+    client = quoted["client"]
+    (version,) = client.search_model_versions("name = 'zipnet-best'")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["zipnet.study"] == "it's" and run.data.metrics["test/error"] == best.value
+    assert version.tags["zipnet.study"] == "it's" and version.tags["zipnet.run_id"] == version.run_id
+    assert version.tags["zipnet.trial"] == run.data.tags["zipnet.trial"]
+    assert version.tags["zipnet.reproduction"] == "reproduced exactly"
+    assert f"registered: models:/zipnet-best/{version.version}" in proc.stdout
+
+
+def test_a_name_no_filter_can_hold_is_one_line(quoted):
+    proc = subprocess.run(
+        [sys.executable, "-m", "zipnet.report", "--study", 'it\'s "quoted"', "--tracking-uri", quoted["uri"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("zipnet-report: error: ")
+    assert "both ' and \"" in proc.stderr

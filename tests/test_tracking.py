@@ -1,9 +1,15 @@
-"""MLflow tracking against a real sqlite store in a temp dir: single runs, multiruns,
-after-the-fact population logging, and how runs end."""
+"""MLflow tracking against real stores in temp dirs: single runs, multiruns, after-the-fact
+population logging, how runs end, stores that cannot open, filters, system metrics, the
+experiment's UI view and an Optuna study's views."""
 
+import csv
+import os
+import sqlite3
 import subprocess
 import sys
+import textwrap
 
+import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -12,7 +18,9 @@ from mlflow import MlflowClient
 from zipnet import config as checks
 from zipnet import tracking
 from zipnet.data import load_digits
-from zipnet.engine import train
+from zipnet.engine import Member, RunResult, train
+from zipnet.errors import StoreError
+from zipnet.tracking import runs as tracked_runs
 from zipnet.train import CONF_DIR, tracked_run
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.progress=off"]
@@ -136,8 +144,16 @@ def test_a_grid_multirun_is_one_parent_with_a_child_per_job(tmp_path):
     assert parent.data.metrics["sweep/best_test/error"] == best.data.metrics["test/error"]
 
 
-def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
-    torch.set_num_threads(1)  # as trainer.threads does; tiny ops on 2 busy cores crawl with 2 threads
+@pytest.fixture
+def one_thread():
+    """As trainer.threads does; tiny ops on 2 busy cores crawl with 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path, one_thread):
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False)
     cfgs = [_compose(TINY + [f"optim.lr={lr}"]) for lr in (0.01, 0.05)]
     digits = load_digits(cfgs[0].data)
@@ -161,6 +177,7 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path):
             "confusion.csv",
             "rejection.csv",
         }
+        assert len(run.outputs.model_outputs) == 1 and len(run.inputs.dataset_inputs) == 2
 
 
 def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, monkeypatch):
@@ -168,7 +185,7 @@ def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, 
 
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False)
     cfg = _compose(TINY + ["trainer.passes=1"])
-    for raised, _ in ((RuntimeError("the trainer broke"), "FAILED"), (KeyboardInterrupt(), "KILLED")):
+    for raised in (RuntimeError("the trainer broke"), KeyboardInterrupt()):
 
         def broken(*args, raised=raised, **kwargs):
             raise raised
@@ -180,4 +197,281 @@ def test_an_exception_fails_the_run_with_its_text_and_ctrl_c_kills_it(tmp_path, 
     assert [r.info.status for r in runs] == ["FAILED", "KILLED"]
     assert "the trainer broke" in runs[0].data.tags["zipnet.error"]
     assert runs[1].data.tags["zipnet.status"] == "killed"
-    assert not tracking._OPEN
+    assert not tracked_runs._OPEN
+
+
+# -- stores that cannot open: one line naming the store and the way out, nothing trained --
+
+
+def _one_line_naming(err: StoreError, *words: str) -> None:
+    text = str(err)
+    assert "\n" not in text and "tracking.enabled=false" in text, text
+    for word in words:
+        assert word in text, text
+
+
+def test_a_corrupt_sqlite_store_is_one_line_before_anything_runs(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(b"this is not an sqlite database" * 100)
+    cfg = _compose(TINY + [f"tracking.uri=sqlite:///{db}"])
+    with pytest.raises(StoreError) as caught:
+        tracking.Tracker.from_config(cfg)
+    _one_line_naming(caught.value, str(db), "not a readable SQLite database")
+
+
+def test_an_sqlite_file_of_another_program_is_refused(tmp_path):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(StoreError) as caught:
+        tracking.Tracker(f"sqlite:///{db}")
+    _one_line_naming(caught.value, str(db), "not an MLflow store")
+
+
+def test_a_read_only_store_folder_is_one_line():
+    """Run as an unprivileged user where the tests run as root (root writes anywhere)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    top = Path(tempfile.mkdtemp(prefix="zipnet-ro-"))  # pytest's own folders are closed to other users
+    top.chmod(0o755)
+    folder = top / "ro"
+    folder.mkdir(mode=0o555)
+    folder.chmod(0o555)
+    code = textwrap.dedent(f"""
+        from zipnet import tracking
+        from zipnet.errors import StoreError
+        try:
+            tracking.Tracker("sqlite:///{folder}/mlflow.db")
+        except StoreError as err:
+            print(err)
+            raise SystemExit(2)
+    """)
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stdout.strip().splitlines()
+    assert str(folder) in line and "cannot write" in line and "tracking.enabled=false" in line
+    assert sorted(p.name for p in folder.iterdir()) == []
+    folder.chmod(0o755)
+    shutil.rmtree(top)
+
+
+def test_an_unreachable_server_is_one_line(tmp_path):
+    from servers import free_port
+
+    port = free_port()  # nothing listens on it
+    with pytest.raises(StoreError) as caught:
+        tracking.Tracker(f"http://127.0.0.1:{port}")
+    _one_line_naming(caught.value, f"http://127.0.0.1:{port}", "does not answer")
+
+
+# -- the store, filters, the UI ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One store for the tests below (a new sqlite store costs seconds); each test its own experiment."""
+    root = tmp_path_factory.mktemp("shared")
+    return {"root": root, "uri": f"sqlite:///{root}/mlruns/mlflow.db"}
+
+
+def test_the_experiment_opens_on_mlflows_runs_view(shared):
+    tracker = tracking.Tracker(shared["uri"], "it's a view", figures=False)
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (shared["root"] / "mlruns" / "artifacts" / "it_s_a_view").as_uri()
+    link = tracking.ui_link("http://127.0.0.1:5000", tracker.experiment_id)
+    assert link == f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+
+
+def test_filters_match_values_with_quotes_and_backslashes_exactly(shared):
+    tracker = tracking.Tracker(shared["uri"], "filters", figures=False)
+    names = ["it's", 'say "hi"', "back\\slash", "it", "plain"]
+    ids = {name: tracker.start(name, tags={"zipnet.study": name}, watch=False) for name in names}
+    for name in names:
+        found = tracking.search_runs(
+            tracker.uri,
+            experiment_ids=[tracker.experiment_id],
+            filter_string=tracking.where(tags={"zipnet.study": name}),
+        )
+        assert list(found["run_id"]) == [ids[name]], name
+    others = tracking.search_runs(
+        tracker.uri,
+        experiment_ids=[tracker.experiment_id],
+        filter_string=tracking.where(not_tags={"zipnet.study": ["it's", "plain"]}),
+    )
+    assert set(others["run_id"]) == {ids[n] for n in names if n not in ("it's", "plain")}
+    with pytest.raises(ValueError, match="both"):
+        tracking.quote('it\'s "both"')
+    for run_id in ids.values():
+        tracker.end(run_id)
+
+
+# -- the background writer: ends after artifacts, never exits with work pending ------------
+
+
+def test_a_process_that_exits_at_once_still_ends_its_run_after_the_artifacts(tmp_path):
+    code = textwrap.dedent(f"""
+        import torch
+        from hydra import compose, initialize_config_dir
+        from zipnet import config as checks, tracking
+        from zipnet.data import load_digits
+        from zipnet.engine import train
+        from zipnet.train import CONF_DIR
+        torch.set_num_threads(1)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides={TINY + ["trainer.passes=1"]!r})
+        digits = load_digits(cfg.data)
+        (result,) = train([checks.member(cfg)], digits, passes=1, log=None)
+        tracker = tracking.Tracker("sqlite:///{tmp_path}/mlruns/mlflow.db")
+        print(tracker.log_result(result, cfg, [], digits))   # queued: figures, model, end
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _client(tmp_path).get_run(proc.stdout.split()[-1])
+    assert run.info.status == "FINISHED" and run.data.tags["zipnet.status"] == "finished"
+    assert {a.path for a in _client(tmp_path).list_artifacts(run.info.run_id)} == ARTIFACTS
+    assert len(run.outputs.model_outputs) == 1
+
+
+def test_a_pruned_trial_keeps_metrics_and_config_and_draws_nothing(shared, one_thread):
+    tracker = tracking.Tracker(shared["uri"], "pruned")
+    cfg = _compose(TINY)
+    digits = load_digits(cfg.data)
+    (result,) = train([checks.member(cfg)], digits, passes=2, log=None, on_pass=lambda n, live: {0})
+    assert result.status == "pruned"
+    run_id = tracker.log_result(result, cfg, [], digits, role="trial")
+    client = tracker.client
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["pruned_at_pass"] == "1"
+    assert [m.step for m in client.get_metric_history(run_id, "test/error")] == [1]
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "config_resolved.yaml",
+        "overrides.yaml",
+        "weights.pt",
+        "confusion.csv",
+        "rejection.csv",
+    }
+    assert not run.outputs.model_outputs
+
+
+def test_what_the_writer_cannot_log_fails_the_run_with_the_reason(shared):
+    tracker = tracking.Tracker(shared["uri"], "broken", figures=False)
+    history = [{"pass": 1, **{key: 1.0 for key in tracking.METRICS}}]
+    broken = RunResult(member=Member(), history=history, status="finished", params={"H1w": torch.zeros(3)})
+    run_id = tracker.log_result(broken, _compose(TINY), [])
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["zipnet.error"].startswith("tracking: ")
+
+
+def test_abort_open_runs_ends_them_killed_and_waits(shared):
+    tracker = tracking.Tracker(shared["uri"], "aborted", figures=False)
+    run_id = tracker.start("interrupted")
+    tracker.log_pass(run_id, {"pass": 1, "train/loss": 0.5})
+    tracking.abort_open_runs("KILLED", KeyboardInterrupt())
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["zipnet.status"] == "killed"
+    assert run.data.metrics["train/loss"] == 0.5
+
+
+# -- system metrics ------------------------------------------------------------------------
+
+
+def test_runs_that_train_here_log_cpu_and_memory_trials_do_not(shared, monkeypatch):
+    """MLflow's monitor, sampling every 0.1 s here (10 s by default): wait for its first sample."""
+    import time
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
+    tracker = tracking.Tracker(shared["uri"], "system", figures=False)
+    watched = {role: tracker.start(role, role=role) for role in ("run", "study")}
+    trial = tracker.start("trial", role="trial")
+    client = tracker.client
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+        client.get_metric_history(run_id, "system/cpu_utilization_percentage") for run_id in watched.values()
+    ):
+        time.sleep(0.1)
+    for run_id in [*watched.values(), trial]:
+        tracker.end(run_id)
+    tracker.flush()
+    for run_id in watched.values():
+        metrics = client.get_run(run_id).data.metrics
+        assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 * os.cpu_count()
+        assert metrics["system/system_memory_usage_megabytes"] > 0
+    assert not any(key.startswith("system/") for key in client.get_run(trial).data.metrics)
+
+
+# -- an Optuna study's views on its parent run -----------------------------------------------
+
+
+def test_a_studys_views_are_logged_onto_its_parent(shared, tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="views", storage=storage, sampler=optuna.samplers.RandomSampler(0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(
+        lambda t: (
+            (t.suggest_float("lr", 1e-3, 1e-1, log=True) - 0.01) ** 2
+            + 0.1 * (t.suggest_categorical("init", ["sqrt", "linear"]) == "sqrt")
+        ),
+        n_trials=12,
+    )
+    tracker = tracking.Tracker(shared["uri"], "views", figures=False)
+    parent = tracker.start("views", role="study", tags={"zipnet.study": "views"}, watch=False)
+    reloaded = optuna.load_study(study_name="views", storage=storage)
+    assert tracking.log_study(tracker, parent, reloaded) == {}
+    tracker.end(parent)
+    client = tracker.client
+    names = {a.path for a in client.list_artifacts(parent)}
+    assert names == {
+        "trials.csv",
+        "param_importances.csv",
+        "optimization_history.png",
+        "param_importances.png",
+        "slice.png",
+        "parallel_coordinate.png",
+    }
+    local = client.download_artifacts(parent, "", str(tmp_path / "dl"))
+    with open(f"{local}/trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["number"]) for r in rows) == list(range(12))
+    assert [float(r["value"]) for r in sorted(rows, key=lambda r: int(r["number"]))] == [t.value for t in study.trials]
+    with open(f"{local}/param_importances.csv") as fh:
+        importances = {r["param"]: float(r["importance"]) for r in csv.DictReader(fh)}
+    assert importances == pytest.approx(optuna.importance.get_param_importances(reloaded))
+    assert set(importances) == {"lr", "init"}
+    for name in names - {"trials.csv", "param_importances.csv"}:
+        with open(f"{local}/{name}", "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_make_dashboard_serves_the_studies_storage(tmp_path):
+    """`make dashboard` runs optuna-dashboard over the sweep's plain Optuna storage, on 127.0.0.1."""
+    import json
+    import signal
+
+    from servers import free_port, wait_for
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="it's here", storage=storage).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    port = free_port()
+    dashboard = os.path.join(os.path.dirname(sys.executable), "optuna-dashboard")
+    server = subprocess.Popen(
+        [dashboard, storage, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        studies = json.loads(wait_for(f"http://127.0.0.1:{port}/api/studies", server, 60))["study_summaries"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert [s["study_name"] for s in studies] == ["it's here"]

@@ -6,14 +6,19 @@
     zipnet-report --tag zipnet.git_commit=abc123   any tag filter (repeatable)
 
 Reads the runs with `mlflow.search_runs` (a pandas DataFrame; a run's metric there is its
-last logged value, i.e. the final pass), prints the tables, and writes leaderboard.csv,
-leaderboard.md, effects.csv and effects.md to --out (default reports/<study|experiment>).
+last logged value, i.e. the final pass), prints the tables, and writes leaderboard.csv/.md,
+effects.csv/.md, summary.csv/.md and one effect plot per factor (effect_<factor>.png) to
+--out (default reports/<study|experiment>); for a study also Optuna's parameter importances
+(importances.csv/.md). With --study or --parent, the same files are logged to the parent
+run under `report/`.
 
 The leaderboard ranks finished runs by final test error (pruned ones too with
 --include-pruned); where runs carry it, a column gives the % of test digits rejected for
 1% error on the rest (the paper's 12.1%). The effect table has, for every factor that
-varies between those runs, the mean ± std of the final test error per level; a numeric
-factor with many values (a log-scaled lr) is cut into quartiles.
+varies between those runs, the final test error per level as mean ± std and as median and
+quartiles (a few runs stuck at 90% error move the mean, not the median); a numeric factor
+with many values (a log-scaled lr) is cut into quartiles. Keys whose values always change
+together (the target pair) are one factor, under one label (`targets`: pm0.6 for ±0.6).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -45,8 +51,8 @@ SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", paper.GAP, tr
 MAX_LEVELS = 6
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+# keys that a sweep sets together, shown as one factor under this label
+LABELS = {("data.target_negative", "data.target_positive"): "targets"}
 
 
 def filter_string(
@@ -55,16 +61,12 @@ def filter_string(
     tags: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
 ) -> str:
-    parts = [f"tags.`zipnet.role` != {_quote(role)}" for role in PARENT_ROLES]
+    wanted = dict(tags or {})
     if study:
-        parts.append(f"tags.`zipnet.study` = {_quote(study)}")
+        wanted["zipnet.study"] = study
     if parent:
-        parts.append(f"tags.mlflow.parentRunId = {_quote(parent)}")
-    for key, value in (tags or {}).items():
-        parts.append(f"tags.`{key}` = {_quote(value)}")
-    for key, value in (params or {}).items():
-        parts.append(f"params.`{key}` = {_quote(value)}")
-    return " and ".join(parts)
+        wanted["mlflow.parentRunId"] = parent
+    return tracking.where(tags=wanted, params=params, not_tags={"zipnet.role": PARENT_ROLES})
 
 
 def load_runs(
@@ -119,7 +121,15 @@ def leaderboard(df: pd.DataFrame, top: int = 10, include_pruned: bool = False, b
     return out
 
 
-def factors(df: pd.DataFrame) -> list[str]:
+@dataclass(frozen=True)
+class Factor:
+    """One or more config keys whose values change together between the runs."""
+
+    label: str
+    keys: tuple[str, ...]
+
+
+def varying(df: pd.DataFrame) -> list[str]:
     """Config keys (params) whose value differs between the runs."""
     out = []
     for col in df.columns:
@@ -131,6 +141,32 @@ def factors(df: pd.DataFrame) -> list[str]:
         if df[col].nunique(dropna=False) > 1:
             out.append(key)
     return sorted(out)
+
+
+def factors(df: pd.DataFrame) -> list[Factor]:
+    """The varying keys, those that always change together (the same runs share a value in
+    each) taken as one factor: their effects cannot be told apart."""
+    groups: dict[tuple, list[str]] = {}
+    for key in varying(df):
+        partition = tuple(pd.factorize(df[f"params.{key}"].astype(str))[0])
+        groups.setdefault(partition, []).append(key)
+    out = [Factor(LABELS.get(tuple(keys), " + ".join(keys)), tuple(keys)) for keys in groups.values()]
+    return sorted(out, key=lambda f: f.label)
+
+
+def _target_label(negative: str, positive: str) -> str:
+    """pm0.6 for targets -0.6 and 0.6, as the `targets` config option is named; else both values."""
+    return f"pm{positive}" if float(negative) == -float(positive) else f"{negative}/{positive}"
+
+
+def levels(df: pd.DataFrame, factor: Factor) -> pd.Series:
+    """Each run's level of `factor`."""
+    if len(factor.keys) == 1:
+        return _levels(df[f"params.{factor.keys[0]}"])
+    values = df[[f"params.{k}" for k in factor.keys]].astype(str)
+    if factor.label == "targets":
+        return pd.Series([_target_label(*row) for row in values.itertuples(index=False)], index=df.index)
+    return values.agg(", ".join, axis=1)
 
 
 def _levels(values: pd.Series) -> pd.Series:
@@ -149,29 +185,43 @@ def _levels(values: pd.Series) -> pd.Series:
     return labels
 
 
+STATS = ("mean", "std", "median", "q1", "q3")
+
+
+def _stats(values: pd.Series) -> dict[str, float]:
+    """Mean and std beside the median and quartiles, which a few stuck runs do not move."""
+    values = pd.to_numeric(values).dropna()
+    return {
+        "mean": float(values.mean()),
+        "std": float(values.std()) if len(values) > 1 else float("nan"),
+        "median": float(values.median()),
+        "q1": float(values.quantile(0.25)),
+        "q3": float(values.quantile(0.75)),
+    }
+
+
 def effects(df: pd.DataFrame, metric: str = "test/error") -> pd.DataFrame:
-    """Mean ± std of the final `metric` per level of every swept factor (finished runs)."""
+    """The final `metric` per level of every swept factor (finished runs): mean, std, median, quartiles."""
     runs = df[_status(df) == "finished"] if len(df) else df
     column = f"metrics.{metric}"
     rows = []
     if len(runs) and column in runs:
-        for key in factors(runs):
-            levels = _levels(runs[f"params.{key}"])
-            for level, values in runs[column].groupby(levels, sort=True, observed=True):
+        for factor in factors(runs):
+            for level, values in runs[column].groupby(levels(runs, factor), sort=True, observed=True):
                 rows.append(
                     {
-                        "factor": key,
+                        "factor": factor.label,
                         "level": level,
                         "runs": int(values.count()),
-                        f"mean {metric}": float(values.mean()),
-                        f"std {metric}": float(values.std()) if values.count() > 1 else float("nan"),
+                        **{f"{stat} {metric}": v for stat, v in _stats(values).items()},
                     }
                 )
-    return pd.DataFrame(rows, columns=["factor", "level", "runs", f"mean {metric}", f"std {metric}"])
+    return pd.DataFrame(rows, columns=["factor", "level", "runs", *(f"{stat} {metric}" for stat in STATS)])
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over the selected finished runs of each final figure (e.g. a config over seeds)."""
+    """Each final figure over the selected finished runs (e.g. a config over seeds): mean ± std,
+    median and quartiles, min and max."""
     runs = df[_status(df) == "finished"] if len(df) else df
     rows = []
     for metric in SUMMARY:
@@ -181,13 +231,67 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
                 {
                     "metric": metric,
                     "runs": int(values.count()),
-                    "mean": float(values.mean()),
-                    "std": float(values.std()) if values.count() > 1 else float("nan"),
+                    **_stats(values),
                     "min": float(values.min()),
                     "max": float(values.max()),
                 }
             )
-    return pd.DataFrame(rows, columns=["metric", "runs", "mean", "std", "min", "max"])
+    return pd.DataFrame(rows, columns=["metric", "runs", *STATS, "min", "max"])
+
+
+def effect_plots(df: pd.DataFrame, out: Path, metric: str = "test/error") -> list[Path]:
+    """One PNG per factor: the final `metric` per level as a box (median, quartiles, outliers)
+    with the mean marked, finished runs."""
+    from zipnet import figures
+
+    runs = df[_status(df) == "finished"] if len(df) else df
+    column = f"metrics.{metric}"
+    paths = []
+    if not len(runs) or column not in runs:
+        return paths
+    for factor in factors(runs):
+        groups = runs[column].groupby(levels(runs, factor), sort=True, observed=True)
+        names = [str(level) for level, _ in groups]
+        values = [pd.to_numeric(v).dropna().to_numpy() for _, v in groups]
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in factor.label)
+        paths.append(figures.effect_plot(factor.label, names, values, metric, out / f"effect_{safe}.png"))
+    return paths
+
+
+def _open_storage(url: str):
+    """An Optuna storage from the URL a study's parent run records (`journal:PATH` for a journal file)."""
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    return url
+
+
+def study_parent(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
+    """The parent run of study `study` (role study), or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.resolve_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs(
+        [exp.experiment_id], tracking.where(tags={"zipnet.study": study, "zipnet.role": "study"}), max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def importances(study: str, storage: str) -> pd.DataFrame:
+    """Optuna's parameter importances (fANOVA) for `study` in its storage."""
+    import optuna
+
+    from zipnet.tracking import study as views
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    table = views.importances(optuna.load_study(study_name=study, storage=_open_storage(storage)))
+    return pd.DataFrame({"param": list(table), "importance": list(table.values())})
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -214,9 +318,13 @@ def effects_markdown(table: pd.DataFrame, metric: str = "test/error") -> str:
             "factor": table["factor"],
             "level": table["level"],
             "runs": table["runs"],
-            metric: [
+            f"mean ± std {metric}": [
                 f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
                 for m, s in zip(table[f"mean {metric}"], table[f"std {metric}"])
+            ],
+            f"median [q1, q3] {metric}": [
+                f"{m:.3f} [{a:.3f}, {b:.3f}]"
+                for m, a, b in zip(table[f"median {metric}"], table[f"q1 {metric}"], table[f"q3 {metric}"])
             ],
         }
     )
@@ -224,24 +332,29 @@ def effects_markdown(table: pd.DataFrame, metric: str = "test/error") -> str:
 
 
 def write(
-    df: pd.DataFrame, out: Path, top: int = 10, include_pruned: bool = False, by: str = "test/error"
+    df: pd.DataFrame,
+    out: Path,
+    top: int = 10,
+    include_pruned: bool = False,
+    by: str = "test/error",
+    importance: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     board, table, totals = leaderboard(df, top, include_pruned, by), effects(df, by), summary(df)
-    paths = {
-        "leaderboard.csv": out / "leaderboard.csv",
-        "leaderboard.md": out / "leaderboard.md",
-        "effects.csv": out / "effects.csv",
-        "effects.md": out / "effects.md",
-        "summary.csv": out / "summary.csv",
-        "summary.md": out / "summary.md",
+    tables = {
+        "leaderboard": (board, markdown(board)),
+        "effects": (table, effects_markdown(table, by)),
+        "summary": (totals, markdown(totals)),
     }
-    totals.to_csv(paths["summary.csv"], index=False)
-    paths["summary.md"].write_text(markdown(totals) + "\n")
-    board.to_csv(paths["leaderboard.csv"], index=False)
-    paths["leaderboard.md"].write_text(markdown(board) + "\n")
-    table.to_csv(paths["effects.csv"], index=False)
-    paths["effects.md"].write_text(effects_markdown(table, by) + "\n")
+    if importance is not None:
+        tables["importances"] = (importance, markdown(importance))
+    paths = {}
+    for name, (frame, text) in tables.items():
+        paths[f"{name}.csv"], paths[f"{name}.md"] = out / f"{name}.csv", out / f"{name}.md"
+        frame.to_csv(paths[f"{name}.csv"], index=False)
+        paths[f"{name}.md"].write_text(text + "\n")
+    for path in effect_plots(df, out, by):
+        paths[path.name] = path
     return paths
 
 
@@ -278,19 +391,42 @@ def main(argv: list[str] | None = None) -> None:
                 parser.error(f"{option} {item!r}: give KEY=VALUE")
             key, value = item.split("=", 1)
             into[key] = value
-    df = load_runs(args.experiment, args.study, args.parent, tags, args.tracking_uri, params)
+    try:
+        df = load_runs(args.experiment, args.study, args.parent, tags, args.tracking_uri, params)
+    except ValueError as err:  # a value no MLflow filter can hold
+        parser.error(str(err))
     if df.empty:
         print("zipnet-report: no runs match", file=sys.stderr)
         sys.exit(1)
+    parent_id, importance = args.parent, None
+    if args.study:
+        parent = study_parent(args.study, args.experiment, args.tracking_uri)
+        parent_id = parent.info.run_id if parent is not None else None
+        storage = parent.data.tags.get("zipnet.storage") if parent is not None else None
+        if storage:
+            try:
+                importance = importances(args.study, storage)
+            except Exception as err:  # too few complete trials, or the storage is gone: the rest stands
+                print(f"zipnet-report: no parameter importances: {err}", file=sys.stderr)
     out = args.out or Path("reports") / (args.study or args.experiment)
-    paths = write(df, out, args.top, args.include_pruned, args.by)
+    paths = write(df, out, args.top, args.include_pruned, args.by, importance)
     print(f"## Leaderboard: top {args.top} of {len(df)} runs by final {args.by}\n")
     print(paths["leaderboard.md"].read_text())
     print(f"## Effects: final {args.by} per level of each factor, finished runs\n")
     print(paths["effects.md"].read_text())
-    print("## Summary: mean ± std over the finished runs\n")
+    print("## Summary: over the finished runs\n")
     print(paths["summary.md"].read_text())
+    if importance is not None:
+        print("## Parameter importances (Optuna, fANOVA)\n")
+        print(paths["importances.md"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
+    if parent_id:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking.resolve_uri(args.tracking_uri))
+        for path in paths.values():
+            client.log_artifact(parent_id, str(path), "report")
+        print(f"logged to the parent run {parent_id} under report/")
 
 
 if __name__ == "__main__":

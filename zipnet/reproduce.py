@@ -226,18 +226,15 @@ def find_best(client, name: str, experiment: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         parents = client.search_runs(
-            [exp.experiment_id], filter_string=f"tags.`zipnet.study` = '{name}' and tags.`zipnet.role` = 'study'"
+            [exp.experiment_id], filter_string=tracking.where(tags={"zipnet.study": name, "zipnet.role": "study"})
         )
         if parents:
             params = parents[0].data.params
             metric, direction = params.get("sweep.metric", "test/error"), params.get("sweep.direction", "minimize")
             order = "ASC" if direction == "minimize" else "DESC"
+            trials = tracking.where(tags={"zipnet.study": name, "zipnet.role": "trial", "zipnet.status": "finished"})
             runs = client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`zipnet.study` = '{name}' and "
-                "tags.`zipnet.role` = 'trial' and tags.`zipnet.status` = 'finished'",
-                order_by=[f"metrics.`{metric}` {order}"],
-                max_results=1,
+                [exp.experiment_id], filter_string=trials, order_by=[f"metrics.`{metric}` {order}"], max_results=1
             )
             if not runs:
                 raise ReproduceError(f"study {name!r} has no finished trial")
@@ -247,7 +244,7 @@ def find_best(client, name: str, experiment: str) -> str:
         raise ReproduceError(f"no study {name!r} in experiment {experiment!r}, and no experiment {name!r}")
     runs = client.search_runs(
         [exp.experiment_id],
-        filter_string="tags.`zipnet.status` = 'finished'",
+        filter_string=tracking.where(tags={"zipnet.status": "finished"}),
         order_by=["metrics.`test/error` ASC"],
         max_results=1,
     )
@@ -313,6 +310,47 @@ def reproduce(
     return matched
 
 
+def reproduce_and_register(
+    name: str,
+    run_id: str | None = None,
+    best: str | None = None,
+    experiment: str = tracking.DEFAULT_EXPERIMENT,
+    tracking_uri: str | None = None,
+    single: bool = False,
+    log=print,
+) -> bool:
+    """`reproduce`, then, only if it reproduced, register the run's MLflow model as a new version
+    of `name`, tagged with the study, the trial, the run and the reproduction's verdict."""
+    from mlflow import MlflowClient
+
+    uri = tracking.resolve_uri(tracking_uri)
+    if best is not None:
+        run_id = find_best(MlflowClient(tracking_uri=uri), best, experiment)
+        log(f"best run of {best!r}: {run_id}")
+    lines: list[str] = []
+    ok = reproduce(run_id, None, experiment, uri, single, log=lambda line: (lines.append(line), log(line)))
+    if not ok:
+        log(f"not registered: run {run_id} did not reproduce")
+        return False
+    tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    try:
+        version = tracking.register(
+            uri,
+            run_id,
+            name,
+            {
+                "zipnet.study": tags.get("zipnet.study", ""),
+                "zipnet.trial": tags.get("zipnet.trial", ""),
+                "zipnet.run_id": run_id,
+                "zipnet.reproduction": lines[-1].split(": ", 1)[-1],
+            },
+        )
+    except LookupError as err:
+        raise ReproduceError(f"cannot register: {err}") from err
+    log(f"registered: models:/{name}/{version.version} (run {run_id})")
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zipnet-reproduce", description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
@@ -323,9 +361,17 @@ def main(argv: list[str] | None = None) -> None:
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
     )
     parser.add_argument("--single", action="store_true", help="rerun the plain command even for a population member")
+    parser.add_argument(
+        "--register", metavar="NAME", help="once reproduced, register the run's model in the Model Registry under NAME"
+    )
     args = parser.parse_args(argv)
     try:
-        ok = reproduce(args.run_id, args.best, args.experiment, args.tracking_uri, args.single)
+        if args.register:
+            ok = reproduce_and_register(
+                args.register, args.run_id, args.best, args.experiment, args.tracking_uri, args.single
+            )
+        else:
+            ok = reproduce(args.run_id, args.best, args.experiment, args.tracking_uri, args.single)
     except ReproduceError as err:
         print(f"zipnet-reproduce: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -369,9 +369,9 @@ def tracker_for(cfg: DictConfig):
     s = tracking.settings(cfg)
     if not s.enabled:
         return None
-    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights)
+    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights, s.system_metrics)
     if key not in _trackers:
-        _trackers[key] = tracking.Tracker(s.uri, s.experiment, s.figures, s.weights)
+        _trackers[key] = tracking.Tracker(s.uri, s.experiment, s.figures, s.weights, s.system_metrics)
     return _trackers[key]
 
 

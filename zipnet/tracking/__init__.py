@@ -1,0 +1,84 @@
+"""MLflow tracking: every zipnet run, single or swept, becomes one MLflow run.
+
+A run holds
+- params: the whole resolved config, flattened to dotted keys (`model.init`, `optim.lr`);
+- tags: git commit and dirty flag, zipnet version, data fingerprint, status, and the
+  sweep or study with the job or trial number when it is part of one;
+- datasets: the train and test splits (name: source, split, size, sampling seed; digest:
+  the data fingerprint);
+- metrics per pass (step = pass number): train/test loss, error %, misses, lr, seconds;
+  `test/reject_at_1pct` at the last pass (zipnet/rejection.py); `system/...` CPU and memory
+  for runs that train in the process that logs them;
+- artifacts: config_resolved.yaml, overrides.yaml, weights.pt (the engine's state_dict), the
+  learning curve, the misclassified test digits, the confusion matrix (PNG and CSV) and the
+  rejection curve (PNG and CSV);
+- the model: the trained net as an MLflow model (`mlflow.pyfunc.load_model`), for finished runs.
+
+Two ways in. A single run streams: `start` before training, `log_pass` after every pass,
+`finish` at the end. A population trains K members first and then calls `log_result` once
+per member, optionally under a parent run (a study, or a Hydra multirun). Only opening the
+store is waited for; the rest is written by a background thread (zipnet/tracking/runs.py).
+
+Modules: store (URI, settings, the client, filters, search), runs (the Tracker), outputs
+(the run's files), datasets, models (the MLflow model and the registry), study (an Optuna
+study's views). MLflow is imported only where it is used (a grid's parent: zipnet/multirun.py).
+"""
+
+from zipnet.tracking.models import model_uri, register
+from zipnet.tracking.runs import (
+    METRICS,
+    NOT_TRAINING,
+    PARENT_ENV,
+    REJECT_METRIC,
+    STATUS,
+    Tracker,
+    abort_open_runs,
+    base_tags,
+    flatten,
+    flush,
+    git_state,
+    multirun_parent,
+    param_text,
+    population_tags,
+)
+from zipnet.tracking.store import (
+    DEFAULT_EXPERIMENT,
+    DEFAULT_URI,
+    Settings,
+    quote,
+    resolve_uri,
+    search_runs,
+    settings,
+    ui_link,
+    where,
+)
+from zipnet.tracking.study import log_study
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "DEFAULT_URI",
+    "METRICS",
+    "NOT_TRAINING",
+    "PARENT_ENV",
+    "REJECT_METRIC",
+    "STATUS",
+    "Settings",
+    "Tracker",
+    "abort_open_runs",
+    "base_tags",
+    "flatten",
+    "flush",
+    "git_state",
+    "log_study",
+    "model_uri",
+    "multirun_parent",
+    "param_text",
+    "population_tags",
+    "quote",
+    "register",
+    "resolve_uri",
+    "search_runs",
+    "settings",
+    "ui_link",
+    "where",
+]

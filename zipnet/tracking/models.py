@@ -1,0 +1,134 @@
+"""A run's trained net as an MLflow model, and the Model Registry.
+
+Every finished run logs its net (`zipnet.model.ZipNet`) with `mlflow.pytorch.log_model`:
+pickled, so loading needs the installed zipnet package and nothing more; with a signature
+(float32 (N, 16, 16) digits in [-1, 1] in, the ten outputs out, and a param `output` that
+asks for the predicted digit instead) and an input example (the run's first test digits).
+The model is an output of its run, which fills the Model column of MLflow's runs table.
+
+    model = mlflow.pyfunc.load_model(tracking.model_uri(client, run_id))
+    model.predict(images)                                  # (N, 10) outputs
+    model.predict(images, params={"output": "digit"})      # (N,) digits 0..9
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from zipnet.tracking.store import use_uri
+
+NAME = "model"  # the logged model's name in its run
+
+
+def signature():
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    from zipnet.model import PREDICTIONS
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 16, 16))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+        params=ParamSchema([ParamSpec("output", "string", PREDICTIONS[0])]),
+    )
+
+
+def requirements() -> list[str]:
+    import torch
+
+    import zipnet
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"zipnet=={zipnet.__version__}"]
+
+
+@contextlib.contextmanager
+def _quiet(name: str, level: int = logging.ERROR):
+    """A library logger held at `level` for the block."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def log(client, uri: str, run_id: str, result, digits=None) -> str:
+    """Log the member of `result` (an engine RunResult) as the model of run `run_id` in the store
+    at `uri`; returns the model's id (its URI is models:/ID)."""
+    import mlflow.pytorch
+    import numpy as np
+
+    from zipnet.model import ZipNet
+
+    net = ZipNet.from_member(result.params, result.member).eval()
+    if digits is not None:
+        example = digits.test_x[:2].reshape(-1, 16, 16).cpu().numpy()
+    else:
+        example = np.full((1, 16, 16), -1.0, dtype=np.float32)  # a blank digit: all background
+    run = client.get_run(run_id)
+    # created here, in the run's experiment (log_model alone would put it in the active experiment)
+    model = client.create_logged_model(run.info.experiment_id, name=NAME, source_run_id=run_id, params=run.data.params)
+    # mlflow.pytorch warns about every pickled model; loading this one needs zipnet, by design
+    with use_uri(uri), _quiet("mlflow.pytorch"):
+        mlflow.pytorch.log_model(
+            net,
+            name=NAME,
+            run_id=run_id,
+            model_id=model.model_id,
+            signature=signature(),
+            input_example=example,
+            pip_requirements=requirements(),
+            serialization_format="pickle",
+        )
+    return model.model_id
+
+
+def warm() -> None:
+    """Save a blank net as an MLflow model into a temporary folder: the first save in a process
+    checks the requirements against every installed package (most of a second)."""
+    import tempfile
+
+    import mlflow.pytorch
+    import numpy as np
+
+    from zipnet.model import ZipNet
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
+        mlflow.pytorch.save_model(
+            ZipNet(),
+            f"{tmp}/model",
+            signature=signature(),
+            pip_requirements=requirements(),
+            input_example=np.full((1, 16, 16), -1.0, dtype=np.float32),
+            serialization_format="pickle",
+        )
+
+
+def model_id(client, run_id: str) -> str | None:
+    """The id of the model that run `run_id` logged, if any."""
+    outputs = client.get_run(run_id).outputs
+    models = outputs.model_outputs if outputs is not None else []
+    return models[-1].model_id if models else None
+
+
+def model_uri(client, run_id: str) -> str:
+    """`models:/ID` of the model that run `run_id` logged (for mlflow.pyfunc.load_model)."""
+    found = model_id(client, run_id)
+    if found is None:
+        raise LookupError(f"run {run_id} logged no model")
+    return f"models:/{found}"
+
+
+def register(uri: str, run_id: str, name: str, tags: dict[str, str] | None = None):
+    """Register the model of run `run_id` under `name` in the store's Model Registry (the name
+    is created on first use); returns the new ModelVersion."""
+    import mlflow
+
+    from zipnet.tracking.store import open_client
+
+    source = model_uri(open_client(uri), run_id)
+    with use_uri(uri), _quiet("mlflow.tracking._model_registry", logging.WARNING):
+        return mlflow.register_model(source, name, tags={k: str(v) for k, v in (tags or {}).items()})

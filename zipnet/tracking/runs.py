@@ -1,0 +1,500 @@
+"""Run logging: the Tracker, which turns a zipnet run into an MLflow run.
+
+Only what needs an answer waits: opening the store (`start` needs it to create the run and
+return its id). Everything else (params, datasets, per-pass metrics, figures, the model,
+artifacts, the end of the run) goes to one background thread per tracker, in order, so the
+store opens while the data loads and a run's figures render while the next population trains.
+A run still ends only after its artifacts are in: its end is queued behind them, and
+`flush()` (called by `client`, by `abort_open_runs` and at exit) waits for the queue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import zipnet
+from zipnet import metrics
+from zipnet.errors import StoreError
+from zipnet.tracking import store
+
+PARENT_ENV = "ZIPNET_MLFLOW_PARENT_RUN"  # a Hydra multirun's parent run, for its jobs
+ROOT = Path(__file__).resolve().parents[2]
+
+METRICS = metrics.PER_PASS  # as the engine writes them every pass; the wall times are never compared
+REJECT_METRIC = metrics.REJECT
+# keys that describe where and how a run was watched, or which trial it was, not what was trained
+NOT_TRAINING = ("tracking.", "trainer.progress", "data.cache_dir", "trial.")
+# engine status -> MLflow run status
+STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "error": "FAILED", "killed": "KILLED"}
+WATCHED = ("run", "multirun", "study")  # roles whose runs last as long as their training: CPU and memory logged
+
+
+def flatten(cfg: DictConfig | dict) -> dict[str, Any]:
+    """{'model': {'init': 'sqrt'}} -> {'model.init': 'sqrt'}; lists stay values."""
+    tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, Any] = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+
+    walk(tree, "")
+    return out
+
+
+def param_text(value: Any) -> str:
+    """A config value as an MLflow param: JSON for null, bools and lists, str otherwise."""
+    if value is None or isinstance(value, (bool, list, tuple)):
+        return json.dumps(value)
+    return str(value)
+
+
+_GIT: dict[str, str] | None = None
+
+
+def git_state() -> dict[str, str]:
+    """Commit and dirty flag of the checkout zipnet runs from (once per process)."""
+    global _GIT
+    if _GIT is None:
+
+        def git(*args):
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=20)
+
+        try:
+            head = git("rev-parse", "HEAD")
+            status = git("status", "--porcelain", "--untracked-files=no")
+            ok = head.returncode == 0 and status.returncode == 0
+            _GIT = {"commit": head.stdout.strip(), "dirty": str(bool(status.stdout.strip())).lower()} if ok else {}
+        except (OSError, subprocess.SubprocessError):
+            _GIT = {}
+    return _GIT
+
+
+def base_tags(role: str) -> dict[str, str]:
+    git = git_state()
+    tags = {
+        "zipnet.role": role,  # run | trial | job | study | multirun
+        "zipnet.version": zipnet.__version__,
+        "zipnet.git_commit": git.get("commit", "unknown"),
+        "zipnet.git_dirty": git.get("dirty", "unknown"),
+        "zipnet.host": socket.gethostname(),
+    }
+    if git.get("commit"):
+        tags["mlflow.source.git.commit"] = git["commit"]
+    return tags
+
+
+def population_tags(sizes: list[int], positions: list[int] | None = None) -> dict[str, str]:
+    """How many members trained together in each pass, and the member's place among them.
+
+    The engine's arithmetic path, and so the last bits of a member's metrics, depends on
+    both; zipnet-reproduce replays them with copies of the member."""
+    if not sizes:
+        return {}
+    tags = {"zipnet.population_size": str(sizes[0]), "zipnet.population_sizes": ",".join(map(str, sizes))}
+    if positions:
+        tags["zipnet.population_positions"] = ",".join(map(str, positions))
+    return tags
+
+
+def _error_text(error: BaseException | str) -> str:
+    return error if isinstance(error, str) else "".join(traceback.format_exception(error))
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Batch:
+    """What one background job writes to a run."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, {key: value})
+    files: dict[str, str] = field(default_factory=dict)  # artifact name -> text
+    data: dict | None = None  # the data config, to describe `digits` as datasets
+    digits: Any = None
+
+
+def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
+    batch = _Batch(
+        params={k: param_text(v)[:6000] for k, v in flatten(cfg).items()},
+        tags={"zipnet.overrides": " ".join(overrides)[:8000]},
+        files={
+            "config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides))),
+        },
+    )
+    fingerprint = digits if isinstance(digits, str) else getattr(digits, "fingerprint", None)
+    if fingerprint:
+        batch.tags["zipnet.data_fingerprint"] = fingerprint
+    if fingerprint and not isinstance(digits, str) and "data" in cfg:
+        batch.data, batch.digits = OmegaConf.to_container(cfg.data, resolve=True), digits
+    return batch
+
+
+def _metric_rows(history: list[dict]) -> list[tuple[int, dict[str, float]]]:
+    return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}) for row in history]
+
+
+_OPEN: dict[str, Tracker] = {}  # runs started in this process and not yet ended
+_TRACKERS: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+class Tracker:
+    """An MLflow store and experiment, and a background thread that writes to them in order."""
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        experiment: str = store.DEFAULT_EXPERIMENT,
+        figures: bool = True,
+        weights: bool = True,
+        system_metrics: bool = True,
+    ):
+        self.uri = store.resolve_uri(uri)
+        store.check(self.uri)  # a corrupt, read-only or unreachable store fails here, in one line
+        self.experiment, self.figures, self.weights, self.system_metrics = experiment, figures, weights, system_metrics
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
+        self._queued: list[Future] = []
+        self._problems: dict[str, str] = {}  # run id -> what a background job could not log
+        self._monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor
+        self._opened = self._worker.submit(self._open)
+        if figures or weights:  # on the worker while the data loads and the net trains
+            self._worker.submit(self._warm, figures, weights)
+        _TRACKERS.add(self)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Tracker | None:
+        """The tracker the config's `tracking` group asks for; None with tracking.enabled=false.
+        Raises StoreError (one line: the store and the way out) for a store that cannot open."""
+        s = store.settings(cfg)
+        if not s.enabled:
+            return None
+        return cls(s.uri, s.experiment, s.figures, s.weights, s.system_metrics)
+
+    # -- the store, and the queue in front of it ----------------------------------------
+
+    def _open(self):
+        client = store.open_client(self.uri)
+        return client, store.experiment_id(client, self.experiment, self.uri)
+
+    @staticmethod
+    def _warm(figures: bool, weights: bool) -> None:
+        """What the first run's end would pay once per process, paid early: the first figure
+        loads matplotlib and its fonts, the first model scans the installed packages."""
+        from zipnet.tracking import models, outputs
+
+        try:
+            if figures:
+                outputs.warm()
+            if weights:
+                models.warm()
+        except Exception:  # only a head start: the real calls report their own errors
+            pass
+
+    def _store(self):
+        try:
+            return self._opened.result()
+        except StoreError:
+            raise
+        except Exception as err:
+            raise store.store_error(self.uri, f"cannot be opened ({store.one_line(err)})") from err
+
+    @property
+    def client(self):
+        """The MlflowClient, once everything queued so far is in the store."""
+        self.flush()
+        return self._store()[0]
+
+    @property
+    def experiment_id(self) -> str:
+        return self._store()[1]
+
+    def _queue(self, run_id: str | None, job: Callable, *args) -> None:
+        """Run job(client, *args) on the worker, after everything queued before. What it cannot
+        log is kept against the run, which then ends FAILED with the reason."""
+
+        def work():
+            try:
+                job(self._store()[0], *args)
+            except Exception as err:
+                self._problems.setdefault(run_id, "".join(traceback.format_exception(err)))
+                print(f"zipnet: MLflow run {run_id}: could not log ({type(err).__name__}: {err})", file=sys.stderr)
+
+        self._queued = [f for f in self._queued if not f.done()]
+        self._queued.append(self._worker.submit(work))
+
+    def flush(self) -> None:
+        """Wait until everything queued is in the store."""
+        for future in list(self._queued):
+            future.result()
+
+    def close(self) -> None:
+        """Flush and stop the worker thread."""
+        self.flush()
+        self._worker.shutdown(wait=True)
+
+    # -- one run, step by step ---------------------------------------------------------
+
+    def start(
+        self,
+        run_name: str | None = None,
+        tags: dict[str, str] | None = None,
+        role: str = "run",
+        parent_run_id: str | None = None,
+        watch: bool = True,
+    ) -> str:
+        """Create a run (waiting for the store to open); returns its id. With `watch`, runs with a
+        role in WATCHED log CPU and memory every $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL s
+        (default 10) until they end (MLflow's system-metrics monitor)."""
+        client, experiment_id = self._store()
+        all_tags = {**base_tags(role), **(tags or {})}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        _OPEN[run_id] = self
+        if watch and self.system_metrics and role in WATCHED:
+            self._queue(run_id, self._watch, run_id)
+        return run_id
+
+    def _watch(self, client, run_id: str) -> None:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per run
+        monitor = SystemMetricsMonitor(run_id, tracking_uri=self.uri)
+        monitor.start()
+        self._monitors[run_id] = monitor
+
+    def log_config(self, run_id: str, cfg: DictConfig, overrides: list[str], digits=None) -> None:
+        """Params (the flattened config), the overrides as a tag, both as artifacts, and the
+        train and test splits of `digits` (zipnet.data.Digits) as the run's datasets. A plain
+        fingerprint string in place of `digits` sets the fingerprint tag only."""
+        self._queue(run_id, self._write, run_id, _config_batch(cfg, overrides, digits))
+
+    def log_pass(self, run_id: str, row: dict) -> None:
+        """One pass's metrics in one call, step = pass number (queued)."""
+        self.log_history(run_id, [row])
+
+    def log_history(self, run_id: str, history: list[dict]) -> None:
+        if history:
+            self._queue(run_id, self._write, run_id, _Batch(metrics=_metric_rows(history)))
+
+    @staticmethod
+    def _write(client, run_id: str, batch: _Batch, folder: Path | None = None) -> None:
+        """A batch in three store calls at most: params, tags and metrics; datasets; files."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        from zipnet.tracking import datasets
+
+        stamp = _now()
+        metrics = [Metric(k, v, stamp, step) for step, values in batch.metrics for k, v in values.items()]
+        if batch.params or batch.tags or metrics:
+            client.log_batch(
+                run_id,
+                params=[Param(k, v) for k, v in batch.params.items()],
+                tags=[RunTag(k, v) for k, v in batch.tags.items()],
+                metrics=metrics,
+            )
+        if batch.data is not None:
+            client.log_inputs(run_id, datasets=datasets.inputs(batch.data, batch.digits))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = folder or Path(tmp)
+            for name, text in batch.files.items():
+                (folder / name).write_text(text)
+            if any(folder.iterdir()):
+                client.log_artifacts(run_id, str(folder))
+
+    def finish(
+        self,
+        run_id: str,
+        result,
+        digits=None,
+        status: str | None = None,
+        extra_tags: dict | None = None,
+        _with: _Batch | None = None,
+    ) -> None:
+        """Status tags, the run's files (weights, figures, rejection curve, confusion), the
+        model of a finished run, then the end of the run by its status; all queued.
+
+        A pruned trial keeps its metrics, config and curve data, and draws no figures."""
+        status = status or result.status
+        batch = _with or _Batch()
+        batch.tags.update({"zipnet.status": status, "zipnet.passes_done": str(len(result.history))})
+        if result.diverged_at_pass is not None:
+            batch.tags["diverged_at_pass"] = str(result.diverged_at_pass)
+        if status == "pruned" and result.history:
+            batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
+        batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch)
+        self.end(run_id, STATUS.get(status, "FINISHED"))
+
+    def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: _Batch) -> None:
+        from zipnet.tracking import models, outputs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            at_1pct = outputs.write(
+                Path(tmp),
+                result,
+                digits,
+                figures=self.figures and status != "pruned",
+                weights=self.weights,
+                title=run_id[:8],
+            )
+            if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
+                batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}))
+            self._write(client, run_id, batch, Path(tmp))
+        if self.weights and status == "finished" and result.params is not None and result.member is not None:
+            models.log(client, self.uri, run_id, result, digits)
+
+    def end(self, run_id: str, status: str = "FINISHED", error: BaseException | str | None = None) -> None:
+        """End the run FINISHED, FAILED or KILLED (queued behind its artifacts); an error's text
+        becomes the `zipnet.error` tag. A run whose logging failed ends FAILED with the reason."""
+        _OPEN.pop(run_id, None)
+        text = _error_text(error) if error is not None else None
+        stopped = "killed" if status == "KILLED" else "error"
+        self._queue(run_id, self._end, run_id, status, text, stopped if isinstance(error, BaseException) else None)
+
+    def _end(self, client, run_id: str, status: str, text: str | None, zipnet_status: str | None) -> None:
+        from mlflow.entities import RunTag
+
+        monitor = self._monitors.pop(run_id, None)
+        if monitor is not None:
+            monitor.finish()
+        problem = self._problems.pop(run_id, None)
+        if problem is not None and status == "FINISHED":
+            status, text = "FAILED", f"tracking: {problem}"
+        tags = [RunTag("zipnet.error", text[-7900:])] if text is not None else []
+        if zipnet_status is not None:
+            tags.append(RunTag("zipnet.status", zipnet_status))
+        if tags:
+            client.log_batch(run_id, tags=tags)
+        client.set_terminated(run_id, status)
+
+    # -- one finished member, after the fact ---------------------------------------------
+
+    def log_result(
+        self,
+        result,
+        cfg: DictConfig,
+        overrides: list[str],
+        digits=None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        role: str = "run",
+    ) -> str:
+        """Log a finished RunResult (from `engine.train`) as its own run; returns the run id."""
+        run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id, watch=False)
+        try:  # config, metrics, files and status together: fewer store calls per trial
+            batch = _config_batch(cfg, overrides, digits)
+            batch.metrics = _metric_rows(result.history)
+            self.finish(run_id, result, digits, _with=batch)
+        except BaseException as err:
+            self.end(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", err)
+            raise
+        return run_id
+
+    def log_failure(
+        self,
+        cfg: DictConfig | None,
+        overrides: list[str],
+        error: BaseException | str,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_name: str | None = None,
+        role: str = "run",
+    ) -> str:
+        """A run that could not train at all (bad config, data error): FAILED with the error text."""
+        tags = {**(tags or {}), "zipnet.status": "error"}
+        run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id, watch=False)
+        if cfg is not None:
+            self.log_config(run_id, cfg, overrides)
+        else:
+            self._queue(run_id, lambda client: client.set_tag(run_id, "zipnet.overrides", " ".join(overrides)[:8000]))
+        self.end(run_id, "FAILED", _error_text(error))
+        return run_id
+
+    # -- parents ------------------------------------------------------------------------
+
+    def children(self, parent_run_id: str):
+        """The parent's child runs as a DataFrame (mlflow.search_runs)."""
+        self.flush()
+        return store.search_runs(
+            self.uri,
+            experiment_ids=[self.experiment_id],
+            filter_string=store.where(tags={"mlflow.parentRunId": parent_run_id}),
+        )
+
+    def summarise(self, parent_run_id: str, metric: str = "test/error", direction: str = "minimize") -> dict:
+        """Counts by status and the best child by `metric`, logged onto the parent."""
+        from mlflow.entities import Metric, RunTag
+
+        df = self.children(parent_run_id)
+        summary: dict[str, Any] = {"children": len(df)}
+        if len(df):
+            status = df.get("tags.zipnet.status")
+            if status is not None:
+                for name, count in status.value_counts().items():
+                    summary[f"children_{name}"] = int(count)
+            column = f"metrics.{metric}"
+            done = df[df.get("tags.zipnet.status", "finished") == "finished"] if status is not None else df
+            if column in done and done[column].notna().any():
+                best = done.loc[done[column].idxmin() if direction == "minimize" else done[column].idxmax()]
+                summary[f"best_{metric}"] = float(best[column])
+                summary["best_run_id"] = best["run_id"]
+        metrics = [
+            Metric(f"sweep/{k}", float(v), _now(), 0)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
+        tags = [RunTag("zipnet.best_run_id", summary["best_run_id"])] if "best_run_id" in summary else []
+        self.client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+        return summary
+
+
+def flush() -> None:
+    """Wait until every tracker of this process has written what it queued."""
+    for tracker in list(_TRACKERS):
+        tracker.flush()
+
+
+atexit.register(flush)  # a process never exits with a run's figures or its end still queued
+
+
+def abort_open_runs(status: str, error: BaseException | None = None) -> None:
+    """End every run this process left open (Ctrl-C: KILLED; an exception: FAILED), and wait."""
+    for run_id, tracker in list(_OPEN.items()):
+        tracker.end(run_id, status, error)
+    try:
+        flush()
+    except Exception:  # the store itself may be what failed; nothing more to do
+        pass
+
+
+def multirun_parent() -> str | None:
+    """The run id of the Hydra multirun this job belongs to, if any."""
+    return os.environ.get(PARENT_ENV) or None
