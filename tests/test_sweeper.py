@@ -249,3 +249,20 @@ def test_a_missing_storage_folder_is_named(tmp_path):
         "optim.lr=choice(0.01,0.03)",
     )
     assert proc.returncode == 2 and "the folder" in proc.stderr and "no/such/dir does not exist" in proc.stderr
+
+
+def test_two_studies_that_share_a_name_are_never_merged_silently(tmp_path):
+    """Two storages holding a study of one name (machines that each ran their own copy): the
+    report says so."""
+    for store in ("a", "b"):
+        args = [
+            *study_args("twin", n_trials=2, batch=2, storage=f"sqlite:///{tmp_path}/{store}.db"),
+            *TINY,
+            "optim.lr=choice(0.01,0.03)",
+        ]
+        proc = zipnet(tmp_path, *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    report = zipnet(tmp_path, "--study", "twin", module="zipnet.report")
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "warning: 2 studies are named 'twin'" in report.stderr and "a.db" in report.stderr
+    assert "b.db" in report.stderr and "--parent RUN_ID" in report.stderr

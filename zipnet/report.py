@@ -269,18 +269,27 @@ def _open_storage(url: str):
     return url
 
 
-def study_parent(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
-    """The parent run of study `study` (role study), or None."""
+def study_parents(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
+    """The parent runs of studies named `study` (role study), oldest first: one, unless two
+    storages held a study of that name."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking.resolve_uri(tracking_uri))
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return None
+        return []
     runs = client.search_runs(
-        [exp.experiment_id], tracking.where(tags={"zipnet.study": study, "zipnet.role": "study"}), max_results=1
+        [exp.experiment_id],
+        tracking.where(tags={"zipnet.study": study, "zipnet.role": "study"}),
+        order_by=["attributes.start_time ASC"],
     )
-    return runs[0] if runs else None
+    return list(runs)
+
+
+def study_parent(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
+    """The parent run of study `study` (role study), or None (the oldest, if there are several)."""
+    parents = study_parents(study, experiment, tracking_uri)
+    return parents[0] if parents else None
 
 
 def importances(study: str, storage: str) -> pd.DataFrame:
@@ -400,7 +409,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     parent_id, importance = args.parent, None
     if args.study:
-        parent = study_parent(args.study, args.experiment, args.tracking_uri)
+        parents = study_parents(args.study, args.experiment, args.tracking_uri)
+        if len(parents) > 1 and not args.parent:  # two studies share the name: never merged silently
+            where = "; ".join(f"{p.info.run_id} in {p.data.tags.get('zipnet.storage', '?')}" for p in parents)
+            print(
+                f"zipnet-report: warning: {len(parents)} studies are named {args.study!r} (parent runs: {where}); "
+                "their trials are reported together; give --parent RUN_ID to report one",
+                file=sys.stderr,
+            )
+        parent = parents[0] if parents else None
         parent_id = parent.info.run_id if parent is not None else None
         storage = parent.data.tags.get("zipnet.storage") if parent is not None else None
         if storage:

@@ -77,15 +77,7 @@ def complete(tracker, run_id: str, study) -> None:
     """The study is done: its views as artifacts, then the parent ends FINISHED."""
     from zipnet import tracking
 
-    if hasattr(tracking, "log_study"):
-        tracking.log_study(tracker, run_id, study)
-    else:  # until tracking draws the study's views
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as tmp:
-            study.trials_dataframe().to_csv(Path(tmp, "trials.csv"), index=False)
-            tracker.client.log_artifacts(run_id, tmp)
+    tracking.log_study(tracker, run_id, study)
     tracker.end(run_id, "FINISHED")
 
 

@@ -132,8 +132,8 @@ class Sweep:
         try:
             runs = self.tracker.client.search_runs(
                 [self.tracker.experiment_id],
-                f"tags.`zipnet.study` = {tracking.quote(self.spec.study_name)} and "
-                f"tags.`zipnet.trial` = '{frozen.number}' and attributes.status = 'RUNNING'",
+                tracking.where(tags={"zipnet.study": self.spec.study_name, "zipnet.trial": str(frozen.number)})
+                + " and attributes.status = 'RUNNING'",
             )
             for run in runs:
                 self.tracker.end(run.info.run_id, "KILLED", text)
