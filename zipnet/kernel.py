@@ -101,13 +101,13 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build_key(cc: str, rounding: list[str] | None = None) -> str:
+def build_key(cc: str) -> str:
     """A hash of what decides the kernel's arithmetic: source, ABI, rounding flags, compiler."""
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = cc
-    parts = [SOURCE.read_text(), str(ABI), " ".join(rounding or ROUNDING), version.splitlines()[0] if version else cc]
+    parts = [SOURCE.read_text(), str(ABI), " ".join(ROUNDING), version.splitlines()[0] if version else cc]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
@@ -141,13 +141,18 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = i32
 
 
-def _load() -> Kernel:
+def cached_library() -> tuple[Path, str, str]:
+    """Where this machine's build lives in the cache, the compiler and the build key."""
     cc = _compiler()
     if cc is None:
         raise OSError("no C compiler (cc or gcc) on PATH")
     key = build_key(cc)
     where = hashlib.sha256(f"{sorted(cpu_flags())}{cpu_model()}{TARGET}".encode()).hexdigest()[:8]
-    target = cache_dir() / f"zipnet-kernel-{key}-{where}.so"
+    return cache_dir() / f"zipnet-kernel-{key}-{where}.so", cc, key
+
+
+def _load() -> Kernel:
+    target, cc, key = cached_library()
     if target.exists():
         try:
             lib = _verified(target, key)
