@@ -70,7 +70,7 @@ def test_a_member_equals_its_single_run_bit_for_bit_with_mixed_data_seeds(rule, 
 def test_every_training_path_and_thread_count_computes_the_same_numbers(path):
     d = data(300, 100)
     runs = []
-    for choice, threads in ((0, 1), (0, 2), (8, 1), (16, 2), (32, 2)):
+    for choice, threads in ((0, 1), (0, 2), (8, 1), (8, 2), (16, 2)):
         path(choice)
         runs.append(train(PAPER, d, passes=1, log=None, backend="c", threads=threads))
     for other in runs[1:]:

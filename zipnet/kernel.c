@@ -73,14 +73,96 @@ int zn_abi(void) { return ZN_ABI; }
 int zn_nparams(void) { return N_PARAMS; }
 int zn_nconsts(void) { return N_CONSTS; }
 
-/* tanh from e = exp(-2|x|) = 2^n p(r): tanh|x| = (1 - e) / (1 + e). Absolute error below 1e-7. */
+/* ---------------------------------------------------------------------------------------
+ * Vectors. GCC's generic vectors of 8, 16 and 32 floats (one or more SIMD registers, as the
+ * target has them); elementwise +, -, *, / are single IEEE operations per lane. The fused
+ * multiply-add is an intrinsic where the CPU has one and fmaf per lane otherwise: the same
+ * rounding either way.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+
+#if defined(__AVX512F__)
+#define ZN_REGS 32 /* SIMD registers, each of ZN_WIDTH floats */
+#define ZN_WIDTH 16
+#elif defined(__AVX__)
+#define ZN_REGS 16
+#define ZN_WIDTH 8
+#else
+#define ZN_REGS 16
+#define ZN_WIDTH 4
+#endif
+
+static inline v8 fma8(v8 a, v8 b, v8 c) {
+#if defined(__FMA__)
+    return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+    v8 r;
+    for (int i = 0; i < 8; i++) r[i] = fmaf(a[i], b[i], c[i]);
+    return r;
+#endif
+}
+
+static inline v16 fma16(v16 a, v16 b, v16 c) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+    v8 h[3][2], r[2];
+    memcpy(h[0], &a, sizeof a);
+    memcpy(h[1], &b, sizeof b);
+    memcpy(h[2], &c, sizeof c);
+    r[0] = fma8(h[0][0], h[1][0], h[2][0]);
+    r[1] = fma8(h[0][1], h[1][1], h[2][1]);
+    v16 out;
+    memcpy(&out, r, sizeof out);
+    return out;
+#endif
+}
+
+static inline v8 sqrt8(v8 a) {
+#if defined(__AVX__)
+    return (v8)_mm256_sqrt_ps((__m256)a);
+#else
+    for (int i = 0; i < 8; i++) a[i] = sqrtf(a[i]);
+    return a;
+#endif
+}
+
+static inline v16 sqrt16(v16 a) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_sqrt_ps((__m512)a);
+#else
+    v8 h[2];
+    memcpy(h, &a, sizeof a);
+    h[0] = sqrt8(h[0]);
+    h[1] = sqrt8(h[1]);
+    memcpy(&a, h, sizeof a);
+    return a;
+#endif
+}
+
+/* f(a) = A tanh(S a) and exp, scalar and vector, the same operations lane by lane.
+ * tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|) = 2^n p(r), n = round(-2|x| / ln 2) (by adding
+ * and subtracting 1.5 2^23), p a degree-7 Taylor polynomial: absolute error below 1e-7. */
+#define ZN_RND 12582912.0f /* 1.5 * 2^23 */
+#define ZN_L2E 1.44269504088896341f
+#define ZN_LN2A 0.693145751953125f
+#define ZN_LN2B 1.428606765330187e-06f
+
 static inline float ztanh(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
     float ax = fabsf(x);
     ax = ax > 9.0f ? 9.0f : ax; /* NaN stays NaN, so a diverging member shows it */
     const float t = -2.0f * ax;
-    const float n = rintf(t * 1.44269504088896341f);
-    float r = fmaf(-n, 0.693145751953125f, t);
-    r = fmaf(-n, 1.428606765330187e-06f, r);
+    const float n = (t * ZN_L2E + ZN_RND) - ZN_RND;
+    float r = fmaf(-n, ZN_LN2A, t);
+    r = fmaf(-n, ZN_LN2B, r);
     float p = 1.0f / 5040.0f;
     p = fmaf(p, r, 1.0f / 720.0f);
     p = fmaf(p, r, 1.0f / 120.0f);
@@ -89,20 +171,24 @@ static inline float ztanh(float x) {
     p = fmaf(p, r, 0.5f);
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
+    const uint32_t sbits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale, th;
+    memcpy(&scale, &sbits, sizeof scale);
     const float e = p * scale;
-    return copysignf((1.0f - e) / (1.0f + e), x);
+    th = (1.0f - e) / (1.0f + e);
+    uint32_t tb;
+    memcpy(&tb, &th, sizeof tb);
+    tb = (tb & 0x7fffffffu) | (bits & 0x80000000u);
+    memcpy(&th, &tb, sizeof th);
+    return th;
 }
 
-/* exp(x) for x <= 0 (softmax after subtracting the maximum): 2^n p(r); 0 below -87. */
+/* exp(x) for x <= 0 (softmax after subtracting the maximum); 0 below -87 */
 static inline float zexp(float x) {
-    const float lo = -87.0f;
-    const float xc = x < lo ? lo : x;
-    const float n = rintf(xc * 1.44269504088896341f);
-    float r = fmaf(-n, 0.693145751953125f, xc);
-    r = fmaf(-n, 1.428606765330187e-06f, r);
+    const float xc = x < -87.0f ? -87.0f : x;
+    const float n = (xc * ZN_L2E + ZN_RND) - ZN_RND;
+    float r = fmaf(-n, ZN_LN2A, xc);
+    r = fmaf(-n, ZN_LN2B, r);
     float p = 1.0f / 5040.0f;
     p = fmaf(p, r, 1.0f / 720.0f);
     p = fmaf(p, r, 1.0f / 120.0f);
@@ -111,34 +197,67 @@ static inline float zexp(float x) {
     p = fmaf(p, r, 0.5f);
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
+    const uint32_t sbits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return x < lo ? 0.0f : p * scale;
+    memcpy(&scale, &sbits, sizeof scale);
+    return x < -87.0f ? 0.0f : p * scale;
 }
 
-/* The members' f and f' (canonical forms): f(a) = A tanh(S a), f'(a) = (S/A)(A^2 - x^2) from
- * x = f(a); or relu, with f' 1 where x > 0. Loops below branch on relu outside their lanes. */
+#define ZN_VTANH(V, I, FMA)                                                                              \
+    static inline V tanh_##V(V x) {                                                                      \
+        const I bits = (I)x;                                                                             \
+        V ax = (V)(bits & 0x7fffffff);                                                                   \
+        const I big = ax > (V){} + 9.0f;                                                                       \
+        ax = (V)(((I)ax & ~big) | ((I)((V){} + 9.0f) & big));                                            \
+        const V t = -2.0f * ax;                                                                          \
+        const V n = (t * ZN_L2E + ZN_RND) - ZN_RND;                                                      \
+        V r = FMA(-n, (V){} + ZN_LN2A, t);                                                               \
+        r = FMA(-n, (V){} + ZN_LN2B, r);                                                                 \
+        V p = (V){} + 1.0f / 5040.0f;                                                                    \
+        p = FMA(p, r, (V){} + 1.0f / 720.0f);                                                            \
+        p = FMA(p, r, (V){} + 1.0f / 120.0f);                                                            \
+        p = FMA(p, r, (V){} + 1.0f / 24.0f);                                                             \
+        p = FMA(p, r, (V){} + 1.0f / 6.0f);                                                              \
+        p = FMA(p, r, (V){} + 0.5f);                                                                     \
+        p = FMA(p, r, (V){} + 1.0f);                                                                     \
+        p = FMA(p, r, (V){} + 1.0f);                                                                     \
+        const V e = p * (V)((__builtin_convertvector(n, I) + 127) << 23);                                \
+        const V th = (1.0f - e) / (1.0f + e);                                                            \
+        return (V)(((I)th & 0x7fffffff) | (bits & ((I){} + (int32_t)0x80000000)));                       \
+    }
+ZN_VTANH(v8, i8, fma8)
+ZN_VTANH(v16, i16, fma16)
 
-static void *zalloc(size_t size) { return aligned_alloc(64, (size + 63) / 64 * 64); }
+static void *zalloc(size_t size) { return aligned_alloc(128, (size + 127) / 128 * 128); }
 
 /* ---------------------------------------------------------------------------------------
- * The lanes path (members in lanes) and the evaluation forward (examples in lanes) are one
- * template, included below once per lane count. W(i): weight i of the lane's member.
+ * The lanes path, included once per lane count (members per block), and the rest.
  */
 #define ZN_CAT2(a, b) a##_##b
 #define ZN_CAT(a, b) ZN_CAT2(a, b)
 
 #define ZN_PART 1
 #define ZN_BLK 8
+#define ZN_TAG 8
 #include __FILE__
+#undef ZN_TAG
 #undef ZN_BLK
 #define ZN_BLK 16
+#define ZN_TAG 16
 #include __FILE__
+#undef ZN_TAG
 #undef ZN_BLK
-#define ZN_BLK 32
+#define ZN_EVAL
+#if ZN_WIDTH >= 16
+#define ZN_BLK 16
+#else
+#define ZN_BLK 8
+#endif
+#define ZN_TAG eval
 #include __FILE__
+#undef ZN_TAG
 #undef ZN_BLK
+#undef ZN_EVAL
 #undef ZN_PART
 
 #define ZN_PART 2
@@ -153,426 +272,525 @@ static void *zalloc(size_t size) { return aligned_alloc(64, (size + 63) / 64 * 6
 #if ZN_PART == 1
 /* ===================== lanes: BLK members in SIMD lanes ===================== */
 #define BLK ZN_BLK
-#define L(name) ZN_CAT(name, ZN_BLK)
+#define L(name) ZN_CAT(name, ZN_TAG)
+#if ZN_BLK == 8
+#define LB v8
+#define LI i8
+#define LFMA fma8
+#define LTANH tanh_v8
+#define LSQRT sqrt8
+#else
+#define LB v16
+#define LI i16
+#define LFMA fma16
+#define LTANH tanh_v16
+#define LSQRT sqrt16
+#endif
+/* registers per lane vector, and how many lane vectors a tile may keep in registers */
+#define NV ((BLK + ZN_WIDTH - 1) / ZN_WIDTH)
+#define ACC (ZN_REGS * 2 / 3 / NV)
 #define LANES for (int b = 0; b < BLK; b++)
-typedef float L(lv)[BLK];
-#define lv L(lv)
+#ifdef ZN_EVAL /* examples in lanes: one member's weights and constants, broadcast */
+#define WT float
+#define W(i) L(bc)(w[i])
+#define KV(c) L(bc)(k[c])
+#else /* members in lanes */
+#define WT LB
+#define W(i) w[i]
+#define KV(c) k[c]
+#endif
 
 typedef struct {
-    lv in[400];       /* this pattern per lane: 20x20 with the -1 border */
-    lv x1[12 * 144];  /* H1 maps with the -1 border */
-    lv x2[192], kp[192], z[192]; /* H2, its dropout factor, H3's input */
-    lv x3[32], y[10];
-    lv d4[10], d3[32], d2[192], e1[12 * 144]; /* deltas; e1: dE/dx1 (interior used) */
-    lv SA, AA, t[10];
+    LB in[400];      /* this pattern per lane: 20x20 with the -1 border */
+    LB x1[12 * 144]; /* H1 maps with the -1 border */
+    LB x2[192], kp[192], z[192]; /* H2, its dropout factor, H3's input */
+    LB x3[32], y[10];
+    LB d4[10], d3[32], d2[192], e1[12 * 144]; /* deltas; e1: dE/dx1 at the interior */
+    LB l[192];       /* one layer's deltas as the update uses them */
+    LB SA, AA, t[10];
     int32_t label[BLK];
 } L(Scratch);
 
-/* x = f(a) and f'(x) for one vector of lanes */
-static inline void L(act)(float *restrict x, const float *restrict a, const float *restrict A, const float *restrict S,
-                          int relu) {
-    if (relu)
-        LANES x[b] = a[b] > 0.0f ? a[b] : 0.0f;
-    else
-        LANES x[b] = A[b] * ztanh(S[b] * a[b]);
+#ifndef ZN_EVAL
+/* per-step constants of the update rule */
+typedef struct {
+    int sgd, sdlm;
+    LB *st1, *st2;                   /* state ([N_PARAMS] lane vectors each), or NULL */
+    LB b1, omb1, b2, omb2, eps, decay; /* adamw */
+    LB lr_b1, bc2;                   /* adamw: lr / (1 - b1^t), 1 - b2^t */
+} L(Opt);
+
+#endif
+
+static inline LB L(bc)(float v) { return (LB){} + v; }
+
+static inline LB L(act)(LB a, LB A, LB S, int relu) {
+    if (relu) return (LB)((LI)a & (a > L(bc)(0.0f)));
+    return A * LTANH(S * a);
 }
 
-static inline void L(fp)(float *restrict f, const float *restrict x, const L(Scratch) *restrict s, int relu) {
-    if (relu)
-        LANES f[b] = x[b] > 0.0f ? 1.0f : 0.0f;
-    else
-        LANES f[b] = s->SA[b] * (s->AA[b] - x[b] * x[b]);
+static inline LB L(fpv)(LB x, const L(Scratch) *restrict s, int relu) {
+    if (relu) return (LB)((LI)L(bc)(1.0f) & (x > L(bc)(0.0f)));
+    return s->SA * (s->AA - x * x);
 }
+
+#ifndef ZN_EVAL
+/* The update of one weight from its gradient g: SDLM (st1 holds eta / (mu + h)) or AdamW. */
+static inline LB L(rule)(const L(Opt) *restrict op, LB w, LB g, int idx) {
+    LB *s1 = op->st1 + idx;
+    if (op->sdlm) return w - *s1 * g;
+    LB *s2 = op->st2 + idx;
+    const LB m = LFMA(op->omb1, g, *s1 * op->b1);
+    const LB v = LFMA(op->omb2 * g, g, *s2 * op->b2);
+    *s1 = m;
+    *s2 = v;
+    return w * op->decay - (m * op->lr_b1) / (LSQRT(v / op->bc2) + op->eps);
+}
+
+/* w at idx after the step: SGD adds -lr d x (nl = -lr d), the rules take the gradient d x */
+#define UPDATE(idx, wv, nl, d, x) ((op->sgd) ? LFMA((nl), (x), (wv)) : L(rule)(op, (wv), (d) * (x), (idx)))
 
 /* dropout factor per H2 output: 0 where dropped, 1/(1-p) kept, from packed keep bits */
-static void L(dropout)(L(Scratch) *restrict s, const lv *restrict k, const uint8_t *const *bits) {
+static void L(dropout)(L(Scratch) *restrict s, const LB *restrict k, const uint8_t *const *bits) {
+    float (*kp)[BLK] = (float (*)[BLK])s->kp;
+    const float *p = (const float *)&k[C_DROP];
     LANES {
-        const float scale = 1.0f / (1.0f - k[C_DROP][b]);
-        for (int q = 0; q < 192; q++) s->kp[q][b] = (bits[b][q >> 3] >> (q & 7)) & 1 ? scale : 0.0f;
+        const float scale = 1.0f / (1.0f - p[b]);
+        for (int q = 0; q < 192; q++) kp[q][b] = (bits[b][q >> 3] >> (q & 7)) & 1 ? scale : 0.0f;
     }
 }
 
-static void L(forward)(const lv *restrict w, const lv *restrict k, const Setup *st, const signed char *restrict table,
+#endif
+
+#define TM (ACC >= 16 ? 2 : 1) /* H1 tile: maps x units of a row */
+#define TX (ACC >= 8 ? 8 : 4)
+#define TO (ACC >= 16 ? 2 : 1) /* H2 tile: maps x positions */
+#define TP (ACC >= 8 ? 8 : 4)
+#define TH (ACC >= 20 ? 5 : ACC >= 8 ? 2 : 1) /* H3 tile: units (x 4 partial sums) */
+#define TJ (ACC >= 10 ? 10 : 5)                /* output tile */
+
+/* H2 outputs o0..o0+n-1 (n = TO, or 1 where only one of them links map i) at positions p0.. */
+static inline __attribute__((always_inline)) void L(h2_taps)(const WT *restrict w, const L(Scratch) *restrict s,
+                                                             LB a[TO][TP], int o0, int n, int i, int p0) {
+    for (int ky = 0; ky < 5; ky++)
+        for (int kx = 0; kx < 5; kx++) {
+            LB wk[TO];
+#pragma GCC unroll 2
+            for (int t = 0; t < n; t++) wk[t] = W(O_H2W + (o0 + t) * 300 + i * 25 + ky * 5 + kx);
+#pragma GCC unroll 8
+            for (int x = 0; x < TP; x++) {
+                const int p = p0 + x;
+                const LB v = s->x1[i * 144 + (2 * (p >> 2) + ky) * 12 + 2 * (p & 3) + kx];
+#pragma GCC unroll 2
+                for (int t = 0; t < n; t++) a[t][x] = LFMA(wk[t], v, a[t][x]);
+            }
+        }
+}
+
+static void L(forward)(const WT *restrict w, const WT *restrict k, const Setup *st, const signed char *restrict table,
                        L(Scratch) *restrict s, int drop) {
     const int relu = st->relu;
-    for (int m = 0; m < 12; m++)
-        for (int oy = 0; oy < 8; oy++) {
-            lv a[8];
-            for (int ox = 0; ox < 8; ox++) LANES a[ox][b] = w[O_H1B + m * 64 + oy * 8 + ox][b];
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float *wk = w[O_H1W + m * 25 + ky * 5 + kx];
-                    for (int ox = 0; ox < 8; ox++) {
-                        const float *x = s->in[(2 * oy + ky) * 20 + 2 * ox + kx];
-                        LANES a[ox][b] = fmaf(wk[b], x[b], a[ox][b]);
-                    }
-                }
-            for (int ox = 0; ox < 8; ox++) L(act)(s->x1[m * 144 + (oy + 2) * 12 + ox + 2], a[ox], k[C_A], k[C_S], relu);
-        }
-    for (int o = 0; o < 12; o++) {
-        lv a[16];
-        for (int p = 0; p < 16; p++) LANES a[p][b] = w[O_H2B + o * 16 + p][b];
-        for (int i = 0; i < 12; i++) {
-            if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float *wk = w[O_H2W + o * 300 + i * 25 + ky * 5 + kx];
-                    for (int oy = 0; oy < 4; oy++)
-                        for (int ox = 0; ox < 4; ox++) {
-                            const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            LANES a[oy * 4 + ox][b] = fmaf(wk[b], x[b], a[oy * 4 + ox][b]);
+    const LB A = KV(C_A), S = KV(C_S);
+    for (int m = 0; m < 12; m += TM)
+        for (int oy = 0; oy < 8; oy++)
+            for (int ox0 = 0; ox0 < 8; ox0 += TX) {
+                LB a[TM][TX];
+#pragma GCC unroll 2
+                for (int t = 0; t < TM; t++)
+#pragma GCC unroll 8
+                    for (int x = 0; x < TX; x++) a[t][x] = W(O_H1B + (m + t) * 64 + oy * 8 + ox0 + x);
+                for (int ky = 0; ky < 5; ky++)
+                    for (int kx = 0; kx < 5; kx++) {
+                        const LB *row = s->in + (2 * oy + ky) * 20 + 2 * ox0 + kx;
+#pragma GCC unroll 2
+                        for (int t = 0; t < TM; t++) {
+                            const LB wk = W(O_H1W + (m + t) * 25 + ky * 5 + kx);
+#pragma GCC unroll 8
+                            for (int x = 0; x < TX; x++) a[t][x] = LFMA(wk, row[2 * x], a[t][x]);
                         }
+                    }
+#pragma GCC unroll 2
+                for (int t = 0; t < TM; t++)
+#pragma GCC unroll 8
+                    for (int x = 0; x < TX; x++)
+                        s->x1[(m + t) * 144 + (oy + 2) * 12 + ox0 + x + 2] = L(act)(a[t][x], A, S, relu);
+            }
+    for (int o = 0; o < 12; o += TO)
+        for (int p0 = 0; p0 < 16; p0 += TP) {
+            LB a[TO][TP];
+#pragma GCC unroll 2
+            for (int t = 0; t < TO; t++)
+#pragma GCC unroll 8
+                for (int x = 0; x < TP; x++) a[t][x] = W(O_H2B + (o + t) * 16 + p0 + x);
+            for (int i = 0; i < 12; i++) {
+                int all = 1;
+                for (int t = 0; t < TO; t++) all &= table[(o + t) * 12 + i] != 0;
+                if (all) {
+                    L(h2_taps)(w, s, a, o, TO, i, p0);
+                    continue;
+                }
+                LB one[TO][TP];
+                for (int t = 0; t < TO; t++) {
+                    if (!table[(o + t) * 12 + i]) continue;
+#pragma GCC unroll 8
+                    for (int x = 0; x < TP; x++) one[0][x] = a[t][x];
+                    L(h2_taps)(w, s, one, o + t, 1, i, p0);
+#pragma GCC unroll 8
+                    for (int x = 0; x < TP; x++) a[t][x] = one[0][x];
+                }
+            }
+#pragma GCC unroll 2
+            for (int t = 0; t < TO; t++)
+#pragma GCC unroll 8
+                for (int x = 0; x < TP; x++) {
+                    const int q = (o + t) * 16 + p0 + x;
+                    s->x2[q] = L(act)(a[t][x], A, S, relu);
+                    s->z[q] = drop ? s->x2[q] * s->kp[q] : s->x2[q];
                 }
         }
-        for (int p = 0; p < 16; p++) {
-            float *x = s->x2[o * 16 + p], *z = s->z[o * 16 + p];
-            L(act)(x, a[p], k[C_A], k[C_S], relu);
-            if (drop) {
-                const float *f = s->kp[o * 16 + p];
-                LANES z[b] = x[b] * f[b];
-            } else
-                LANES z[b] = x[b];
-        }
-    }
-    for (int h0 = 0; h0 < 30; h0 += 3) {
-        lv a[3][4];
-        for (int t = 0; t < 3; t++)
-            for (int r = 0; r < 4; r++) LANES a[t][r][b] = 0.0f;
+    for (int h0 = 0; h0 < 30; h0 += TH) {
+        LB a[TH][4];
+#pragma GCC unroll 5
+        for (int t = 0; t < TH; t++)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) a[t][r] = L(bc)(0.0f);
         for (int q = 0; q < 192; q += 4)
+#pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
-                const float *x = s->z[q + r];
-                for (int t = 0; t < 3; t++) {
-                    const float *wk = w[O_H3W + (h0 + t) * 192 + q + r];
-                    LANES a[t][r][b] = fmaf(wk[b], x[b], a[t][r][b]);
-                }
+                const LB x = s->z[q + r];
+#pragma GCC unroll 5
+                for (int t = 0; t < TH; t++) a[t][r] = LFMA(W(O_H3W + (h0 + t) * 192 + q + r), x, a[t][r]);
             }
-        for (int t = 0; t < 3; t++) {
-            lv sum;
-            LANES sum[b] = w[O_H3B + h0 + t][b] + ((a[t][0][b] + a[t][1][b]) + (a[t][2][b] + a[t][3][b]));
-            L(act)(s->x3[h0 + t], sum, k[C_A], k[C_S], relu);
+#pragma GCC unroll 5
+        for (int t = 0; t < TH; t++) {
+            const LB sum = W(O_H3B + h0 + t) + ((a[t][0] + a[t][1]) + (a[t][2] + a[t][3]));
+            s->x3[h0 + t] = L(act)(sum, A, S, relu);
         }
     }
-    {
-        lv a[10];
-        for (int j = 0; j < 10; j++) LANES a[j][b] = w[O_OUTB + j][b];
+    for (int j0 = 0; j0 < 10; j0 += TJ) {
+        LB a[TJ];
+#pragma GCC unroll 10
+        for (int t = 0; t < TJ; t++) a[t] = W(O_OUTB + j0 + t);
         for (int h = 0; h < 30; h++) {
-            const float *x = s->x3[h];
-            for (int j = 0; j < 10; j++) {
-                const float *wk = w[O_OUTW + j * 30 + h];
-                LANES a[j][b] = fmaf(wk[b], x[b], a[j][b]);
-            }
+            const LB x = s->x3[h];
+#pragma GCC unroll 10
+            for (int t = 0; t < TJ; t++) a[t] = LFMA(W(O_OUTW + (j0 + t) * 30 + h), x, a[t]);
         }
-        for (int j = 0; j < 10; j++) {
-            float *y = s->y[j];
-            if (st->linear_out)
-                LANES y[b] = a[j][b];
-            else
-                LANES y[b] = k[C_A][b] * ztanh(k[C_S][b] * a[j][b]);
-        }
+#pragma GCC unroll 10
+        for (int t = 0; t < TJ; t++) s->y[j0 + t] = st->linear_out ? a[t] : A * LTANH(S * a[t]);
     }
 }
 
+#ifndef ZN_EVAL
 /* dE/da at the outputs (d4), and for SDLM the loss's curvature there (s4, may be NULL) */
-static void L(output_delta)(const lv *restrict k, const Setup *st, L(Scratch) *restrict s, lv *restrict s4) {
-    for (int j = 0; j < 10; j++) LANES s->t[j][b] = s->label[b] == j ? k[C_POS][b] : k[C_NEG][b];
-    if (st->cross_entropy) {
-        lv mx, sum, e[10];
-        LANES mx[b] = s->y[0][b];
-        for (int j = 1; j < 10; j++) LANES mx[b] = s->y[j][b] > mx[b] ? s->y[j][b] : mx[b];
-        for (int j = 0; j < 10; j++) LANES e[j][b] = zexp(s->y[j][b] - mx[b]);
-        LANES sum[b] = e[0][b];
-        for (int j = 1; j < 10; j++) LANES sum[b] = sum[b] + e[j][b];
-        for (int j = 0; j < 10; j++) LANES {
-            const float p = e[j][b] / sum[b];
-            const float fo = st->linear_out ? 1.0f : s->SA[b] * (s->AA[b] - s->y[j][b] * s->y[j][b]);
-            s->d4[j][b] = (p - (s->label[b] == j ? 1.0f : 0.0f)) * fo;
-            if (s4) s4[j][b] = (p * (1.0f - p)) * (fo * fo);
+static void L(output_delta)(const LB *restrict k, const Setup *st, L(Scratch) *restrict s, LB *restrict s4) {
+    float (*t)[BLK] = (float (*)[BLK])s->t;
+    const float *neg = (const float *)&k[C_NEG], *pos = (const float *)&k[C_POS];
+    for (int j = 0; j < 10; j++) LANES t[j][b] = s->label[b] == j ? pos[b] : neg[b];
+    if (st->cross_entropy) { /* per lane: softmax(y) - onehot */
+        const float (*y)[BLK] = (const float (*)[BLK])s->y;
+        const float *SA = (const float *)&s->SA, *AA = (const float *)&s->AA;
+        float (*d4)[BLK] = (float (*)[BLK])s->d4, (*c4)[BLK] = (float (*)[BLK])s4;
+        LANES {
+            float mx = y[0][b], e[10], sum;
+            for (int j = 1; j < 10; j++) mx = y[j][b] > mx ? y[j][b] : mx;
+            for (int j = 0; j < 10; j++) e[j] = zexp(y[j][b] - mx);
+            sum = e[0];
+            for (int j = 1; j < 10; j++) sum = sum + e[j];
+            for (int j = 0; j < 10; j++) {
+                const float p = e[j] / sum;
+                const float fo = st->linear_out ? 1.0f : SA[b] * (AA[b] - y[j][b] * y[j][b]);
+                d4[j][b] = (p - (s->label[b] == j ? 1.0f : 0.0f)) * fo;
+                if (s4) c4[j][b] = (p * (1.0f - p)) * (fo * fo);
+            }
         }
         return;
     }
-    for (int j = 0; j < 10; j++) LANES {
-        const float y = s->y[j][b];
-        const float fo = st->linear_out ? 1.0f : s->SA[b] * (s->AA[b] - y * y);
-        s->d4[j][b] = (k[C_C][b] * (y - s->t[j][b])) * fo;
-        if (s4) s4[j][b] = k[C_C][b] * (fo * fo);
-    }
-}
-
-/* g[q] = sum_h W[h][q] v[h] over 30 rows (old H3 weights), then times the dropout factor and f'(x2) */
-static void L(back_h3)(const lv *restrict w, const L(Scratch) *restrict s, const lv *restrict v, lv *restrict out,
-                       int squared, int drop, int relu) {
-    for (int q0 = 0; q0 < 192; q0 += 8) {
-        lv g[8];
-        for (int t = 0; t < 8; t++) LANES g[t][b] = 0.0f;
-        for (int h = 0; h < 30; h++) {
-            const float *d = v[h];
-            for (int t = 0; t < 8; t++) {
-                const float *wk = w[O_H3W + h * 192 + q0 + t];
-                if (squared)
-                    LANES g[t][b] = fmaf(wk[b] * wk[b], d[b], g[t][b]);
-                else
-                    LANES g[t][b] = fmaf(wk[b], d[b], g[t][b]);
-            }
-        }
-        for (int t = 0; t < 8; t++) {
-            const float *f = s->kp[q0 + t];
-            lv fp;
-            L(fp)(fp, s->x2[q0 + t], s, relu);
-            if (squared) LANES fp[b] = fp[b] * fp[b];
-            if (drop && squared)
-                LANES out[q0 + t][b] = (g[t][b] * (f[b] * f[b])) * fp[b];
-            else if (drop)
-                LANES out[q0 + t][b] = (g[t][b] * f[b]) * fp[b];
-            else
-                LANES out[q0 + t][b] = g[t][b] * fp[b];
-        }
-    }
-}
-
-/* e1 at the 8x8 interior of each H1 map: sum over o linked, ky, kx of W2[o][i][ky,kx] v[o][position] */
-static void L(back_h2)(const lv *restrict w, const signed char *restrict table, const lv *restrict v, lv *restrict e1,
-                       int squared) {
-    for (int i = 0; i < 12; i++) {
-        lv *g = e1 + i * 144;
-        memset(g, 0, 144 * sizeof *g);
-        for (int o = 0; o < 12; o++) {
-            if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float *wk = w[O_H2W + o * 300 + i * 25 + ky * 5 + kx];
-                    lv ww;
-                    if (squared)
-                        LANES ww[b] = wk[b] * wk[b];
-                    else
-                        LANES ww[b] = wk[b];
-                    for (int oy = 0; oy < 4; oy++)
-                        for (int ox = 0; ox < 4; ox++) {
-                            const float *d = v[o * 16 + oy * 4 + ox];
-                            float *gu = g[(2 * oy + ky) * 12 + 2 * ox + kx];
-                            LANES gu[b] = fmaf(ww[b], d[b], gu[b]);
-                        }
-                }
-        }
-    }
-}
-
-/* The update of one weight from its gradient g (SDLM and AdamW; SGD folds lr into the deltas). */
-static inline float L(rule)(int optim, float w, float g, float *restrict st1, float *restrict st2, const float *c,
-                            float lr_b1, float bc2) {
-    (void)c;
-    if (optim == OPT_SDLM) return w - *st1 * g; /* st1: eta / (mu + h) */
-    /* adamw: m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g g; w <- w (1 - lr wd) - (m lr / bc1) / (sqrt(v / bc2) + eps) */
-    const float m = fmaf(1.0f - c[C_B1], g, *st1 * c[C_B1]);
-    const float v = fmaf((1.0f - c[C_B2]) * g, g, *st2 * c[C_B2]);
-    *st1 = m;
-    *st2 = v;
-    const float denom = sqrtf(v / bc2) + c[C_EPS];
-    return w * (1.0f - c[C_LR] * c[C_WD]) - (m * lr_b1) / denom;
-}
-
-typedef struct {
-    float *st1, *st2;                 /* optimiser state blocks ([N_PARAMS][BLK] each), or NULL */
-    float lr_b1[BLK], bc2[BLK];       /* adamw: lr / (1 - b1^t), 1 - b2^t */
-} L(Opt);
-
-/* apply rule to weight index idx in all lanes, gradient g[b] */
-#define APPLY(idx, G)                                                                                          \
-    do {                                                                                                       \
-        float *wv = w[idx];                                                                                    \
-        float *s1 = op->st1 + (size_t)(idx) * BLK, *s2 = op->st2 ? op->st2 + (size_t)(idx) * BLK : s1;        \
-        LANES {                                                                                                \
-            float cc[N_CONSTS];                                                                                \
-            for (int n = 0; n < N_CONSTS; n++) cc[n] = k[n][b];                                               \
-            wv[b] = L(rule)(st->optim, wv[b], (G)[b], s1 + b, s2 + b, cc, op->lr_b1[b], op->bc2[b]);          \
-        }                                                                                                      \
-    } while (0)
-
-/* Backprop and update. SGD folds lr into the deltas; SDLM and AdamW apply their rule to
- * the unfolded gradient. Each layer's delta uses its weights before they are updated. */
-static void L(backward)(lv *restrict w, const lv *restrict k, const Setup *st, const signed char *restrict table,
-                        L(Scratch) *restrict s, int drop, L(Opt) *op) {
-    const int relu = st->relu, sgd = st->optim == OPT_SGD;
-    L(output_delta)(k, st, s, NULL);
-    for (int h = 0; h < 30; h++) {
-        lv g;
-        LANES g[b] = 0.0f;
-        for (int j = 0; j < 10; j++) {
-            const float *wk = w[O_OUTW + j * 30 + h];
-            LANES g[b] = fmaf(wk[b], s->d4[j][b], g[b]);
-        }
-        lv fp;
-        L(fp)(fp, s->x3[h], s, relu);
-        LANES s->d3[h][b] = g[b] * fp[b];
-    }
     for (int j = 0; j < 10; j++) {
-        if (sgd) {
-            lv nl;
-            LANES nl[b] = -(k[C_LR][b] * s->d4[j][b]);
-            for (int h = 0; h < 30; h++) {
-                float *wk = w[O_OUTW + j * 30 + h];
-                LANES wk[b] = fmaf(nl[b], s->x3[h][b], wk[b]);
+        const LB y = s->y[j];
+        const LB fo = st->linear_out ? L(bc)(1.0f) : s->SA * (s->AA - y * y);
+        s->d4[j] = (k[C_C] * (y - s->t[j])) * fo;
+        if (s4) s4[j] = k[C_C] * (fo * fo);
+    }
+}
+
+/* out[q] = (sum_h W3[h][q] v[h]) (times the dropout factor) f'(x2[q]), all squared for the curvature */
+static void L(back_h3)(const LB *restrict w, const L(Scratch) *restrict s, const LB *restrict v, LB *restrict out,
+                       int squared, int drop, int relu) {
+#define TQ (ACC >= 16 ? 8 : 4)
+    for (int q0 = 0; q0 < 192; q0 += TQ) {
+        LB g[TQ];
+#pragma GCC unroll 8
+        for (int t = 0; t < TQ; t++) g[t] = L(bc)(0.0f);
+        for (int h = 0; h < 30; h++) {
+            const LB d = v[h];
+#pragma GCC unroll 8
+            for (int t = 0; t < TQ; t++) {
+                LB wk = w[O_H3W + h * 192 + q0 + t];
+                if (squared) wk = wk * wk;
+                g[t] = LFMA(wk, d, g[t]);
             }
-            LANES w[O_OUTB + j][b] = w[O_OUTB + j][b] + nl[b];
-        } else {
-            for (int h = 0; h < 30; h++) {
-                lv g;
-                LANES g[b] = s->d4[j][b] * s->x3[h][b];
-                APPLY(O_OUTW + j * 30 + h, g);
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < TQ; t++) {
+            LB fp = L(fpv)(s->x2[q0 + t], s, relu), f = s->kp[q0 + t];
+            if (squared) {
+                fp = fp * fp;
+                f = f * f;
             }
-            APPLY(O_OUTB + j, s->d4[j]);
+            out[q0 + t] = drop ? (g[t] * f) * fp : g[t] * fp;
         }
     }
-    L(back_h3)((const lv *)w, s, (const lv *)s->d3, s->d2, 0, drop, relu);
-    for (int h = 0; h < 30; h++) {
-        if (sgd) {
-            lv nl;
-            LANES nl[b] = -(k[C_LR][b] * s->d3[h][b]);
-            for (int q = 0; q < 192; q++) {
-                float *wk = w[O_H3W + h * 192 + q];
-                LANES wk[b] = fmaf(nl[b], s->z[q][b], wk[b]);
+}
+
+/* e1 at the interior H1 units of one parity class: the unit (2a + 2 + py, 2b + 2 + px), a, b in
+ * 0..3, is reached by tap (2dy + py, 2dx + px) of the H2 position (a + 1 - dy, b + 1 - dx). Rows
+ * a0..a0+TA-1 of the class; per unit the terms come in the canonical order (o, ky, kx). */
+#define TA (ACC >= 16 ? 2 : 1)
+static inline __attribute__((always_inline)) void L(e1_class)(const LB *restrict w, const signed char *restrict table,
+                                                              const LB *restrict v, LB *restrict e1, int squared,
+                                                              int i, int py, int px, int a0) {
+    LB acc[TA][4];
+#pragma GCC unroll 2
+    for (int ta = 0; ta < TA; ta++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) acc[ta][b] = L(bc)(0.0f);
+    for (int o = 0; o < 12; o++) {
+        if (!table[o * 12 + i]) continue;
+        const LB *d = v + o * 16;
+#pragma GCC unroll 3
+        for (int dy = 0; dy < 3; dy++)
+#pragma GCC unroll 3
+            for (int dx = 0; dx < 3; dx++) {
+                const int ky = 2 * dy + py, kx = 2 * dx + px;
+                if (ky > 4 || kx > 4) continue;
+                LB wk = w[O_H2W + o * 300 + i * 25 + ky * 5 + kx];
+                if (squared) wk = wk * wk;
+#pragma GCC unroll 2
+                for (int ta = 0; ta < TA; ta++)
+#pragma GCC unroll 4
+                    for (int b = 0; b < 4; b++) {
+                        const int oy = a0 + ta + 1 - dy, ox = b + 1 - dx;
+                        if (oy >= 0 && oy <= 3 && ox >= 0 && ox <= 3) acc[ta][b] = LFMA(wk, d[oy * 4 + ox], acc[ta][b]);
+                    }
             }
-            LANES w[O_H3B + h][b] = w[O_H3B + h][b] + nl[b];
-        } else {
-            for (int q = 0; q < 192; q++) {
-                lv g;
-                LANES g[b] = s->d3[h][b] * s->z[q][b];
-                APPLY(O_H3W + h * 192 + q, g);
+    }
+#pragma GCC unroll 2
+    for (int ta = 0; ta < TA; ta++)
+#pragma GCC unroll 4
+        for (int b = 0; b < 4; b++) e1[i * 144 + (2 * (a0 + ta) + 2 + py) * 12 + 2 * b + 2 + px] = acc[ta][b];
+}
+
+static void L(back_h2)(const LB *restrict w, const signed char *restrict table, const LB *restrict v, LB *restrict e1,
+                       int squared) {
+    for (int i = 0; i < 12; i++)
+        for (int a0 = 0; a0 < 4; a0 += TA) {
+            L(e1_class)(w, table, v, e1, squared, i, 0, 0, a0);
+            L(e1_class)(w, table, v, e1, squared, i, 0, 1, a0);
+            L(e1_class)(w, table, v, e1, squared, i, 1, 0, a0);
+            L(e1_class)(w, table, v, e1, squared, i, 1, 1, a0);
+        }
+}
+
+/* H2 weights (o, i) of one tap parity class: g = sum over the 16 positions, in order, of l x1; then the update */
+static inline __attribute__((always_inline)) void L(h2_update_class)(LB *restrict w, const L(Scratch) *restrict s,
+                                                                     const L(Opt) *restrict op, int o, int i, int py,
+                                                                     int px) {
+    LB g[3][3];
+#pragma GCC unroll 3
+    for (int dy = 0; dy < 3; dy++)
+#pragma GCC unroll 3
+        for (int dx = 0; dx < 3; dx++) g[dy][dx] = L(bc)(0.0f);
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) {
+        const LB l = s->l[p];
+        const LB *x = s->x1 + i * 144 + (2 * (p >> 2) + py) * 12 + 2 * (p & 3) + px;
+#pragma GCC unroll 3
+        for (int dy = 0; dy < 3; dy++)
+#pragma GCC unroll 3
+            for (int dx = 0; dx < 3; dx++)
+                if (2 * dy + py <= 4 && 2 * dx + px <= 4) g[dy][dx] = LFMA(l, x[2 * dy * 12 + 2 * dx], g[dy][dx]);
+    }
+#pragma GCC unroll 3
+    for (int dy = 0; dy < 3; dy++)
+#pragma GCC unroll 3
+        for (int dx = 0; dx < 3; dx++) {
+            if (2 * dy + py > 4 || 2 * dx + px > 4) continue;
+            const int idx = O_H2W + o * 300 + i * 25 + (2 * dy + py) * 5 + 2 * dx + px;
+            w[idx] = op->sgd ? w[idx] - g[dy][dx] : L(rule)(op, w[idx], g[dy][dx], idx);
+        }
+}
+
+/* Backprop and update. SGD folds lr into the deltas; SDLM and AdamW apply their rule to the
+ * unfolded gradient. Each layer's delta uses its weights before they are updated (in the same
+ * sweep over them, for the output layer and H3). */
+static void L(backward)(LB *restrict w, const LB *restrict k, const Setup *st, const signed char *restrict table,
+                        L(Scratch) *restrict s, int drop, const L(Opt) *restrict op) {
+    const int relu = st->relu, sgd = op->sgd;
+    const LB lr = k[C_LR];
+    L(output_delta)(k, st, s, NULL);
+    /* output layer: d3 with the old weights, the update in the same sweep */
+#define TH2 (ACC >= 10 ? 10 : 5)
+    LB nl[32];
+    for (int j = 0; j < 10; j++) nl[j] = -(lr * s->d4[j]);
+    for (int h0 = 0; h0 < 30; h0 += TH2) {
+        LB g[TH2];
+#pragma GCC unroll 10
+        for (int t = 0; t < TH2; t++) g[t] = L(bc)(0.0f);
+        for (int j = 0; j < 10; j++) {
+            const LB d = s->d4[j], n = nl[j];
+#pragma GCC unroll 10
+            for (int t = 0; t < TH2; t++) {
+                const int idx = O_OUTW + j * 30 + h0 + t;
+                const LB wv = w[idx];
+                g[t] = LFMA(wv, d, g[t]);
+                w[idx] = UPDATE(idx, wv, n, d, s->x3[h0 + t]);
             }
-            APPLY(O_H3B + h, s->d3[h]);
+        }
+#pragma GCC unroll 10
+        for (int t = 0; t < TH2; t++) s->d3[h0 + t] = g[t] * L(fpv)(s->x3[h0 + t], s, relu);
+    }
+    for (int j = 0; j < 10; j++)
+        w[O_OUTB + j] = sgd ? w[O_OUTB + j] + nl[j] : L(rule)(op, w[O_OUTB + j], s->d4[j], O_OUTB + j);
+    /* H3: d2 with the old weights, the update in the same sweep */
+    for (int h = 0; h < 30; h++) nl[h] = -(lr * s->d3[h]);
+    for (int q0 = 0; q0 < 192; q0 += TQ) {
+        LB g[TQ], z[TQ];
+#pragma GCC unroll 8
+        for (int t = 0; t < TQ; t++) {
+            g[t] = L(bc)(0.0f);
+            z[t] = s->z[q0 + t];
+        }
+        for (int h = 0; h < 30; h++) {
+            const LB d = s->d3[h], n = nl[h];
+#pragma GCC unroll 8
+            for (int t = 0; t < TQ; t++) {
+                const int idx = O_H3W + h * 192 + q0 + t;
+                const LB wv = w[idx];
+                g[t] = LFMA(wv, d, g[t]);
+                w[idx] = UPDATE(idx, wv, n, d, z[t]);
+            }
+        }
+#pragma GCC unroll 8
+        for (int t = 0; t < TQ; t++) {
+            const LB fp = L(fpv)(s->x2[q0 + t], s, relu);
+            s->d2[q0 + t] = drop ? (g[t] * s->kp[q0 + t]) * fp : g[t] * fp;
         }
     }
-    L(back_h2)((const lv *)w, table, (const lv *)s->d2, s->e1, 0);
+    for (int h = 0; h < 30; h++)
+        w[O_H3B + h] = sgd ? w[O_H3B + h] + nl[h] : L(rule)(op, w[O_H3B + h], s->d3[h], O_H3B + h);
+    L(back_h2)((const LB *)w, table, (const LB *)s->d2, s->e1, 0);
     /* H2: gradients summed over the 16 positions */
     for (int o = 0; o < 12; o++) {
-        lv l[16];
         for (int p = 0; p < 16; p++) {
-            if (sgd) {
-                LANES l[p][b] = k[C_LR][b] * s->d2[o * 16 + p][b];
-                LANES w[O_H2B + o * 16 + p][b] = w[O_H2B + o * 16 + p][b] - l[p][b];
-            } else {
-                LANES l[p][b] = s->d2[o * 16 + p][b];
-                APPLY(O_H2B + o * 16 + p, l[p]);
-            }
+            const int idx = O_H2B + o * 16 + p;
+            s->l[p] = sgd ? lr * s->d2[o * 16 + p] : s->d2[o * 16 + p];
+            w[idx] = sgd ? w[idx] - s->l[p] : L(rule)(op, w[idx], s->l[p], idx);
         }
         for (int i = 0; i < 12; i++) {
             if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    lv g;
-                    LANES g[b] = 0.0f;
-                    for (int oy = 0; oy < 4; oy++)
-                        for (int ox = 0; ox < 4; ox++) {
-                            const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            LANES g[b] = fmaf(l[oy * 4 + ox][b], x[b], g[b]);
-                        }
-                    const int idx = O_H2W + o * 300 + i * 25 + ky * 5 + kx;
-                    if (sgd)
-                        LANES w[idx][b] = w[idx][b] - g[b];
-                    else
-                        APPLY(idx, g);
-                }
+            L(h2_update_class)(w, s, op, o, i, 0, 0);
+            L(h2_update_class)(w, s, op, o, i, 0, 1);
+            L(h2_update_class)(w, s, op, o, i, 1, 0);
+            L(h2_update_class)(w, s, op, o, i, 1, 1);
         }
     }
     /* H1: deltas on the 8x8 interior, then the shared kernels and the per-unit biases */
+#define TKY (ZN_REGS / NV >= 32 ? 5 : 1)
     for (int m = 0; m < 12; m++) {
-        lv l[64];
-        for (int oy = 0; oy < 8; oy++)
-            for (int ox = 0; ox < 8; ox++) {
-                const int u = m * 144 + (oy + 2) * 12 + ox + 2;
-                float *lu = l[oy * 8 + ox];
-                lv fp;
-                L(fp)(fp, s->x1[u], s, relu);
-                LANES lu[b] = s->e1[u][b] * fp[b];
-                if (sgd) {
-                    LANES lu[b] = k[C_LR][b] * lu[b];
-                    LANES w[O_H1B + m * 64 + oy * 8 + ox][b] = w[O_H1B + m * 64 + oy * 8 + ox][b] - lu[b];
-                } else
-                    APPLY(O_H1B + m * 64 + oy * 8 + ox, lu);
+        LB *l = s->l;
+        for (int u = 0; u < 64; u++) {
+            const int unit = m * 144 + (u / 8 + 2) * 12 + u % 8 + 2, idx = O_H1B + m * 64 + u;
+            LB lu = s->e1[unit] * L(fpv)(s->x1[unit], s, relu);
+            if (sgd) lu = lr * lu;
+            l[u] = lu;
+            w[idx] = sgd ? w[idx] - lu : L(rule)(op, w[idx], lu, idx);
+        }
+        for (int ky0 = 0; ky0 < 5; ky0 += TKY) {
+            LB g[TKY][5];
+#pragma GCC unroll 5
+            for (int r = 0; r < TKY; r++)
+#pragma GCC unroll 5
+                for (int kx = 0; kx < 5; kx++) g[r][kx] = L(bc)(0.0f);
+            for (int u = 0; u < 64; u++) {
+                const LB lu = l[u];
+                const LB *row = s->in + (2 * (u / 8) + ky0) * 20 + 2 * (u % 8);
+#pragma GCC unroll 5
+                for (int r = 0; r < TKY; r++)
+#pragma GCC unroll 5
+                    for (int kx = 0; kx < 5; kx++) g[r][kx] = LFMA(lu, row[r * 20 + kx], g[r][kx]);
             }
-        for (int ky = 0; ky < 5; ky++)
-            for (int kx = 0; kx < 5; kx++) {
-                lv g;
-                LANES g[b] = 0.0f;
-                for (int oy = 0; oy < 8; oy++)
-                    for (int ox = 0; ox < 8; ox++) {
-                        const float *x = s->in[(2 * oy + ky) * 20 + 2 * ox + kx];
-                        LANES g[b] = fmaf(l[oy * 8 + ox][b], x[b], g[b]);
-                    }
-                const int idx = O_H1W + m * 25 + ky * 5 + kx;
-                if (sgd)
-                    LANES w[idx][b] = w[idx][b] - g[b];
-                else
-                    APPLY(idx, g);
-            }
+#pragma GCC unroll 5
+            for (int r = 0; r < TKY; r++)
+#pragma GCC unroll 5
+                for (int kx = 0; kx < 5; kx++) {
+                    const int idx = O_H1W + m * 25 + (ky0 + r) * 5 + kx;
+                    w[idx] = sgd ? w[idx] - g[r][kx] : L(rule)(op, w[idx], g[r][kx], idx);
+                }
+        }
     }
 }
 
 /* The SDLM curvature of one pattern (REFERENCE.md §2): Gauss-Newton, "backprop with the weights
- * and f' squared". hp receives h for every parameter ([N_PARAMS][BLK]). Needs forward() first. */
-static void L(curvature)(const lv *restrict w, const lv *restrict k, const Setup *st, const signed char *restrict table,
-                         L(Scratch) *restrict s, int drop, lv *restrict hp) {
+ * and f' squared". hp receives h for every parameter ([N_PARAMS] lane vectors). Needs forward() first. */
+static void L(curvature)(const LB *restrict w, const LB *restrict k, const Setup *st, const signed char *restrict table,
+                         L(Scratch) *restrict s, int drop, LB *restrict hp) {
     const int relu = st->relu;
-    lv s4[10], s3[32], s2[192];
+    LB s4[10], s3[32], s2[192];
     L(output_delta)(k, st, s, s4);
     for (int h = 0; h < 30; h++) {
-        lv g;
-        LANES g[b] = 0.0f;
+        LB g = L(bc)(0.0f);
         for (int j = 0; j < 10; j++) {
-            const float *wk = w[O_OUTW + j * 30 + h];
-            LANES g[b] = fmaf(wk[b] * wk[b], s4[j][b], g[b]);
+            const LB wk = w[O_OUTW + j * 30 + h];
+            g = LFMA(wk * wk, s4[j], g);
         }
-        lv fp;
-        L(fp)(fp, s->x3[h], s, relu);
-        LANES s3[h][b] = g[b] * (fp[b] * fp[b]);
+        const LB fp = L(fpv)(s->x3[h], s, relu);
+        s3[h] = g * (fp * fp);
     }
-    L(back_h3)(w, s, (const lv *)s3, s2, 1, drop, relu);
-    L(back_h2)(w, table, (const lv *)s2, s->e1, 1);
+    L(back_h3)(w, s, s3, s2, 1, drop, relu);
+    L(back_h2)(w, table, s2, s->e1, 1);
     for (int j = 0; j < 10; j++) {
-        for (int h = 0; h < 30; h++) LANES hp[O_OUTW + j * 30 + h][b] = s4[j][b] * (s->x3[h][b] * s->x3[h][b]);
-        LANES hp[O_OUTB + j][b] = s4[j][b];
+        for (int h = 0; h < 30; h++) hp[O_OUTW + j * 30 + h] = s4[j] * (s->x3[h] * s->x3[h]);
+        hp[O_OUTB + j] = s4[j];
     }
     for (int h = 0; h < 30; h++) {
-        for (int q = 0; q < 192; q++) LANES hp[O_H3W + h * 192 + q][b] = s3[h][b] * (s->z[q][b] * s->z[q][b]);
-        LANES hp[O_H3B + h][b] = s3[h][b];
+        for (int q = 0; q < 192; q++) hp[O_H3W + h * 192 + q] = s3[h] * (s->z[q] * s->z[q]);
+        hp[O_H3B + h] = s3[h];
     }
     for (int o = 0; o < 12; o++) {
-        for (int p = 0; p < 16; p++) LANES hp[O_H2B + o * 16 + p][b] = s2[o * 16 + p][b];
+        for (int p = 0; p < 16; p++) hp[O_H2B + o * 16 + p] = s2[o * 16 + p];
         for (int i = 0; i < 12; i++)
             for (int r = 0; r < 25; r++) {
                 const int idx = O_H2W + o * 300 + i * 25 + r;
                 if (!table[o * 12 + i]) {
-                    LANES hp[idx][b] = 0.0f;
+                    hp[idx] = L(bc)(0.0f);
                     continue;
                 }
                 const int ky = r / 5, kx = r % 5;
-                lv g;
-                LANES g[b] = 0.0f;
-                for (int oy = 0; oy < 4; oy++)
-                    for (int ox = 0; ox < 4; ox++) {
-                        const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                        LANES g[b] = fmaf(s2[o * 16 + oy * 4 + ox][b], x[b] * x[b], g[b]);
-                    }
-                LANES hp[idx][b] = g[b];
+                LB g = L(bc)(0.0f);
+                for (int p = 0; p < 16; p++) {
+                    const LB x = s->x1[i * 144 + (2 * (p >> 2) + ky) * 12 + 2 * (p & 3) + kx];
+                    g = LFMA(s2[o * 16 + p], x * x, g);
+                }
+                hp[idx] = g;
             }
     }
     for (int m = 0; m < 12; m++) {
-        lv s1[64];
+        LB s1[64];
         for (int u = 0; u < 64; u++) {
             const int unit = m * 144 + (u / 8 + 2) * 12 + u % 8 + 2;
-            lv fp;
-            L(fp)(fp, s->x1[unit], s, relu);
-            LANES s1[u][b] = s->e1[unit][b] * (fp[b] * fp[b]);
-            LANES hp[O_H1B + m * 64 + u][b] = s1[u][b];
+            const LB fp = L(fpv)(s->x1[unit], s, relu);
+            s1[u] = s->e1[unit] * (fp * fp);
+            hp[O_H1B + m * 64 + u] = s1[u];
         }
         for (int r = 0; r < 25; r++) {
             const int ky = r / 5, kx = r % 5;
-            lv g;
-            LANES g[b] = 0.0f;
+            LB g = L(bc)(0.0f);
             for (int u = 0; u < 64; u++) {
-                const float *x = s->in[(2 * (u / 8) + ky) * 20 + 2 * (u % 8) + kx];
-                LANES g[b] = fmaf(s1[u][b], x[b] * x[b], g[b]);
+                const LB x = s->in[(2 * (u / 8) + ky) * 20 + 2 * (u % 8) + kx];
+                g = LFMA(s1[u], x * x, g);
             }
-            LANES hp[O_H1W + m * 25 + r][b] = g[b];
+            hp[O_H1W + m * 25 + r] = g;
         }
     }
 }
@@ -582,26 +800,25 @@ static void L(load)(L(Scratch) *restrict s, const float *inputs, const int32_t *
                     int64_t n, int64_t i, int shared) {
     if (shared) { /* every lane reads the same dataset: broadcast */
         const float *src = inputs + ((int64_t)dataset[0] * n + i) * 400;
-        for (int px = 0; px < 400; px++) LANES s->in[px][b] = src[px];
+        for (int px = 0; px < 400; px++) s->in[px] = L(bc)(src[px]);
         LANES s->label[b] = labels[(int64_t)dataset[0] * n + i];
         return;
     }
+    float (*in)[BLK] = (float (*)[BLK])s->in;
     LANES {
         const float *src = inputs + ((int64_t)dataset[b] * n + i) * 400;
-        for (int px = 0; px < 400; px++) s->in[px][b] = src[px];
+        for (int px = 0; px < 400; px++) in[px][b] = src[px];
         s->label[b] = labels[(int64_t)dataset[b] * n + i];
     }
 }
 
-static L(Scratch) *L(scratch)(const lv *k, const Setup *st) {
+static L(Scratch) *L(scratch)(const LB *k, const Setup *st) {
     L(Scratch) *s = zalloc(sizeof(L(Scratch)));
     if (!s) return NULL;
     memset(s, 0, sizeof *s);
-    for (int u = 0; u < 12 * 144; u++) LANES s->x1[u][b] = -1.0f; /* "constant padding of -1" */
-    LANES {
-        s->SA[b] = st->relu ? 1.0f : k[C_S][b] / k[C_A][b];
-        s->AA[b] = k[C_A][b] * k[C_A][b];
-    }
+    for (int u = 0; u < 12 * 144; u++) s->x1[u] = L(bc)(-1.0f); /* "constant padding of -1" */
+    s->SA = st->relu ? L(bc)(1.0f) : k[C_S] / k[C_A];
+    s->AA = k[C_A] * k[C_A];
     return s;
 }
 
@@ -617,22 +834,31 @@ static int L(train)(float *params, const float *consts, float *state, int nblock
                     int64_t n, const uint8_t *const *keep, int nthreads) {
     int failed = 0;
     const int nstate = st->optim == OPT_ADAMW ? 2 : st->optim == OPT_SDLM ? (st->running ? 2 : 1) : 0;
+    const int running = st->optim == OPT_SDLM && st->running;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : failed)
     for (int blk = 0; blk < nblocks; blk++) {
-        lv *w = (lv *)(params + (size_t)blk * N_PARAMS * BLK);
-        const lv *k = (const lv *)(consts + (size_t)blk * N_CONSTS * BLK);
+        LB *w = (LB *)(params + (size_t)blk * N_PARAMS * BLK);
+        const LB *k = (const LB *)(consts + (size_t)blk * N_CONSTS * BLK);
         const int32_t *ds = dataset + (size_t)blk * BLK;
         L(Scratch) *s = L(scratch)(k, st);
-        lv *hp = st->optim == OPT_SDLM && st->running ? zalloc(sizeof(lv) * N_PARAMS) : NULL;
-        if (!s || (st->optim == OPT_SDLM && st->running && !hp)) {
+        LB *hp = running ? zalloc(sizeof(LB) * N_PARAMS) : NULL;
+        if (!s || (running && !hp)) {
             failed = 1;
             free(s);
             free(hp);
             continue;
         }
-        L(Opt) op;
-        op.st1 = nstate ? state + (size_t)blk * nstate * N_PARAMS * BLK : NULL;
-        op.st2 = nstate == 2 ? op.st1 + (size_t)N_PARAMS * BLK : NULL;
+        L(Opt) op = {.sgd = st->optim == OPT_SGD, .sdlm = st->optim == OPT_SDLM};
+        op.st1 = nstate ? (LB *)(state + (size_t)blk * nstate * N_PARAMS * BLK) : NULL;
+        op.st2 = nstate == 2 ? op.st1 + N_PARAMS : NULL;
+        if (st->optim == OPT_ADAMW) {
+            op.b1 = k[C_B1];
+            op.omb1 = 1.0f - k[C_B1];
+            op.b2 = k[C_B2];
+            op.omb2 = 1.0f - k[C_B2];
+            op.eps = k[C_EPS];
+            op.decay = 1.0f - k[C_LR] * k[C_WD];
+        }
         const uint8_t *bits[BLK];
         const int drop = keep != NULL, shared = L(same)(ds);
         for (int64_t i = 0; i < n; i++) {
@@ -641,23 +867,27 @@ static int L(train)(float *params, const float *consts, float *state, int nblock
                 LANES bits[b] = keep[(size_t)blk * BLK + b] + i * 24;
                 L(dropout)(s, k, bits);
             }
-            L(forward)((const lv *)w, k, st, table, s, drop);
-            if (st->optim == OPT_SDLM && st->running) {
+            L(forward)((const LB *)w, k, st, table, s, drop);
+            if (running) {
                 /* h <- (1 - g) h + g h_pattern, then the step sizes eta / (mu + h) */
-                L(curvature)((const lv *)w, k, st, table, s, drop, hp);
-                lv *h = (lv *)op.st2, *eps = (lv *)op.st1;
-                for (int idx = 0; idx < N_PARAMS; idx++) LANES {
-                    const float g = k[C_DECAY][b];
-                    h[idx][b] = h[idx][b] * (1.0f - g) + g * hp[idx][b];
-                    eps[idx][b] = k[C_LR][b] / (k[C_MU][b] + h[idx][b]);
+                L(curvature)((const LB *)w, k, st, table, s, drop, hp);
+                LB *h = op.st2, *eps = op.st1;
+                const LB g = k[C_DECAY], keep_h = 1.0f - k[C_DECAY];
+                for (int idx = 0; idx < N_PARAMS; idx++) {
+                    h[idx] = h[idx] * keep_h + g * hp[idx];
+                    eps[idx] = k[C_LR] / (k[C_MU] + h[idx]);
                 }
             }
             if (st->optim == OPT_ADAMW) {
                 const double t = (double)st->step + (double)i + 1.0;
+                float lr_b1[BLK], bc2[BLK];
+                const float *lr = (const float *)&k[C_LR], *b1 = (const float *)&k[C_B1], *b2 = (const float *)&k[C_B2];
                 LANES {
-                    op.lr_b1[b] = k[C_LR][b] / (1.0f - (float)pow((double)k[C_B1][b], t));
-                    op.bc2[b] = 1.0f - (float)pow((double)k[C_B2][b], t);
+                    lr_b1[b] = lr[b] / (1.0f - (float)pow((double)b1[b], t));
+                    bc2[b] = 1.0f - (float)pow((double)b2[b], t);
                 }
+                memcpy(&op.lr_b1, lr_b1, sizeof lr_b1);
+                memcpy(&op.bc2, bc2, sizeof bc2);
             }
             L(backward)(w, k, st, table, s, drop, &op);
         }
@@ -674,12 +904,12 @@ static int L(curvature_sum)(const float *params, const float *consts, float *hsu
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(static) reduction(| : failed)
     for (int blk = 0; blk < nblocks; blk++) {
-        const lv *w = (const lv *)(params + (size_t)blk * N_PARAMS * BLK);
-        const lv *k = (const lv *)(consts + (size_t)blk * N_CONSTS * BLK);
-        lv *sum = (lv *)(hsum + (size_t)blk * N_PARAMS * BLK);
+        const LB *w = (const LB *)(params + (size_t)blk * N_PARAMS * BLK);
+        const LB *k = (const LB *)(consts + (size_t)blk * N_CONSTS * BLK);
+        LB *sum = (LB *)(hsum + (size_t)blk * N_PARAMS * BLK);
         const int32_t *ds = dataset + (size_t)blk * BLK;
         L(Scratch) *s = L(scratch)(k, st);
-        lv *hp = zalloc(sizeof(lv) * N_PARAMS);
+        LB *hp = zalloc(sizeof(LB) * N_PARAMS);
         if (!s || !hp) {
             failed = 1;
             free(s);
@@ -687,12 +917,12 @@ static int L(curvature_sum)(const float *params, const float *consts, float *hsu
             continue;
         }
         const int shared = L(same)(ds);
-        for (int idx = 0; idx < N_PARAMS; idx++) LANES sum[idx][b] = 0.0f;
+        for (int idx = 0; idx < N_PARAMS; idx++) sum[idx] = L(bc)(0.0f);
         for (int j = 0; j < nsample; j++) {
             L(load)(s, inputs, labels, ds, n, sample[j], shared);
             L(forward)(w, k, st, table, s, 0);
             L(curvature)(w, k, st, table, s, 0, hp);
-            for (int idx = 0; idx < N_PARAMS; idx++) LANES sum[idx][b] = sum[idx][b] + hp[idx][b];
+            for (int idx = 0; idx < N_PARAMS; idx++) sum[idx] = sum[idx] + hp[idx];
         }
         free(hp);
         free(s);
@@ -700,101 +930,44 @@ static int L(curvature_sum)(const float *params, const float *consts, float *hsu
     return failed ? -1 : 0;
 }
 
-#undef APPLY
-#undef lv
+#endif /* ZN_EVAL */
+
+#undef WT
+#undef W
+#undef KV
+#undef TM
+#undef TX
+#undef TO
+#undef TP
+#undef TH
+#undef TJ
+#undef TQ
+#undef TA
+#undef TH2
+#undef TKY
+#undef UPDATE
 #undef LANES
+#undef ACC
+#undef NV
+#undef LB
+#undef LI
+#undef LFMA
+#undef LTANH
+#undef LSQRT
 #undef L
 #undef BLK
 
 #elif ZN_PART == 2
 /* ===================== eval: examples in SIMD lanes ===================== */
-/* Same forward arithmetic as the lanes path, per example (tests check both paths agree). */
+/* The training forward (forward_eval is the lanes template with one member's weights broadcast
+ * and ET examples in the lanes: the SIMD width), then the loss terms and hits per example. */
+#if ZN_WIDTH >= 16
 #define ET 16
-#define EX for (int e = 0; e < ET; e++)
-typedef float ev[ET];
-
-typedef struct {
-    ev in[400];
-    ev x1[12 * 144];
-    ev x2[192];
-    ev x3[32];
-    ev y[10];
-} ETile;
-
-static inline void eact(float *restrict x, const float *restrict a, float A, float S, int relu) {
-    if (relu)
-        EX x[e] = a[e] > 0.0f ? a[e] : 0.0f;
-    else
-        EX x[e] = A * ztanh(S * a[e]);
-}
-
-static void eval_forward(const float *restrict w, const float *restrict k, const Setup *st,
-                         const signed char *restrict table, ETile *restrict s) {
-    const int relu = st->relu;
-    const float A = k[C_A], S = k[C_S];
-    for (int m = 0; m < 12; m++)
-        for (int oy = 0; oy < 8; oy++) {
-            ev a[8];
-            for (int ox = 0; ox < 8; ox++) EX a[ox][e] = w[O_H1B + m * 64 + oy * 8 + ox];
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float wk = w[O_H1W + m * 25 + ky * 5 + kx];
-                    for (int ox = 0; ox < 8; ox++) {
-                        const float *x = s->in[(2 * oy + ky) * 20 + 2 * ox + kx];
-                        EX a[ox][e] = fmaf(wk, x[e], a[ox][e]);
-                    }
-                }
-            for (int ox = 0; ox < 8; ox++) eact(s->x1[m * 144 + (oy + 2) * 12 + ox + 2], a[ox], A, S, relu);
-        }
-    for (int o = 0; o < 12; o++) {
-        ev a[16];
-        for (int p = 0; p < 16; p++) EX a[p][e] = w[O_H2B + o * 16 + p];
-        for (int i = 0; i < 12; i++) {
-            if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float wk = w[O_H2W + o * 300 + i * 25 + ky * 5 + kx];
-                    for (int oy = 0; oy < 4; oy++)
-                        for (int ox = 0; ox < 4; ox++) {
-                            const float *x = s->x1[i * 144 + (2 * oy + ky) * 12 + 2 * ox + kx];
-                            EX a[oy * 4 + ox][e] = fmaf(wk, x[e], a[oy * 4 + ox][e]);
-                        }
-                }
-        }
-        for (int p = 0; p < 16; p++) eact(s->x2[o * 16 + p], a[p], A, S, relu);
-    }
-    for (int h0 = 0; h0 < 30; h0 += 3) {
-        ev a[3][4];
-        for (int t = 0; t < 3; t++)
-            for (int r = 0; r < 4; r++) EX a[t][r][e] = 0.0f;
-        for (int q = 0; q < 192; q += 4)
-            for (int r = 0; r < 4; r++) {
-                const float *x = s->x2[q + r];
-                for (int t = 0; t < 3; t++) {
-                    const float wk = w[O_H3W + (h0 + t) * 192 + q + r];
-                    EX a[t][r][e] = fmaf(wk, x[e], a[t][r][e]);
-                }
-            }
-        for (int t = 0; t < 3; t++) {
-            ev sum;
-            EX sum[e] = w[O_H3B + h0 + t] + ((a[t][0][e] + a[t][1][e]) + (a[t][2][e] + a[t][3][e]));
-            eact(s->x3[h0 + t], sum, A, S, relu);
-        }
-    }
-    ev a[10];
-    for (int j = 0; j < 10; j++) EX a[j][e] = w[O_OUTB + j];
-    for (int h = 0; h < 30; h++)
-        for (int j = 0; j < 10; j++) {
-            const float wk = w[O_OUTW + j * 30 + h];
-            EX a[j][e] = fmaf(wk, s->x3[h][e], a[j][e]);
-        }
-    for (int j = 0; j < 10; j++) {
-        if (st->linear_out)
-            EX s->y[j][e] = a[j][e];
-        else
-            EX s->y[j][e] = A * ztanh(S * a[j][e]);
-    }
-}
+typedef v16 ev;
+#else
+#define ET 8
+typedef v8 ev;
+#endif
 
 /* log(x) for x >= 1 (the softmax's sum after subtracting the maximum): x = 2^n m, m in [1, 2) */
 static inline float zlog(float x) {
@@ -828,24 +1001,24 @@ typedef struct {
 } Split;
 
 /* The loss term and hit of tile example e (member constants k). */
-static inline float eval_term(const ETile *restrict s, const float *restrict k, const Setup *st, int e, int label,
-                              uint8_t *hit) {
-    float best = s->y[0][e];
+static inline float eval_term(const float (*restrict y)[ET], const float *restrict k, const Setup *st, int e,
+                              int label, uint8_t *hit) {
+    float best = y[0][e];
     int arg = 0;
     for (int j = 1; j < 10; j++) /* the first maximum, NaN counting as the largest (torch.argmax) */
-        if (s->y[j][e] > best || (s->y[j][e] != s->y[j][e] && best == best)) {
-            best = s->y[j][e];
+        if (y[j][e] > best || (y[j][e] != y[j][e] && best == best)) {
+            best = y[j][e];
             arg = j;
         }
     *hit = arg == label;
     if (st->cross_entropy) { /* -log softmax(y)[label] = log sum exp(y - max) - (y_label - max) */
-        float sum = zexp(s->y[0][e] - best);
-        for (int j = 1; j < 10; j++) sum = sum + zexp(s->y[j][e] - best);
-        return zlog(sum) - (s->y[label][e] - best);
+        float sum = zexp(y[0][e] - best);
+        for (int j = 1; j < 10; j++) sum = sum + zexp(y[j][e] - best);
+        return zlog(sum) - (y[label][e] - best);
     }
     float term = 0.0f; /* sum over outputs of (y - t)^2; the mean divides by 10 n */
     for (int j = 0; j < 10; j++) {
-        const float diff = s->y[j][e] - (j == label ? k[C_POS] : k[C_NEG]);
+        const float diff = y[j][e] - (j == label ? k[C_POS] : k[C_NEG]);
         term = fmaf(diff, diff, term);
     }
     return term;
@@ -870,10 +1043,10 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) reduction(| : failed)
     {
-        ETile *s = zalloc(sizeof(ETile));
+        Scratch_eval *s = zalloc(sizeof(Scratch_eval));
         if (!s) failed = 1;
         if (s)
-            for (int u = 0; u < 12 * 144; u++) EX s->x1[u][e] = -1.0f; /* "constant padding of -1" */
+            for (int u = 0; u < 12 * 144; u++) s->x1[u] = (ev){} - 1.0f; /* "constant padding of -1" */
 #pragma omp for schedule(dynamic, 1)
         for (int64_t item = 0; item < items; item++) {
             if (!s) continue;
@@ -889,17 +1062,22 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
             const int cnt = x->n - lo < ET ? (int)(x->n - lo) : ET;
             const float *src = x->inputs + (d * x->n + lo) * 400;
             const int32_t *lab = x->labels + d * x->n + lo;
-            for (int px = 0; px < 400; px++) EX s->in[px][e] = src[(e < cnt ? e : 0) * 400 + px];
+            float (*in)[ET] = (float (*)[ET])s->in;
+            for (int e = 0; e < ET; e++) {
+                const float *row = src + (e < cnt ? e : 0) * 400;
+                for (int px = 0; px < 400; px++) in[px][e] = row[px];
+            }
             for (int km = 0; km < K; km++) {
                 if (dataset[km] != d) continue;
                 const float *k = consts + (size_t)km * N_CONSTS;
-                eval_forward(params + (size_t)km * N_PARAMS, k, st, table, s);
+                forward_eval(params + (size_t)km * N_PARAMS, k, st, table, s, 0);
+                const float (*y)[ET] = (const float (*)[ET])s->y;
                 float *term = terms + (size_t)km * total + base + lo;
                 uint8_t *hit = hits + (size_t)km * total + base + lo;
-                for (int e = 0; e < cnt; e++) term[e] = eval_term(s, k, st, e, lab[e], hit + e);
+                for (int e = 0; e < cnt; e++) term[e] = eval_term(y, k, st, e, lab[e], hit + e);
                 if (x->outputs)
                     for (int e = 0; e < cnt; e++)
-                        for (int j = 0; j < 10; j++) x->outputs[((size_t)km * x->n + lo + e) * 10 + j] = s->y[j][e];
+                        for (int j = 0; j < 10; j++) x->outputs[((size_t)km * x->n + lo + e) * 10 + j] = y[j][e];
             }
         }
         free(s);
@@ -923,7 +1101,6 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
     free(hits);
     return failed ? -1 : 0;
 }
-#undef EX
 #undef ET
 
 #elif ZN_PART == 3
@@ -932,8 +1109,6 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
  * each vector across outputs (units, positions, taps) so every sum keeps its canonical order.
  * Units of H1 are also kept by parity class: the interior unit (oy, ox) is lane
  * (oy/2)*4 + ox/2 of class (oy%2)*2 + ox%2, so each H2 tap (ky, kx) reaches one class. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16v __attribute__((vector_size(64)));
 
 typedef struct {
     float P[25][64];       /* input taps per H1 unit: P[k][u] */
@@ -952,7 +1127,7 @@ typedef struct {
     float l2[12][16];
 } One;
 
-static i16v one_shift[3][3]; /* lane -> lane of the 4x4 d2 map, or 16 (a zero) */
+static i16 one_shift[3][3]; /* lane -> lane of the 4x4 d2 map, or 16 (a zero) */
 static int one_unit_class[64], one_unit_lane[64];
 
 static void one_tables(void) {
@@ -1195,7 +1370,7 @@ int zn_train_one(float *params, const float *consts, int K, const signed char *t
 
 
 /* ===================== exported entry points ===================== */
-int zn_lanes(int blk) { return blk == 8 || blk == 16 || blk == 32; }
+int zn_lanes(int blk) { return blk == 8 || blk == 16; }
 
 int zn_train_lanes(int blk, float *params, const float *consts, float *state, int nblocks, const Setup *st,
                    const signed char *table, const float *inputs, const int32_t *labels, const int32_t *dataset,
@@ -1203,7 +1378,6 @@ int zn_train_lanes(int blk, float *params, const float *consts, float *state, in
     switch (blk) {
     case 8: return train_8(params, consts, state, nblocks, st, table, inputs, labels, dataset, n, keep, nthreads);
     case 16: return train_16(params, consts, state, nblocks, st, table, inputs, labels, dataset, n, keep, nthreads);
-    case 32: return train_32(params, consts, state, nblocks, st, table, inputs, labels, dataset, n, keep, nthreads);
     }
     return -2;
 }
@@ -1217,9 +1391,6 @@ int zn_curvature_lanes(int blk, const float *params, const float *consts, float 
                                nthreads);
     case 16:
         return curvature_sum_16(params, consts, hsum, nblocks, st, table, inputs, labels, dataset, n, sample, nsample,
-                                nthreads);
-    case 32:
-        return curvature_sum_32(params, consts, hsum, nblocks, st, table, inputs, labels, dataset, n, sample, nsample,
                                 nthreads);
     }
     return -2;

@@ -36,7 +36,7 @@ ABI = 2
 ROUNDING = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 TARGET = ["-march=native", "-mprefer-vector-width=512"]
 LINK = ["-fopenmp", "-shared", "-fPIC"]
-LANES = (8, 16, 32)  # members per block on the lanes path
+LANES = (8, 16)  # members per block on the lanes path
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
 SHAPES = {"H1w": (12, 25), "H1b": (12, 64), "H2w": (12, 300), "H2b": (12, 16),
           "H3w": (30, 192), "H3b": (30,), "outw": (10, 30), "outb": (10,)}

@@ -16,20 +16,18 @@ import torch
 
 from zipnet import kernel
 
-# Measured seconds per pattern of one block (lanes) or one member (one), 1 thread, AVX-512 at
-# 2.6 GHz; only their ratios matter. kernel.vector_width() scales the lanes for AVX2.
-STEP_SECONDS = {"one": 16e-6, 8: 160e-6, 16: 170e-6, 32: 226e-6}
+# Seconds per pattern of one member alone ("one") or of one block of lanes, 1 thread, measured
+# on AVX-512 (2.6 GHz) and AVX2 code; only their ratios matter. A block wider than the SIMD
+# registers is never the cheaper one.
+STEP_SECONDS = {512: {"one": 16e-6, 8: 33e-6, 16: 56e-6}, 256: {"one": 16e-6, 8: 33e-6}}
 
 
 def choose(K: int, threads: int, one_fits: bool, width: int | None = None) -> int:
     """The training path for K members on `threads` threads: 0 (each member on its own) or a block width."""
-    width = width or kernel.vector_width()
-    costs = {}
+    seconds = STEP_SECONDS[512 if (width or kernel.vector_width()) >= 512 else 256]
+    costs = {blk: math.ceil(math.ceil(K / blk) / threads) * seconds[blk] for blk in kernel.LANES if blk in seconds}
     if one_fits:
-        costs[0] = math.ceil(K / threads) * STEP_SECONDS["one"]
-    for blk in kernel.LANES:
-        per_block = STEP_SECONDS[blk] * (max(1.0, blk * 32 / width / 16) if width < 512 else 1.0)
-        costs[blk] = math.ceil(math.ceil(K / blk) / threads) * per_block
+        costs[0] = math.ceil(K / threads) * seconds["one"]
     return min(costs, key=lambda path: (costs[path], path))
 
 
