@@ -322,7 +322,11 @@ typedef struct {
 
 #endif
 
-static inline LB L(bc)(float v) { return (LB){} + v; }
+#if ZN_BLK == 8
+static inline LB L(bc)(float v) { return (LB){v, v, v, v, v, v, v, v}; }
+#else
+static inline LB L(bc)(float v) { return (LB){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
+#endif
 
 static inline LB L(act)(LB a, LB A, LB S, int relu) {
     if (relu) return (LB)((LI)a & (a > L(bc)(0.0f)));
@@ -1105,248 +1109,394 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
 
 #elif ZN_PART == 3
 /* ===================== one member, vectorised across its units ===================== */
-/* The canonical step again, for one member (the paper's SGD, MSE and squashing units), with
- * each vector across outputs (units, positions, taps) so every sum keeps its canonical order.
- * Units of H1 are also kept by parity class: the interior unit (oy, ox) is lane
- * (oy/2)*4 + ox/2 of class (oy%2)*2 + ox%2, so each H2 tap (ky, kx) reaches one class. */
+/* The canonical step again, for one member (the paper's SGD, MSE and squashing units), each
+ * vector across outputs (units, positions, maps), so every sum keeps its canonical order. The
+ * member's weights live in this path's own layouts (in the first-level cache) for a pass.
+ * H1 units are kept by parity class: the unit (oy, ox) is lane (oy/2)*4 + ox/2 of class
+ * (oy%2)*2 + ox%2; an H2 tap (ky, kx) reads one class, moved by (ky/2 - 1, kx/2 - 1).
+ * A vector here is 16 lanes: one AVX-512 register or two AVX2 ones. */
+#if ZN_WIDTH >= 16
+typedef v16 W;
+typedef i16 WI;
+#define WFMA fma16
+#define WTANH tanh_v16
+#define WBC(x) ((W){(x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x), (x)})
+#define NH 1
+#else
+typedef v8 W;
+typedef i8 WI;
+#define WFMA fma8
+#define WTANH tanh_v8
+#define WBC(x) ((W){(x), (x), (x), (x), (x), (x), (x), (x)})
+#define NH 2
+#endif
+typedef struct {
+    W h[NH];
+} V;
+#define EACH for (int h = 0; h < NH; h++)
+
+static inline V vbc(float x) {
+    V r;
+    EACH r.h[h] = WBC(x);
+    return r;
+}
+static inline V vfma(V a, V b, V c) {
+    EACH c.h[h] = WFMA(a.h[h], b.h[h], c.h[h]);
+    return c;
+}
+static inline V vadd(V a, V b) {
+    EACH a.h[h] = a.h[h] + b.h[h];
+    return a;
+}
+static inline V vsub(V a, V b) {
+    EACH a.h[h] = a.h[h] - b.h[h];
+    return a;
+}
+static inline V vmul(V a, V b) {
+    EACH a.h[h] = a.h[h] * b.h[h];
+    return a;
+}
+static inline V vneg(V a) {
+    EACH a.h[h] = -a.h[h];
+    return a;
+}
+static inline V vand(V a, V mask) {
+    EACH a.h[h] = (W)((WI)a.h[h] & (WI)mask.h[h]);
+    return a;
+}
+static inline float vlane(const V *v, int i) { return ((const float *)v)[i]; }
+/* f(a) = A tanh(S a) and f'(x) = (S/A)(A^2 - x^2), per lane as in the lanes path */
+static inline V vact(V a, float A, float S) {
+    EACH a.h[h] = WBC(A) * WTANH(WBC(S) * a.h[h]);
+    return a;
+}
+static inline V vfp(V x, V SA, V AA) { return vmul(SA, vsub(AA, vmul(x, x))); }
+
+/* 4 rows of 4 floats, `stride` apart: a 4x4 window as one vector (lane r * 4 + c), and back */
+static inline V rows4(const float *p, int stride) {
+    V v;
+#if ZN_WIDTH >= 16
+    __m512 z = _mm512_castps128_ps512(_mm_loadu_ps(p));
+    z = _mm512_insertf32x4(z, _mm_loadu_ps(p + stride), 1);
+    z = _mm512_insertf32x4(z, _mm_loadu_ps(p + 2 * stride), 2);
+    v.h[0] = (W)_mm512_insertf32x4(z, _mm_loadu_ps(p + 3 * stride), 3);
+#elif defined(__AVX__)
+    v.h[0] = (W)_mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(p + stride), 1);
+    v.h[1] = (W)_mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p + 2 * stride)), _mm_loadu_ps(p + 3 * stride), 1);
+#else
+    for (int r = 0; r < 4; r++) memcpy((float *)&v + 4 * r, p + r * stride, 16);
+#endif
+    return v;
+}
+static inline void unrows4(float *p, int stride, V v) {
+    for (int r = 0; r < 4; r++) memcpy(p + r * stride, (const float *)&v + 4 * r, 16);
+}
 
 typedef struct {
-    float P[25][64];       /* input taps per H1 unit: P[k][u] */
-    float PT[64][32];      /* the same per unit: PT[u][k] */
-    float x1[12][144];     /* H1 maps with the -1 border */
-    float x1c[12][4][16];  /* H1 interior by parity class */
-    float f2[12][25][16];  /* H2 fields: f2[i][k][p] */
-    float f2T[12][16][32]; /* the same per position: f2T[i][p][k] */
-    float x2[192], x3[32], y[16];
-    float W3T[192][32];    /* H3w transposed (h padded to 32), updated in step with H3w */
-    float outT[32][16];    /* outw transposed (j padded to 16), likewise */
-    float d4[16], d3[32], d2[192];
-    v16 D[12][3][3];       /* d2 of map o moved onto the interior classes by tap (ky/2, kx/2); 0 outside */
-    v16 e1c[12][4];
-    float l1[12][64];
-    float l2[12][16];
+    /* weights */
+    V W1T[25];            /* H1w by tap, lanes = maps */
+    V b1c[12][4];         /* H1b by class */
+    V W2T[12][25];        /* H2w by (H1 map, tap), lanes = H2 maps; 0 where unlinked */
+    V link[12];           /* per H1 map: all-ones bits in the lanes of the H2 maps it feeds, else 0 */
+    V b2[12];             /* H2b, lanes = positions */
+    V W3[30][12];         /* H3w rows, lanes = H2 units */
+    V W3T[192][2];        /* H3w by H2 unit, lanes = H3 units (30 of 32) */
+    V b3[2];
+    V outP[10][2];        /* outw rows, lanes = H3 units */
+    V outT[30];           /* outw by H3 unit, lanes = outputs (10 of 16) */
+    V bo;
+    /* one pattern */
+    V P[25][4];           /* input at each H1 unit's tap, by class */
+    V x1c[12][4];
+    float x1p[12][144];   /* H1 with the -1 border, for the H2 update */
+    float x1g[12][4][36]; /* each class as a 6x6 grid with the -1 border around it (H2's windows) */
+    float d2g[12][36];    /* each H2 map's d2 as a 6x6 grid with zeros around it (e1's shifts) */
+    V x2[12], x3[2], y;
+    V d3[2], d2[12], D[12][3][3]; /* D: d2 of map o moved onto the interior classes, 0 outside */
+    V e1c[12][4];
+    V l1T[64];            /* H1 deltas, [unit], lanes = maps */
+    V l2T[16];            /* H2 deltas, [position], lanes = maps */
+    float d4f[16], nl4f[16], d3f[32], nl3f[32];
 } One;
 
-static i16 one_shift[3][3]; /* lane -> lane of the 4x4 d2 map, or 16 (a zero) */
-static int one_unit_class[64], one_unit_lane[64];
+#define UCLASS(u) (((u) / 8 % 2) * 2 + (u) % 8 % 2)
+#define ULANE(u) (((u) / 16) * 4 + (u) % 8 / 2)
 
-static void one_tables(void) {
-    for (int dy = 0; dy < 3; dy++)
-        for (int dx = 0; dx < 3; dx++)
-            for (int a = 0; a < 4; a++)
-                for (int b = 0; b < 4; b++) {
-                    const int oy = a + 1 - dy, ox = b + 1 - dx;
-                    one_shift[dy][dx][a * 4 + b] = oy >= 0 && oy < 4 && ox >= 0 && ox < 4 ? oy * 4 + ox : 16;
-                }
-    for (int u = 0; u < 64; u++) {
-        const int oy = u / 8, ox = u % 8;
-        one_unit_class[u] = (oy & 1) * 2 + (ox & 1);
-        one_unit_lane[u] = (oy >> 1) * 4 + (ox >> 1);
+static void one_begin(One *s, const float *w, const signed char *table) {
+    memset(s, 0, sizeof *s);
+    for (int m = 0; m < 12; m++) {
+        for (int k = 0; k < 25; k++) ((float *)&s->W1T[k])[m] = w[O_H1W + m * 25 + k];
+        for (int u = 0; u < 64; u++) ((float *)&s->b1c[m][UCLASS(u)])[ULANE(u)] = w[O_H1B + m * 64 + u];
     }
-}
-
-static void one_begin(One *s, const float *w) {
-    for (int u = 0; u < 12 * 144; u++) (&s->x1[0][0])[u] = -1.0f; /* "constant padding of -1" */
-    memset(s->W3T, 0, sizeof s->W3T);
-    memset(s->outT, 0, sizeof s->outT);
-    for (int h = 0; h < 30; h++)
-        for (int q = 0; q < 192; q++) s->W3T[q][h] = w[O_H3W + h * 192 + q];
-    for (int j = 0; j < 10; j++)
-        for (int h = 0; h < 30; h++) s->outT[h][j] = w[O_OUTW + j * 30 + h];
-    memset(s->PT, 0, sizeof s->PT);
-    memset(s->f2T, 0, sizeof s->f2T);
-}
-
-static void one_forward(const float *restrict w, float A, float S, const signed char *restrict table,
-                        const float *restrict in, One *restrict s) {
-    for (int k = 0; k < 25; k++)
-        for (int u = 0; u < 64; u++) {
-            const float v = in[(2 * (u / 8) + k / 5) * 20 + 2 * (u % 8) + k % 5];
-            s->P[k][u] = v;
-            s->PT[u][k] = v;
-        }
-    for (int m = 0; m < 12; m += 2) {
-        float a[2][64];
-        for (int t = 0; t < 2; t++)
-            for (int u = 0; u < 64; u++) a[t][u] = w[O_H1B + (m + t) * 64 + u];
-        for (int k = 0; k < 25; k++)
-            for (int t = 0; t < 2; t++) {
-                const float wk = w[O_H1W + (m + t) * 25 + k];
-                for (int u = 0; u < 64; u++) a[t][u] = fmaf(wk, s->P[k][u], a[t][u]);
-            }
-        for (int t = 0; t < 2; t++)
-            for (int u = 0; u < 64; u++) {
-                const float x = A * ztanh(S * a[t][u]);
-                s->x1[m + t][(u / 8 + 2) * 12 + u % 8 + 2] = x;
-                s->x1c[m + t][one_unit_class[u]][one_unit_lane[u]] = x;
-            }
-    }
-    for (int i = 0; i < 12; i++)
-        for (int k = 0; k < 25; k++)
-            for (int p = 0; p < 16; p++) {
-                const float v = s->x1[i][(2 * (p / 4) + k / 5) * 12 + 2 * (p % 4) + k % 5];
-                s->f2[i][k][p] = v;
-                s->f2T[i][p][k] = v;
-            }
-    for (int o = 0; o < 12; o += 4) {
-        float a[4][16];
-        for (int t = 0; t < 4; t++)
-            for (int p = 0; p < 16; p++) a[t][p] = w[O_H2B + (o + t) * 16 + p];
+    for (int o = 0; o < 12; o++) {
         for (int i = 0; i < 12; i++) {
-            int any = 0;
-            for (int t = 0; t < 4; t++) any |= table[(o + t) * 12 + i];
-            if (!any) continue;
-            /* unlinked pairs have zero weights: adding 0 x leaves every sum exactly as it was */
-            for (int k = 0; k < 25; k++)
-                for (int t = 0; t < 4; t++) {
-                    const float wk = w[O_H2W + (o + t) * 300 + i * 25 + k];
-                    for (int p = 0; p < 16; p++) a[t][p] = fmaf(wk, s->f2[i][k][p], a[t][p]);
-                }
+            for (int k = 0; k < 25; k++) ((float *)&s->W2T[i][k])[o] = w[O_H2W + o * 300 + i * 25 + k];
+            ((int32_t *)&s->link[i])[o] = table[o * 12 + i] ? -1 : 0;
         }
-        for (int t = 0; t < 4; t++)
-            for (int p = 0; p < 16; p++) s->x2[(o + t) * 16 + p] = A * ztanh(S * a[t][p]);
+        for (int p = 0; p < 16; p++) ((float *)&s->b2[o])[p] = w[O_H2B + o * 16 + p];
     }
-    {
-        float a[4][32];
-        memset(a, 0, sizeof a);
+    for (int h = 0; h < 30; h++) {
         for (int q = 0; q < 192; q++) {
-            const float x = s->x2[q];
-            for (int h = 0; h < 32; h++) a[q & 3][h] = fmaf(s->W3T[q][h], x, a[q & 3][h]);
+            ((float *)s->W3[h])[q] = w[O_H3W + h * 192 + q];
+            ((float *)s->W3T[q])[h] = w[O_H3W + h * 192 + q];
         }
-        for (int h = 0; h < 30; h++) s->x3[h] = A * ztanh(S * (w[O_H3B + h] + ((a[0][h] + a[1][h]) + (a[2][h] + a[3][h]))));
-        s->x3[30] = s->x3[31] = 0.0f;
-    }
-    {
-        float a[16];
-        for (int j = 0; j < 16; j++) a[j] = j < 10 ? w[O_OUTB + j] : 0.0f;
-        for (int h = 0; h < 30; h++) {
-            const float x = s->x3[h];
-            for (int j = 0; j < 16; j++) a[j] = fmaf(s->outT[h][j], x, a[j]);
-        }
-        for (int j = 0; j < 16; j++) s->y[j] = A * ztanh(S * a[j]);
-    }
-}
-
-static void one_backward(float *restrict w, const float *restrict k, const signed char *restrict table,
-                         int label, One *restrict s) {
-    const float A = k[C_A], S = k[C_S], c = k[C_C], lr = k[C_LR];
-    const float SA = S / A, AA = A * A;
-    for (int j = 0; j < 16; j++) {
-        const float y = s->y[j], t = j == label ? k[C_POS] : k[C_NEG];
-        s->d4[j] = j < 10 ? (c * (y - t)) * (SA * (AA - y * y)) : 0.0f;
-    }
-    {
-        float g[32];
-        for (int h = 0; h < 32; h++) g[h] = 0.0f;
-        for (int j = 0; j < 10; j++)
-            for (int h = 0; h < 30; h++) g[h] = fmaf(w[O_OUTW + j * 30 + h], s->d4[j], g[h]);
-        for (int h = 0; h < 32; h++) s->d3[h] = h < 30 ? g[h] * (SA * (AA - s->x3[h] * s->x3[h])) : 0.0f;
+        ((float *)s->b3)[h] = w[O_H3B + h];
     }
     for (int j = 0; j < 10; j++) {
-        const float nl = -(lr * s->d4[j]);
-        for (int h = 0; h < 30; h++) w[O_OUTW + j * 30 + h] = fmaf(nl, s->x3[h], w[O_OUTW + j * 30 + h]);
-        w[O_OUTB + j] = w[O_OUTB + j] + nl;
+        for (int h = 0; h < 30; h++) ((float *)s->outP[j])[h] = ((float *)&s->outT[h])[j] = w[O_OUTW + j * 30 + h];
+        ((float *)&s->bo)[j] = w[O_OUTB + j];
     }
-    {
-        float nl[16];
-        for (int j = 0; j < 16; j++) nl[j] = -(lr * s->d4[j]);
-        for (int h = 0; h < 30; h++)
-            for (int j = 0; j < 16; j++) s->outT[h][j] = fmaf(nl[j], s->x3[h], s->outT[h][j]);
-    }
-    {
-        float g[192];
-        for (int q = 0; q < 192; q++) g[q] = 0.0f;
-        for (int h = 0; h < 30; h++) {
-            const float d = s->d3[h];
-            for (int q = 0; q < 192; q++) g[q] = fmaf(w[O_H3W + h * 192 + q], d, g[q]);
-        }
-        for (int q = 0; q < 192; q++) s->d2[q] = g[q] * (SA * (AA - s->x2[q] * s->x2[q]));
-    }
-    {
-        float nl[32];
-        for (int h = 0; h < 32; h++) nl[h] = -(lr * s->d3[h]);
-        for (int h = 0; h < 30; h++) {
-            for (int q = 0; q < 192; q++) w[O_H3W + h * 192 + q] = fmaf(nl[h], s->x2[q], w[O_H3W + h * 192 + q]);
-            w[O_H3B + h] = w[O_H3B + h] + nl[h];
-        }
-        for (int q = 0; q < 192; q++) {
-            const float x = s->x2[q];
-            for (int h = 0; h < 32; h++) s->W3T[q][h] = fmaf(nl[h], x, s->W3T[q][h]);
-        }
-    }
-    /* e1 by parity class, with the old H2 weights */
-    const v16 zero = {0};
-    for (int o = 0; o < 12; o++) {
-        v16 d;
-        memcpy(&d, &s->d2[o * 16], sizeof d);
-        for (int dy = 0; dy < 3; dy++)
-            for (int dx = 0; dx < 3; dx++) s->D[o][dy][dx] = __builtin_shuffle(d, zero, one_shift[dy][dx]);
-    }
-    for (int i = 0; i < 12; i++) {
-        v16 acc[4] = {zero, zero, zero, zero};
-        for (int o = 0; o < 12; o++) {
-            if (!table[o * 12 + i]) continue;
-            for (int ky = 0; ky < 5; ky++)
-                for (int kx = 0; kx < 5; kx++) {
-                    const float wk = w[O_H2W + o * 300 + i * 25 + ky * 5 + kx];
-                    v16 *a = &acc[(ky & 1) * 2 + (kx & 1)];
-                    const v16 dv = s->D[o][ky >> 1][kx >> 1];
-                    for (int l = 0; l < 16; l++) (*a)[l] = fmaf(wk, dv[l], (*a)[l]);
-                }
-        }
-        for (int c = 0; c < 4; c++) s->e1c[i][c] = acc[c];
-    }
-    /* H2: the update summed over positions, in position order */
-    for (int o = 0; o < 12; o++)
-        for (int p = 0; p < 16; p++) {
-            s->l2[o][p] = lr * s->d2[o * 16 + p];
-            w[O_H2B + o * 16 + p] = w[O_H2B + o * 16 + p] - s->l2[o][p];
-        }
-    for (int i = 0; i < 12; i++)
-        for (int o = 0; o < 12; o++) {
-            if (!table[o * 12 + i]) continue;
-            float g[32];
-            for (int r = 0; r < 32; r++) g[r] = 0.0f;
-            for (int p = 0; p < 16; p++) {
-                const float l = s->l2[o][p];
-                for (int r = 0; r < 32; r++) g[r] = fmaf(l, s->f2T[i][p][r], g[r]);
-            }
-            float *wk = w + O_H2W + o * 300 + i * 25;
-            for (int r = 0; r < 25; r++) wk[r] = wk[r] - g[r];
-        }
-    /* H1 */
-    for (int m = 0; m < 12; m++)
-        for (int u = 0; u < 64; u++) {
-            const float x = s->x1c[m][one_unit_class[u]][one_unit_lane[u]];
-            const float d = s->e1c[m][one_unit_class[u]][one_unit_lane[u]] * (SA * (AA - x * x));
-            s->l1[m][u] = lr * d;
-            w[O_H1B + m * 64 + u] = w[O_H1B + m * 64 + u] - s->l1[m][u];
-        }
-    for (int m = 0; m < 12; m += 4) {
-        float g[4][32];
-        memset(g, 0, sizeof g);
-        for (int u = 0; u < 64; u++)
-            for (int t = 0; t < 4; t++) {
-                const float l = s->l1[m + t][u];
-                for (int r = 0; r < 32; r++) g[t][r] = fmaf(l, s->PT[u][r], g[t][r]);
-            }
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 25; r++) w[O_H1W + (m + t) * 25 + r] = w[O_H1W + (m + t) * 25 + r] - g[t][r];
+    for (int m = 0; m < 12; m++) {
+        for (int u = 0; u < 144; u++) s->x1p[m][u] = -1.0f; /* "constant padding of -1" */
+        for (int u = 0; u < 144; u++) (&s->x1g[m][0][0])[u] = -1.0f;
     }
 }
 
-/* A pass for each of K members on its own: params (K, N_PARAMS), consts (K, N_CONSTS),
- * members spread over threads. The paper's net with SGD and the MSE only. */
-int zn_train_one(float *params, const float *consts, int K, const signed char *table, const float *inputs,
-                 const int32_t *labels, const int32_t *dataset, int64_t n, int nthreads) {
-    static int ready = 0;
-    if (!ready) {
-#pragma omp critical(zn_one_tables)
-        {
-            if (!ready) one_tables();
-            ready = 1;
-        }
+static void one_end(const One *s, float *w) {
+    for (int m = 0; m < 12; m++) {
+        for (int k = 0; k < 25; k++) w[O_H1W + m * 25 + k] = vlane(&s->W1T[k], m);
+        for (int u = 0; u < 64; u++) w[O_H1B + m * 64 + u] = vlane(&s->b1c[m][UCLASS(u)], ULANE(u));
     }
+    for (int o = 0; o < 12; o++) {
+        for (int i = 0; i < 12; i++)
+            for (int k = 0; k < 25; k++) w[O_H2W + o * 300 + i * 25 + k] = vlane(&s->W2T[i][k], o);
+        for (int p = 0; p < 16; p++) w[O_H2B + o * 16 + p] = vlane(&s->b2[o], p);
+    }
+    for (int h = 0; h < 30; h++) {
+        for (int q = 0; q < 192; q++) w[O_H3W + h * 192 + q] = ((const float *)s->W3[h])[q];
+        w[O_H3B + h] = ((const float *)s->b3)[h];
+    }
+    for (int j = 0; j < 10; j++) {
+        for (int h = 0; h < 30; h++) w[O_OUTW + j * 30 + h] = ((const float *)s->outP[j])[h];
+        w[O_OUTB + j] = vlane(&s->bo, j);
+    }
+}
+
+/* in4: the pattern as 16 grids of 5x5 (pixel (4gy + ry, 4gx + rx) at grid ry*4 + rx, place gy*5 + gx) */
+static void one_forward(One *restrict s, const float *restrict in4, float A, float S, const signed char *restrict table) {
+    /* the taps of the class (cy, cx) read pixel (4a + 2cy + ky, 4b + 2cx + kx) for lane (a, b) */
+    for (int c = 0; c < 4; c++)
+        for (int k = 0; k < 25; k++) {
+            const int ry = 2 * (c >> 1) + k / 5, rx = 2 * (c & 1) + k % 5;
+            s->P[k][c] = rows4(in4 + ((ry & 3) * 4 + (rx & 3)) * 25 + (ry >> 2) * 5 + (rx >> 2), 5);
+        }
+#define TM1 (NH == 1 ? 3 : 1)
+    for (int m = 0; m < 12; m += TM1) {
+        V a[TM1][4];
+#pragma GCC unroll 3
+        for (int t = 0; t < TM1; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) a[t][c] = s->b1c[m + t][c];
+        for (int k = 0; k < 25; k++)
+#pragma GCC unroll 3
+            for (int t = 0; t < TM1; t++) {
+                const V w = vbc(vlane(&s->W1T[k], m + t));
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++) a[t][c] = vfma(w, s->P[k][c], a[t][c]);
+            }
+#pragma GCC unroll 3
+        for (int t = 0; t < TM1; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                s->x1c[m + t][c] = vact(a[t][c], A, S);
+                unrows4(s->x1g[m + t][c] + 7, 6, s->x1c[m + t][c]);
+            }
+    }
+#define TO1 (NH == 1 ? 12 : 6)
+    for (int o0 = 0; o0 < 12; o0 += TO1) {
+        V a[TO1];
+#pragma GCC unroll 12
+        for (int o = 0; o < TO1; o++) a[o] = s->b2[o0 + o];
+        for (int i = 0; i < 12; i++)
+            for (int k = 0; k < 25; k++) {
+                const int ky = k / 5, kx = k % 5;
+                /* position (oy, ox) reads class lane (oy + ky/2 - 1, ox + kx/2 - 1): grid place (oy + ky/2, ox + kx/2) */
+                const V win = rows4(s->x1g[i][(ky & 1) * 2 + (kx & 1)] + (ky >> 1) * 6 + (kx >> 1), 6);
+#pragma GCC unroll 12
+                for (int o = 0; o < TO1; o++)
+                    if (table[(o0 + o) * 12 + i]) a[o] = vfma(vbc(vlane(&s->W2T[i][k], o0 + o)), win, a[o]);
+            }
+#pragma GCC unroll 12
+        for (int o = 0; o < TO1; o++) s->x2[o0 + o] = vact(a[o], A, S);
+    }
+    {
+        V a[4][2];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = vbc(0.0f);
+        const float *x2 = (const float *)s->x2;
+        for (int q = 0; q < 192; q += 4)
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                const V x = vbc(x2[q + r]);
+                a[r][0] = vfma(s->W3T[q + r][0], x, a[r][0]);
+                a[r][1] = vfma(s->W3T[q + r][1], x, a[r][1]);
+            }
+        for (int v = 0; v < 2; v++)
+            s->x3[v] = vact(vadd(s->b3[v], vadd(vadd(a[0][v], a[1][v]), vadd(a[2][v], a[3][v]))), A, S);
+    }
+    {
+        V a = s->bo;
+        const float *x3 = (const float *)s->x3;
+        for (int h = 0; h < 30; h++) a = vfma(s->outT[h], vbc(x3[h]), a);
+        s->y = vact(a, A, S);
+    }
+}
+
+static void one_backward(One *restrict s, const float *restrict k, const float *restrict in, int label,
+                         const signed char *restrict table) {
+    const float A = k[C_A], S = k[C_S], lr = k[C_LR];
+    const V SA = vbc(S / A), AA = vbc(A * A), LR = vbc(lr), zero = vbc(0.0f);
+    {
+        V t = vbc(k[C_NEG]);
+        ((float *)&t)[label] = k[C_POS];
+        V d4 = vmul(vmul(vbc(k[C_C]), vsub(s->y, t)), vfp(s->y, SA, AA));
+        for (int j = 10; j < 16; j++) ((float *)&d4)[j] = 0.0f;
+        const V nl4 = vneg(vmul(LR, d4));
+        memcpy(s->d4f, &d4, sizeof d4);
+        memcpy(s->nl4f, &nl4, sizeof nl4);
+    }
+    /* output layer: d3 with the old weights, then the update (both layouts) */
+    for (int v = 0; v < 2; v++) {
+        V g = zero;
+        for (int j = 0; j < 10; j++) g = vfma(s->outP[j][v], vbc(s->d4f[j]), g);
+        s->d3[v] = vmul(g, vfp(s->x3[v], SA, AA));
+    }
+    for (int j = 0; j < 10; j++) {
+        const V nl = vbc(s->nl4f[j]);
+        s->outP[j][0] = vfma(nl, s->x3[0], s->outP[j][0]);
+        s->outP[j][1] = vfma(nl, s->x3[1], s->outP[j][1]);
+    }
+    {
+        V nl4;
+        memcpy(&nl4, s->nl4f, sizeof nl4);
+        const float *x3 = (const float *)s->x3;
+        for (int h = 0; h < 30; h++) s->outT[h] = vfma(nl4, vbc(x3[h]), s->outT[h]);
+        s->bo = vadd(s->bo, nl4);
+    }
+    /* H3: d2 with the old weights, then the update (both layouts) */
+    {
+        memcpy(s->d3f, s->d3, sizeof s->d3f);
+        s->d3f[30] = s->d3f[31] = 0.0f;
+        V g[12];
+#pragma GCC unroll 12
+        for (int v = 0; v < 12; v++) g[v] = zero;
+        for (int h = 0; h < 30; h++) {
+            const V d = vbc(s->d3f[h]);
+#pragma GCC unroll 12
+            for (int v = 0; v < 12; v++) g[v] = vfma(s->W3[h][v], d, g[v]);
+        }
+#pragma GCC unroll 12
+        for (int v = 0; v < 12; v++) s->d2[v] = vmul(g[v], vfp(s->x2[v], SA, AA));
+    }
+    {
+        V nl3[2];
+        nl3[0] = vneg(vmul(LR, s->d3[0]));
+        nl3[1] = vneg(vmul(LR, s->d3[1]));
+        memcpy(s->nl3f, nl3, sizeof nl3);
+        for (int h = 0; h < 30; h++) {
+            const V nl = vbc(s->nl3f[h]);
+#pragma GCC unroll 12
+            for (int v = 0; v < 12; v++) s->W3[h][v] = vfma(nl, s->x2[v], s->W3[h][v]);
+        }
+        const float *x2 = (const float *)s->x2;
+        for (int q = 0; q < 192; q++) {
+            const V x = vbc(x2[q]);
+            s->W3T[q][0] = vfma(nl3[0], x, s->W3T[q][0]);
+            s->W3T[q][1] = vfma(nl3[1], x, s->W3T[q][1]);
+        }
+        s->b3[0] = vadd(s->b3[0], nl3[0]);
+        s->b3[1] = vadd(s->b3[1], nl3[1]);
+    }
+    /* e1 by class, with the old H2 weights: per unit, o ascending, then its taps ascending.
+     * Interior lane (a, b) is reached from position (a + 1 - dy, b + 1 - dx): grid place (a + 2 - dy, b + 2 - dx). */
+    for (int o = 0; o < 12; o++) {
+        unrows4(s->d2g[o] + 7, 6, s->d2[o]);
+        for (int dy = 0; dy < 3; dy++)
+            for (int dx = 0; dx < 3; dx++) s->D[o][dy][dx] = rows4(s->d2g[o] + (2 - dy) * 6 + 2 - dx, 6);
+    }
+#define TI1 (NH == 1 ? 3 : 1)
+    for (int i0 = 0; i0 < 12; i0 += TI1) {
+        V acc[TI1][4];
+#pragma GCC unroll 3
+        for (int t = 0; t < TI1; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) acc[t][c] = zero;
+        for (int o = 0; o < 12; o++) {
+            int link[TI1], any = 0;
+            for (int t = 0; t < TI1; t++) any |= link[t] = table[o * 12 + i0 + t];
+            if (!any) continue;
+#pragma GCC unroll 25
+            for (int kk = 0; kk < 25; kk++) {
+                const int ky = kk / 5, kx = kk % 5, c = (ky & 1) * 2 + (kx & 1);
+                const V d = s->D[o][ky >> 1][kx >> 1];
+#pragma GCC unroll 3
+                for (int t = 0; t < TI1; t++)
+                    if (link[t]) acc[t][c] = vfma(vbc(vlane(&s->W2T[i0 + t][kk], o)), d, acc[t][c]);
+            }
+        }
+#pragma GCC unroll 3
+        for (int t = 0; t < TI1; t++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) s->e1c[i0 + t][c] = acc[t][c];
+    }
+    /* H2: biases, then the weights: per weight the sum over positions in order, lanes = H2 maps */
+    for (int o = 0; o < 12; o++) {
+        const V l = vmul(LR, s->d2[o]);
+        s->b2[o] = vsub(s->b2[o], l);
+        for (int p = 0; p < 16; p++) ((float *)&s->l2T[p])[o] = vlane(&l, p);
+    }
+    for (int p = 0; p < 16; p++)
+        for (int o = 12; o < 16; o++) ((float *)&s->l2T[p])[o] = 0.0f;
+    for (int m = 0; m < 12; m++)
+#pragma GCC unroll 64
+        for (int u = 0; u < 64; u++) s->x1p[m][(u / 8 + 2) * 12 + u % 8 + 2] = vlane(&s->x1c[m][UCLASS(u)], ULANE(u));
+#define TK2 (NH == 1 ? 25 : 5)
+    for (int i = 0; i < 12; i++)
+        for (int k0 = 0; k0 < 25; k0 += TK2) {
+            V g[TK2];
+#pragma GCC unroll 25
+            for (int t = 0; t < TK2; t++) g[t] = zero;
+            const float *x = s->x1p[i];
+            for (int p = 0; p < 16; p++) {
+                const V l = s->l2T[p];
+                const float *xp = x + 2 * (p / 4) * 12 + 2 * (p % 4);
+#pragma GCC unroll 25
+                for (int t = 0; t < TK2; t++) g[t] = vfma(l, vbc(xp[(k0 + t) / 5 * 12 + (k0 + t) % 5]), g[t]);
+            }
+#pragma GCC unroll 25
+            for (int t = 0; t < TK2; t++) s->W2T[i][k0 + t] = vsub(s->W2T[i][k0 + t], vand(g[t], s->link[i]));
+        }
+    /* H1: deltas by class, then the kernels: per weight the sum over units in order, lanes = maps */
+    for (int m = 0; m < 12; m++)
+        for (int c = 0; c < 4; c++) {
+            const V l = vmul(LR, vmul(s->e1c[m][c], vfp(s->x1c[m][c], SA, AA)));
+            s->b1c[m][c] = vsub(s->b1c[m][c], l);
+            s->e1c[m][c] = l;
+        }
+#pragma GCC unroll 64
+    for (int u = 0; u < 64; u++) {
+        for (int m = 0; m < 12; m++) ((float *)&s->l1T[u])[m] = vlane(&s->e1c[m][UCLASS(u)], ULANE(u));
+        for (int m = 12; m < 16; m++) ((float *)&s->l1T[u])[m] = 0.0f;
+    }
+    for (int k0 = 0; k0 < 25; k0 += TK2) {
+        V g[TK2];
+#pragma GCC unroll 25
+        for (int t = 0; t < TK2; t++) g[t] = zero;
+        for (int u = 0; u < 64; u++) {
+            const V l = s->l1T[u];
+            const float *px = in + (2 * (u / 8)) * 20 + 2 * (u % 8);
+#pragma GCC unroll 25
+            for (int t = 0; t < TK2; t++) g[t] = vfma(l, vbc(px[(k0 + t) / 5 * 20 + (k0 + t) % 5]), g[t]);
+        }
+#pragma GCC unroll 25
+        for (int t = 0; t < TK2; t++) s->W1T[k0 + t] = vsub(s->W1T[k0 + t], g[t]);
+    }
+}
+
+/* A pass for each of K members on its own: params (K, N_PARAMS), consts (K, N_CONSTS), inputs (D, n, 400)
+ * and the same patterns as 5x5 grids (in4, see one_forward); members spread over threads. */
+int zn_train_one(float *params, const float *consts, int K, const signed char *table, const float *inputs,
+                 const float *inputs4, const int32_t *labels, const int32_t *dataset, int64_t n, int nthreads) {
     int failed = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : failed)
     for (int km = 0; km < K; km++) {
@@ -1357,17 +1507,28 @@ int zn_train_one(float *params, const float *consts, int K, const signed char *t
         }
         float *w = params + (size_t)km * N_PARAMS;
         const float *k = consts + (size_t)km * N_CONSTS;
-        one_begin(s, w);
+        one_begin(s, w, table);
         for (int64_t i = 0; i < n; i++) {
             const int64_t at = (int64_t)dataset[km] * n + i;
-            one_forward(w, k[C_A], k[C_S], table, inputs + at * 400, s);
-            one_backward(w, k, table, labels[at], s);
+            one_forward(s, inputs4 + at * 400, k[C_A], k[C_S], table);
+            one_backward(s, k, inputs + at * 400, labels[at], table);
         }
+        one_end(s, w);
         free(s);
     }
     return failed ? -1 : 0;
 }
-
+#undef EACH
+#undef NH
+#undef WBC
+#undef WTANH
+#undef WFMA
+#undef TM1
+#undef TO1
+#undef TI1
+#undef TK2
+#undef UCLASS
+#undef ULANE
 
 /* ===================== exported entry points ===================== */
 int zn_lanes(int blk) { return blk == 8 || blk == 16; }

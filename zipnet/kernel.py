@@ -135,7 +135,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     lib.zn_train_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32]
     lib.zn_curvature_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32, i32]
-    lib.zn_train_one.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, ptr, i64, i32]
+    lib.zn_train_one.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, i32]
     lib.zn_evaluate.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, ptr, i32, i32]
     for fn in (lib.zn_train_lanes, lib.zn_curvature_lanes, lib.zn_train_one, lib.zn_evaluate):
         fn.restype = i32
@@ -272,12 +272,20 @@ def curvature_sum(k: Kernel, blk: int, params: torch.Tensor, consts: torch.Tenso
     return out
 
 
+def grids(inputs: torch.Tensor) -> torch.Tensor:
+    """(..., 20, 20) -> (..., 400): each pattern as 16 grids of 5x5, pixel (4 gy + ry, 4 gx + rx) at
+    grid ry * 4 + rx, place gy * 5 + gx (the one-member path reads H1's taps from them)."""
+    order = sorted(range(400), key=lambda p: ((p // 20) % 4 * 4 + (p % 20) % 4, (p // 20) // 4 * 5 + (p % 20) // 4))
+    return inputs.reshape(*inputs.shape[:-2], 400)[..., order].contiguous()
+
+
 def train_one(k: Kernel, rows: torch.Tensor, consts: torch.Tensor, table: np.ndarray, inputs: torch.Tensor,
-              labels: torch.Tensor, dataset: torch.Tensor, threads: int) -> None:
-    """One pass for each member on its own, in place: rows (K, N_PARAMS), consts (K, N_CONSTS)."""
+              inputs4: torch.Tensor, labels: torch.Tensor, dataset: torch.Tensor, threads: int) -> None:
+    """One pass for each member on its own, in place: rows (K, N_PARAMS), consts (K, N_CONSTS); inputs
+    (D, n, 20, 20) and the same as grids(inputs)."""
     tab = np.ascontiguousarray(table, dtype=np.int8)
-    rc = k.lib.zn_train_one(_ptr(rows), _ptr(consts), rows.shape[0], _ptr(tab), _ptr(inputs), _ptr(labels),
-                            _ptr(dataset), inputs.shape[1], threads)
+    rc = k.lib.zn_train_one(_ptr(rows), _ptr(consts), rows.shape[0], _ptr(tab), _ptr(inputs), _ptr(inputs4),
+                            _ptr(labels), _ptr(dataset), inputs.shape[1], threads)
     _check(rc, "a training pass")
 
 
