@@ -996,7 +996,7 @@ static inline float zlog(float x) {
 
 /* One split for zn_evaluate: every member's dataset, n examples each. */
 typedef struct {
-    const float *inputs;   /* (D, n, 400) with the -1 border */
+    const float *inputs;   /* (D, tiles, 400, ET): the patterns with the -1 border, ET to a tile, in lanes */
     const int32_t *labels; /* (D, n) */
     int64_t n;
     double *loss_sum;      /* (K,) out: per-example loss terms summed in example order, in double */
@@ -1030,6 +1030,8 @@ static inline float eval_term(const float (*restrict y)[ET], const float *restri
 
 /* Train and test (or any splits) in one call: every member on its own dataset. params (K, N_PARAMS),
  * consts (K, N_CONSTS), dataset (K,) index into each split's D datasets. Returns 0, or -1 if out of memory. */
+int zn_eval_lanes(void) { return ET; }
+
 int zn_evaluate(const float *params, const float *consts, int K, const Setup *st, const signed char *table,
                 const int32_t *dataset, int D, Split *splits, int nsplits, int nthreads) {
     int64_t items = 0, total = 0;
@@ -1064,13 +1066,8 @@ int zn_evaluate(const float *params, const float *consts, int K, const Setup *st
             const Split *x = &splits[sp];
             const int64_t tiles = (x->n + ET - 1) / ET, d = at / tiles, lo = (at % tiles) * ET;
             const int cnt = x->n - lo < ET ? (int)(x->n - lo) : ET;
-            const float *src = x->inputs + (d * x->n + lo) * 400;
             const int32_t *lab = x->labels + d * x->n + lo;
-            float (*in)[ET] = (float (*)[ET])s->in;
-            for (int e = 0; e < ET; e++) {
-                const float *row = src + (e < cnt ? e : 0) * 400;
-                for (int px = 0; px < 400; px++) in[px][e] = row[px];
-            }
+            memcpy(s->in, x->inputs + (d * tiles + lo / ET) * 400 * ET, sizeof s->in);
             for (int km = 0; km < K; km++) {
                 if (dataset[km] != d) continue;
                 const float *k = consts + (size_t)km * N_CONSTS;

@@ -137,6 +137,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zn_curvature_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32, i32]
     lib.zn_train_one.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, i32]
     lib.zn_evaluate.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, ptr, i32, i32]
+    lib.zn_eval_lanes.restype = i32
     for fn in (lib.zn_train_lanes, lib.zn_curvature_lanes, lib.zn_train_one, lib.zn_evaluate):
         fn.restype = i32
 
@@ -296,21 +297,30 @@ class Split(ctypes.Structure):
                 ("loss_sum", ctypes.c_void_p), ("misses", ctypes.c_void_p), ("outputs", ctypes.c_void_p)]
 
 
+def tiles(k: Kernel, inputs: torch.Tensor) -> torch.Tensor:
+    """(D, n, 20, 20) -> (D, tiles, 400, ET): the evaluation's layout, ET patterns to a tile in SIMD lanes."""
+    D, n = inputs.shape[:2]
+    et = k.lib.zn_eval_lanes()
+    count = -(-n // et)
+    flat_inputs = torch.cat([inputs.reshape(D, n, 400), inputs.new_zeros(D, count * et - n, 400)], dim=1)
+    return flat_inputs.view(D, count, et, 400).transpose(2, 3).contiguous()
+
+
 def evaluate(k: Kernel, rows: torch.Tensor, consts: torch.Tensor, setup: Setup, table: np.ndarray,
              dataset: torch.Tensor, splits: list[tuple[torch.Tensor, torch.Tensor, bool]],
              threads: int) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor | None]]:
-    """Every member on its own dataset, all splits in one call. splits: (inputs (D, n, 20, 20), labels (D, n)
-    int32, whether to return outputs). Per split: loss sums (float64, in example order), misses, (K, n, 10) or None."""
+    """Every member on its own dataset, all splits in one call. splits: (tiles(inputs), labels (D, n) int32,
+    whether to return outputs). Per split: loss sums (float64, in example order), misses, (K, n, 10) or None."""
     K = rows.shape[0]
     tab = np.ascontiguousarray(table, dtype=np.int8)
     out, structs = [], (Split * len(splits))()
     for s, (inputs, labels, want) in enumerate(splits):
-        n = inputs.shape[1]
+        n = labels.shape[1]
         loss, misses = np.zeros(K, dtype=np.float64), np.zeros(K, dtype=np.int32)
         outputs = torch.empty(K, n, 10) if want else None
         structs[s] = Split(_ptr(inputs), _ptr(labels), n, _ptr(loss), _ptr(misses), _ptr(outputs))
         out.append((loss, misses, outputs))
-    D = splits[0][0].shape[0]
+    D = splits[0][1].shape[0]
     rc = k.lib.zn_evaluate(_ptr(rows), _ptr(consts), K, ctypes.byref(setup), _ptr(tab), _ptr(dataset), D, structs,
                            len(splits), threads)
     _check(rc, "the evaluation")

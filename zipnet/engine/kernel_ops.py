@@ -149,8 +149,8 @@ class KernelOps:
         prepared = []
         for (x, y), want in zip(splits, outputs):
             key = id(x)
-            if key not in self._eval_inputs or self._eval_inputs[key][0] is not x:  # padded once per split
-                inputs = torch.stack([kernel.padded_inputs(xd) for xd in x])
+            if key not in self._eval_inputs or self._eval_inputs[key][0] is not x:  # laid out once per split
+                inputs = kernel.tiles(self.k, torch.stack([kernel.padded_inputs(xd) for xd in x]))
                 self._eval_inputs[key] = (x, inputs, y.to(torch.int32).contiguous())
             _, inputs, labels = self._eval_inputs[key]
             prepared.append((inputs, labels, want))
