@@ -69,7 +69,8 @@ def main() -> None:
           f"{args.ref_passes} pass)")
     print(f"engine K=1, torch ops   : {slow_run:8.1f} s  {n / slow.history[0]['seconds']:8.0f} steps/s  "
           f"{ref_run / slow_run:6.1f}x the reference (extrapolated from 1 pass)")
-    print(f"engine K=1, {fast.backend + ' (default)':<12}: {fast_run:8.2f} s  {n * args.passes / fast_train:8.0f} steps/s  "
+    label = f"engine K=1, {fast.backend} (default)"
+    print(f"{label:<24}: {fast_run:8.2f} s  {n * args.passes / fast_train:8.0f} steps/s  "
           f"{ref_run / fast_run:6.1f}x the reference (target >= 60x); evaluation "
           f"{100 * fast_eval / (fast_train + fast_eval):.0f}% of the run (target <= 20%)")
 

@@ -4,14 +4,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from stand_ins import close as _close
+from stand_ins import data as _data
+from stand_ins import digits as _digits
 
-from zipnet import kernel
 from zipnet.engine import Member, Population, input_patches, train
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_loss, train_pass
-from stand_ins import close as _close, data as _data, digits as _digits
-
 
 MEMBERS = [
     Member(init=InitSpec(seed=0), mse="mean", optim=OptimSpec(lr=0.03)),
@@ -176,7 +176,8 @@ def test_kernel_results_do_not_depend_on_threads_or_neighbours():
     # 17 shares its block of 8 lanes with 7 others above, with 1 other here (a single member
     # takes the kernel's one-member path instead, which rounds differently)
     pair = train(members[16:18], data, passes=1, log=None, backend="c", threads=1)
-    strip = lambda r: {k: v for k, v in r.history[0].items() if not k.endswith("seconds")}
+    def strip(r):
+        return {k: v for k, v in r.history[0].items() if not k.endswith("seconds")}
     assert [strip(a) for a in one] == [strip(b) for b in two]
     assert strip(one[17]) == strip(pair[1])
     assert all(torch.equal(one[17].params[n], pair[1].params[n]) for n in PARAM_NAMES)
@@ -203,3 +204,16 @@ def test_cuda_population_matches_the_cpu():
     for a, b in zip(cpu, gpu):
         assert a.history[0]["test/misses"] == b.history[0]["test/misses"]
         assert a.history[0]["test/loss"] == pytest.approx(b.history[0]["test/loss"], rel=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_a_cuda_member_equals_its_cuda_single_run():
+    """On CUDA (torch ops), members with their own data seeds against their single runs on CUDA."""
+    datasets = [_data(300, 100, seed=30 + k % 2) for k in range(len(MEMBERS))]
+    together = train(MEMBERS, datasets, passes=2, device="cuda", log=None)
+    for member, got, data in zip(MEMBERS, together, datasets):
+        (alone,) = train([member], data, passes=2, device="cuda", log=None)
+        assert got.backend == alone.backend == "torch"
+        for a, b in zip(got.history, alone.history):
+            assert a["train/misses"] == b["train/misses"] and a["test/misses"] == b["test/misses"]
+            assert a["test/loss"] == pytest.approx(b["test/loss"], rel=1e-5)

@@ -7,16 +7,14 @@ import sys
 import warnings
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
+from stand_ins import close, data, digits
 
 from zipnet import kernel
-from zipnet.engine import Member, Population, train
-from zipnet.engine import kernel_ops
+from zipnet.engine import Member, Population, kernel_ops, train
 from zipnet.net import PARAM_NAMES, InitSpec
 from zipnet.optim import OptimSpec
-from stand_ins import close, data, digits
 
 needs_kernel = pytest.mark.skipif(kernel.load() is None, reason="no C compiler for the kernel")
 

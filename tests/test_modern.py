@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from stand_ins import close, data, digits
 
 from zipnet import config as checks
 from zipnet.engine import Member, Population, input_patches, shifted, train
@@ -17,8 +18,6 @@ from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_cross_entropy
 from zipnet.train import CONF_DIR
-
-from stand_ins import close, data, digits
 
 ADAMW = OptimSpec(name="adamw", lr=3e-3, weight_decay=0.01)
 MODERN = [
@@ -109,7 +108,8 @@ def test_a_modern_member_equals_its_single_run_and_reruns_bit_identically():
     d = data(1000, 200)
     together = train(members, d, passes=2, log=None, shift=1, shift_seed=4)
     again = train(members, d, passes=2, log=None, shift=1, shift_seed=4)
-    metrics = lambda results: [[{k: v for k, v in row.items() if not k.endswith("seconds")} for row in r.history] for r in results]
+    def metrics(results):
+        return [[{k: v for k, v in row.items() if not k.endswith("seconds")} for row in r.history] for r in results]
     assert metrics(together) == metrics(again)
     for member, got in zip(members, together):
         (alone,) = train([member], d, passes=2, log=None, shift=1, shift_seed=4)

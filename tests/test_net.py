@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from zipnet.net import (
-    InitSpec,
     PAPER_CONNECTIONS,
     PAPER_MACS,
     PAPER_PARAMETERS,
     PAPER_UNITS,
+    InitSpec,
     check_paper_counts,
     connection_table,
     init_bound,
@@ -26,10 +26,10 @@ def test_paper_counts(kind, seed):
     table = connection_table(kind, seed)
     check_paper_counts(table)
     layers = layer_counts(table)
-    assert 256 + sum(l.units for l in layers.values()) == 1256 == PAPER_UNITS
-    assert sum(l.connections for l in layers.values()) == 64660 == PAPER_CONNECTIONS
-    assert sum(l.parameters for l in layers.values()) == 9760 == PAPER_PARAMETERS
-    assert sum(l.macs for l in layers.values()) == 63660 == PAPER_MACS
+    assert 256 + sum(layer.units for layer in layers.values()) == 1256 == PAPER_UNITS
+    assert sum(layer.connections for layer in layers.values()) == 64660 == PAPER_CONNECTIONS
+    assert sum(layer.parameters for layer in layers.values()) == 9760 == PAPER_PARAMETERS
+    assert sum(layer.macs for layer in layers.values()) == 63660 == PAPER_MACS
 
 
 def test_reference_module_has_the_papers_free_parameters():

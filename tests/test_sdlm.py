@@ -4,14 +4,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from stand_ins import close, data, digits
 from torch.func import functional_call, jacrev
 
 from zipnet.engine import MSE_C, Member, Population, input_patches, train
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_loss
-
-from stand_ins import close, data, digits
 
 SDLM = OptimSpec(name="sdlm", lr=5e-4, mu=0.02)
 MEMBERS = [

@@ -127,7 +127,8 @@ def _verified(path: Path, key: str) -> ctypes.CDLL:
     except AttributeError as err:
         raise OSError(f"{path.name} is not a zipnet kernel ({err})") from err
     if found != (ABI, N_PARAMS, len(CONSTS), key):
-        raise OSError(f"{path.name} is another build (ABI, layout, key {found}; wanted {(ABI, N_PARAMS, len(CONSTS), key)})")
+        wanted = (ABI, N_PARAMS, len(CONSTS), key)
+        raise OSError(f"{path.name} is another build (ABI, layout, key {found}; wanted {wanted})")
     return lib
 
 
@@ -183,10 +184,11 @@ def load() -> Kernel | None:
         try:
             found = _load()
         except (OSError, subprocess.SubprocessError) as err:
-            detail = getattr(err, "stderr", b"") or b""
-            detail = detail.decode(errors="replace").strip().splitlines()[-1:] if isinstance(detail, bytes) else []
-            warnings.warn(f"zipnet: the compiled CPU kernel is unavailable ({err}{': ' + detail[0] if detail else ''}); "
-                          "training with torch ops instead", stacklevel=2)
+            stderr = getattr(err, "stderr", b"") or b""
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] if isinstance(stderr, bytes) else []
+            why = f"{err}: {last[0]}" if last else str(err)
+            warnings.warn(f"zipnet: the compiled CPU kernel is unavailable ({why}); training with torch ops instead",
+                          stacklevel=2)
     _loaded.append(found)
     return found
 

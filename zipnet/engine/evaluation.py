@@ -14,7 +14,8 @@ import torch
 
 def evaluate(pop, splits: list[tuple[torch.Tensor, torch.Tensor]], member_index: list[int],
              outputs: tuple[bool, ...]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Per split (x (D, N, 1, 16, 16), labels (D, N)): per member (loss (K,), misses (K,), (K, N, 10) outputs or None)."""
+    """Per split (x (D, N, 1, 16, 16), labels (D, N)): per member the loss (K,), misses (K,), and the
+    (K, N, 10) outputs where asked for."""
     if pop.kernel is not None:
         return pop.kernel.evaluate(splits, member_index, outputs)
     return [_torch_split(pop, x, y, member_index, want) for (x, y), want in zip(splits, outputs)]

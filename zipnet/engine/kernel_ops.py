@@ -158,7 +158,7 @@ class KernelOps:
         found = kernel.evaluate(self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset,
                                 prepared, pop.threads)
         out = []
-        for (x, y), (loss_sum, misses, y_out) in zip(splits, found):
+        for (_, y), (loss_sum, misses, y_out) in zip(splits, found):
             n = y.shape[1]
             per = n if pop.cross_entropy else 10 * n  # the MSE is "averaged over the patterns and the output units"
             out.append((torch.from_numpy(loss_sum / per), torch.from_numpy(misses.astype(np.int64)), y_out))

@@ -19,7 +19,7 @@ from zipnet.engine.kernel_ops import KernelOps
 from zipnet.engine.members import BACKENDS, MSE_C, Member
 from zipnet.engine.torch_ops import TorchOps
 from zipnet.errors import ConfigError
-from zipnet.net import SQUASHES, connection_table, h2_mask, init_params, PARAM_NAMES
+from zipnet.net import PARAM_NAMES, SQUASHES, connection_table, h2_mask, init_params
 from zipnet.optim import make_optimiser
 
 
@@ -69,7 +69,8 @@ class Population:
                "its members must share one connection table" if not self.same_table else None)
         found = kernel.load() if why is None else None
         if found is None and backend == "c":
-            raise ConfigError("trainer.backend", f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
+            raise ConfigError("trainer.backend",
+                              f"'c' is not available here ({why or 'no C compiler'}); use auto or torch")
         return KernelOps(self, found) if found is not None else None
 
     @property

@@ -22,7 +22,8 @@ def h2_field_index() -> tuple[torch.Tensor, torch.Tensor]:
     Returns the H2 receptive fields in (12 maps x 5 x 5, 4 x 4 positions) order, and the
     768 real H1 units (the rest is the -1 border).
     """
-    c, ky, kx, oy, ox = np.meshgrid(np.arange(12), np.arange(5), np.arange(5), np.arange(4), np.arange(4), indexing="ij")
+    c, ky, kx, oy, ox = np.meshgrid(np.arange(12), np.arange(5), np.arange(5), np.arange(4), np.arange(4),
+                                    indexing="ij")
     fields = c * 144 + (2 * oy + ky) * 12 + (2 * ox + kx)
     c, i, j = np.meshgrid(np.arange(12), np.arange(8), np.arange(8), indexing="ij")
     units = c * 144 + (2 + i) * 12 + (2 + j)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -73,7 +73,8 @@ def train(
             (train_loss, train_misses, _), (test_loss, test_misses, test_y) = evaluate(
                 pop, [splits["train"], splits["test"]], streams.index, outputs=(False, True))
             eval_seconds = time.perf_counter() - started
-            metrics = {"train": (train_loss.tolist(), train_misses.tolist()), "test": (test_loss.tolist(), test_misses.tolist())}
+            metrics = {"train": (train_loss.tolist(), train_misses.tolist()),
+                       "test": (test_loss.tolist(), test_misses.tolist())}
             finite = pop.finite().tolist()
             gone: list[int] = []
             for k, pos in enumerate(active):
@@ -97,7 +98,7 @@ def train(
                     result.status, result.diverged_at_pass = "diverged", pass_number
                     gone.append(k)
             if log is not None:
-                for k, pos in enumerate(active):
+                for pos in active:
                     log(format_pass(results[pos], prefix=f"member {pos}: " if len(members) > 1 else ""))
             if on_pass is not None:
                 live = [results[pos] for k, pos in enumerate(active) if k not in gone]
