@@ -132,7 +132,7 @@ def test_a_diverging_trial_is_failed_and_the_sweep_completes(here):
 
 
 def test_too_many_failures_stop_the_sweep(here):
-    path = study_file(here, "allnan", n_trials=6, batch=2, space={"optim.lr": {"choices": [1e38, 1e37]}},
+    path = study_file(here, "allnan", n_trials=6, batch=2, space={"optim.lr": {"choices": [1e38, 3e38]}},
                       overrides=TINY + ["loss.mse=sum"], max_failure_rate=0.2)
     with pytest.raises(FailureBudgetExceeded, match="allows 1"):
         run_sweep(path, ["tracking.figures=false"], log=lambda line: None)

@@ -1,14 +1,16 @@
 /* The 1989 net's per-pattern training step and its evaluation, compiled for the CPU.
  *
  * One arithmetic, three layouts. A member's numbers follow one fixed sequence of IEEE float
- * operations (the canonical step below), written with explicit fused multiply-adds (fmaf)
- * and compiled with -ffp-contract=off, so they do not depend on which path ran the member,
- * how many members trained beside it, the thread count, or the vector width (AVX2 or
- * AVX-512). Three paths run that arithmetic:
- *   lanes: members in SIMD lanes, blocks of BLK = 8, 16 or 32 members (populations);
- *   one:   one member vectorised across its units and positions (a single run, and small
- *          populations with one member per thread; SGD on the paper's net);
+ * operations (the canonical step below), written with explicit fused multiply-adds and
+ * compiled with -ffp-contract=off, so they do not depend on which path ran the member, how
+ * many members trained beside it, its place among them, the thread count, or the vector
+ * width (AVX2 or AVX-512). Three paths run that arithmetic:
+ *   lanes: members in SIMD lanes, blocks of BLK = 8 or 16 members (populations; any rule);
+ *   one:   one member vectorised across its units, positions and maps (a single run, and
+ *          small populations with one member per thread; the paper's net with SGD);
  *   eval:  the forward pass with examples in SIMD lanes (train and test after every pass).
+ * Each hot loop keeps a tile of sums in registers; loads of the next operand are shared
+ * across the tile (see the T* tile sizes, set from the register count).
  *
  * Per-member layout (offsets in floats), as in net.py:
  *   H1w 12x25 | H1b 12x64 | H2w 12x12x25 | H2b 12x16 | H3w 30x192 | H3b 30 | outw 10x30 | outb 10
@@ -17,6 +19,7 @@
  *
  * The canonical step, per member (fma(a, b, c) = a b + c rounded once; every other
  * operation rounds on its own; sums start from the first named term):
+ *   f    A tanh(S a) with tanh from exp(-2|x|) = 2^n p(r) (tanh_v16 below), or relu
  *   H1   a = H1b[m][u]; for ky, kx: a = fma(H1w[m][ky,kx], in[2oy+ky][2ox+kx], a); x1 = f(a)
  *   H2   a = H2b[o][p]; for i linked to o, ky, kx: a = fma(H2w[o][i,ky,kx], x1[i][2oy+ky][2ox+kx], a)
  *   H3   z = x2 (times the dropout factor 0 or 1/(1-p)); four partial sums r = q mod 4,
@@ -74,7 +77,7 @@ int zn_nparams(void) { return N_PARAMS; }
 int zn_nconsts(void) { return N_CONSTS; }
 
 /* ---------------------------------------------------------------------------------------
- * Vectors. GCC's generic vectors of 8, 16 and 32 floats (one or more SIMD registers, as the
+ * Vectors. GCC's generic vectors of 8 and 16 floats (one or more SIMD registers, as the
  * target has them); elementwise +, -, *, / are single IEEE operations per lane. The fused
  * multiply-add is an intrinsic where the CPU has one and fmaf per lane otherwise: the same
  * rounding either way.

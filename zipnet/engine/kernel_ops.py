@@ -2,7 +2,7 @@
 
 The engine keeps its parameters in its own (K, ...) layout; each call packs them (and the
 optimiser's state) into the kernel's layout and unpacks the result. Per pass, the cheaper of
-the kernel's two training paths runs: members in SIMD lanes (blocks of 8, 16 or 32), or each
+the kernel's two training paths runs: members in SIMD lanes (blocks of 8 or 16), or each
 member on its own, vectorised across its units (the paper's SGD net only). Both compute the
 same numbers, so the choice changes the time and nothing else.
 """
