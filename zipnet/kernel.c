@@ -101,6 +101,8 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 #define ZN_WIDTH 4
 #endif
 
+int zn_simd_bits(void) { return ZN_WIDTH * 32; } /* the vector width this build runs with */
+
 static inline v8 fma8(v8 a, v8 b, v8 c) {
 #if defined(__FMA__)
     return (v8)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);

@@ -34,7 +34,8 @@ SOURCE = Path(__file__).with_name("kernel.c")
 ABI = 2
 # flags that decide the arithmetic (part of the build key), and the target (part of the file name)
 ROUNDING = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
-TARGET = ["-march=native", "-mprefer-vector-width=512"]
+# ZIPNET_KERNEL_TARGET (e.g. "-march=x86-64-v3", AVX2) builds for another CPU than this one; same numbers
+TARGET = os.environ.get("ZIPNET_KERNEL_TARGET", "-march=native -mprefer-vector-width=512").split()
 LINK = ["-fopenmp", "-shared", "-fPIC"]
 LANES = (8, 16)  # members per block on the lanes path
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
@@ -92,7 +93,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def vector_width() -> int:
-    """Bits per SIMD register the kernel compiles for here: 512 (AVX-512), 256 (AVX2) or 128."""
+    """Bits per SIMD register the kernel runs with: 512 (AVX-512), 256 (AVX2) or 128; the CPU's without a kernel."""
+    found = _loaded[0] if _loaded else None
+    if found is not None:
+        return int(found.lib.zn_simd_bits())
     flags = cpu_flags()
     return 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
 
@@ -138,7 +142,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zn_curvature_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32, i32]
     lib.zn_train_one.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, i32]
     lib.zn_evaluate.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, ptr, i32, i32]
-    lib.zn_eval_lanes.restype = i32
+    lib.zn_eval_lanes.restype = lib.zn_simd_bits.restype = i32
     for fn in (lib.zn_train_lanes, lib.zn_curvature_lanes, lib.zn_train_one, lib.zn_evaluate):
         fn.restype = i32
 
