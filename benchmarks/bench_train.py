@@ -75,7 +75,8 @@ def main() -> None:
     print(f"{label:<24}: {fast_run:8.2f} s  {n * args.passes / fast_train:8.0f} steps/s  "
           f"{ref_run / fast_run:6.1f}x the reference (target >= 60x); evaluation "
           f"{100 * fast_eval / (fast_train + fast_eval):.0f}% of the run (target <= 20%)")
-    print(f"CPU seconds (every thread): reference {ref_cpu:.1f} s, engine {fast_cpu:.2f} s ({ref_cpu / fast_cpu:.0f}x fewer)")
+    print(f"CPU seconds (every thread): reference {ref_cpu:.1f} s, engine {fast_cpu:.2f} s "
+          f"({ref_cpu / fast_cpu:.0f}x fewer)")
 
 
 if __name__ == "__main__":
