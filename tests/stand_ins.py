@@ -27,6 +27,7 @@ class Digits:
     test_y: torch.Tensor
 
 
-def data(n_train=1000, n_test=200):
-    x, y = digits(n_train + n_test, seed=3)
+def data(n_train=1000, n_test=200, seed=3):
+    """Stand-in train and test digits; another seed draws other digits (another data.seed)."""
+    x, y = digits(n_train + n_test, seed=seed)
     return Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])

@@ -116,7 +116,7 @@ def test_more_failures_than_allowed_never_exit_0_even_in_one_batch(tmp_path):
         *study_args("allnan", n_trials=2, batch=2, max_failure_rate=0.2),
         *TINY,
         "loss.mse=sum",
-        "optim.lr=choice(1e38,1e37)",
+        "optim.lr=choice(1e38,3e38)",
     ]
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 3, proc.stderr[-3000:]

@@ -1,8 +1,15 @@
-"""The compiled CPU backend: kernel.c built on first use, called through ctypes.
+"""The compiled CPU backend: kernel.c built on first use, verified, cached, called through ctypes.
 
-The engine keeps its parameters in its own (K, ...) layout; this module packs them into
-blocks of BLK members (members in SIMD lanes) for one pass or one evaluation and unpacks
-them afterwards. When no C compiler is present the engine falls back to torch ops.
+kernel.c computes every member with one fixed sequence of float operations (explicit fused
+multiply-adds, no contraction by the compiler), so its results do not depend on the vector
+width it was compiled for, the population's size or a member's place in it. The build key
+names that arithmetic: a hash of the source, the flags that affect rounding and the
+compiler. The cached library's file name adds the CPU, since `-march=native` code runs
+only where it was built.
+
+Loading verifies what it loads (the ABI, the layout and the build key the library exports)
+and rebuilds on any mismatch or load error; only when that rebuild fails too does it warn
+once and leave the engine to torch ops.
 """
 
 from __future__ import annotations
@@ -10,31 +17,27 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from zipnet import resources
 from zipnet.net import PARAM_NAMES
 
-SOURCE = resources.kernel_source()
-FLAGS = [
-    "-O3",
-    "-march=native",
-    "-mprefer-vector-width=512",
-    "-fno-math-errno",
-    "-fno-trapping-math",
-    "-fopenmp",
-    "-shared",
-    "-fPIC",
-]
-BLOCKS = (8, 16, 32)  # compiled lane counts; the engine picks one per population size
+SOURCE = Path(__file__).with_name("kernel.c")
+ABI = 2
+# flags that decide the arithmetic (part of the build key), and the target (part of the file name)
+ROUNDING = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
+# ZIPNET_KERNEL_TARGET (e.g. "-march=x86-64-v3", AVX2) builds for another CPU than this one; same numbers
+TARGET = os.environ.get("ZIPNET_KERNEL_TARGET", "-march=native -mprefer-vector-width=512").split()
+LINK = ["-fopenmp", "-shared", "-fPIC"]
+LANES = (8, 16)  # members per block on the lanes path
 # per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
 SHAPES = {
     "H1w": (12, 25),
@@ -47,155 +50,404 @@ SHAPES = {
     "outb": (10,),
 }
 N_PARAMS = sum(int(np.prod(s)) for s in SHAPES.values())
+# per-member constants, in kernel.c's order
+CONSTS = (
+    "A",
+    "S",
+    "c",
+    "lr",
+    "target_negative",
+    "target_positive",
+    "mu",
+    "hessian_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "weight_decay",
+    "dropout",
+)
+SPARE = {"A": 1.0, "S": 1.0, "mu": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1.0}  # inert values for empty lanes
+OPTIMS = {"sgd": 0, "sdlm": 1, "adamw": 2}
 
-_libraries: dict[int, ctypes.CDLL | None] = {}
+
+class Setup(ctypes.Structure):
+    """What a whole population shares (kernel.c's Setup)."""
+
+    _fields_ = [
+        ("relu", ctypes.c_int32),
+        ("linear_out", ctypes.c_int32),
+        ("cross_entropy", ctypes.c_int32),
+        ("optim", ctypes.c_int32),
+        ("running", ctypes.c_int32),
+        ("step", ctypes.c_int32),
+    ]
 
 
-def _cache_dir() -> Path:
+@dataclass(frozen=True)
+class Kernel:
+    lib: ctypes.CDLL
+    build: str  # the build key: the arithmetic's identity
+
+
+def cache_dir() -> Path:
     root = os.environ.get("ZIPNET_CACHE") or Path.home() / ".cache" / "zipnet"
     return Path(root) / "kernel"
 
 
-def _cpu_id() -> str:
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo), or the platform's word for it."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        return next((line for line in info.splitlines() if line.startswith("flags")), "") + platform.processor()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return platform.processor()
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
-def library(blk: int) -> ctypes.CDLL | None:
-    """The kernel compiled for `blk` lanes, built once per machine and cached; None without a compiler."""
-    if blk in _libraries:
-        return _libraries[blk]
-    lib = None
-    if os.environ.get("ZIPNET_KERNEL", "1") != "0":
-        try:
-            lib = _load(blk)
-        except (OSError, subprocess.CalledProcessError) as err:
-            warnings.warn(
-                f"zipnet: the compiled CPU kernel is unavailable ({err}); training with torch ops instead", stacklevel=2
-            )
-    _libraries[blk] = lib
+@cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def vector_width() -> int:
+    """Bits per SIMD register the kernel runs with: 512 (AVX-512), 256 (AVX2) or 128; the CPU's without a kernel."""
+    found = _loaded[0] if _loaded else None
+    if found is not None:
+        return int(found.lib.zn_simd_bits())
+    flags = cpu_flags()
+    return 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build_key(cc: str) -> str:
+    """A hash of what decides the kernel's arithmetic: source, ABI, rounding flags, compiler."""
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = cc
+    parts = [SOURCE.read_text(), str(ABI), " ".join(ROUNDING), version.splitlines()[0] if version else cc]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def compile_to(target: Path, cc: str, key: str, target_flags: list[str] | None = None) -> None:
+    """Compile kernel.c into `target` (exporting `key` as its build key)."""
+    cmd = [
+        cc,
+        *ROUNDING,
+        *(TARGET if target_flags is None else target_flags),
+        *LINK,
+        f'-DZN_BUILD_ID="{key}"',
+        "-o",
+        str(target),
+        str(SOURCE.resolve()),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+
+
+def _verified(path: Path, key: str) -> ctypes.CDLL:
+    """Load a library and check that it is this kernel: ABI, layout and build key. Raises OSError if not."""
+    lib = ctypes.CDLL(str(path))
+    try:
+        lib.zn_build.restype = ctypes.c_char_p
+        found = (lib.zn_abi(), lib.zn_nparams(), lib.zn_nconsts(), lib.zn_build().decode())
+    except AttributeError as err:
+        raise OSError(f"{path.name} is not a zipnet kernel ({err})") from err
+    if found != (ABI, N_PARAMS, len(CONSTS), key):
+        wanted = (ABI, N_PARAMS, len(CONSTS), key)
+        raise OSError(f"{path.name} is another build (ABI, layout, key {found}; wanted {wanted})")
     return lib
 
 
-def _load(blk: int) -> ctypes.CDLL:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    lib.zn_train_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32]
+    lib.zn_curvature_lanes.argtypes = [i32, ptr, ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32, i32]
+    lib.zn_train_one.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, ptr, ptr, i64, i32]
+    lib.zn_evaluate.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, ptr, i32, i32]
+    lib.zn_eval_lanes.restype = lib.zn_simd_bits.restype = i32
+    for fn in (lib.zn_train_lanes, lib.zn_curvature_lanes, lib.zn_train_one, lib.zn_evaluate):
+        fn.restype = i32
+
+
+def cached_library() -> tuple[Path, str, str]:
+    """Where this machine's build lives in the cache, the compiler and the build key."""
+    cc = _compiler()
     if cc is None:
         raise OSError("no C compiler (cc or gcc) on PATH")
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(FLAGS), str(blk), cc, _cpu_id()]).encode()
-    ).hexdigest()[:16]
-    target = _cache_dir() / f"zipnet-kernel-{blk}-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            subprocess.run([cc, *FLAGS, f"-DBLK={blk}", "-o", str(built), str(SOURCE)], check=True, capture_output=True)
-            os.replace(built, target)
-    lib = ctypes.CDLL(str(target))
-    assert lib.zn_blk() == blk and lib.zn_nparams() == N_PARAMS, "kernel.c and kernel.py disagree on the layout"
-    ptr, i32 = ctypes.c_void_p, ctypes.c_int
-    lib.zn_train_pass.argtypes = [ptr, ptr, i32, ptr, ptr, ptr, i32, i32]
-    lib.zn_train_pass_one.argtypes = [ptr, ptr, ptr, ptr, ptr, i32]
-    lib.zn_train_pass_one.restype = i32
-    lib.zn_forward.argtypes = [ptr, ptr, i32, ptr, ptr, i32, ptr, i32]
-    lib.zn_train_pass.restype = lib.zn_forward.restype = i32
-    return lib
+    key = build_key(cc)
+    where = hashlib.sha256(f"{sorted(cpu_flags())}{cpu_model()}{TARGET}".encode()).hexdigest()[:8]
+    return cache_dir() / f"zipnet-kernel-{key}-{where}.so", cc, key
 
 
-def block_for(K: int) -> int:
-    """Lanes per block: the widest that still makes two blocks (wider tiles run faster; two cores).
+def _load() -> Kernel:
+    target, cc, key = cached_library()
+    if target.exists():
+        try:
+            lib = _verified(target, key)
+            _declare(lib)
+            return Kernel(lib, key)
+        except OSError:
+            pass  # a broken or foreign file: build again below
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        compile_to(built, cc, key)
+        lib = _verified(built, key)  # loaded under its own name, so a bad file at `target` is never reused
+        os.replace(built, target)
+    _declare(lib)
+    return Kernel(lib, key)
 
-    It depends on K only, never on the thread count, so results do not depend on the machine's cores.
-    """
-    fits = [blk for blk in BLOCKS if K >= 2 * blk]
-    return fits[-1] if fits else BLOCKS[0]
+
+_loaded: list[Kernel | None] = []
+
+
+def load() -> Kernel | None:
+    """The kernel, built and verified once per process; None (after one warning) where it cannot be built."""
+    if _loaded:
+        return _loaded[0]
+    found = None
+    if os.environ.get("ZIPNET_KERNEL", "1") != "0":
+        try:
+            found = _load()
+        except (OSError, subprocess.SubprocessError) as err:
+            stderr = getattr(err, "stderr", b"") or b""
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] if isinstance(stderr, bytes) else []
+            why = f"{err}: {last[0]}" if last else str(err)
+            warnings.warn(
+                f"zipnet: the compiled CPU kernel is unavailable ({why}); training with torch ops instead", stacklevel=2
+            )
+    _loaded.append(found)
+    return found
+
+
+def forget() -> None:
+    """Load afresh on next use (tests that change the cache)."""
+    _loaded.clear()
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(K, N_PARAMS) float32, contiguous: each member's parameters in kernel.c's order."""
+    K = params["H1w"].shape[0]
+    return torch.cat([params[n].reshape(K, -1).float() for n in PARAM_NAMES], dim=1).contiguous()
+
+
+def unflat(rows: torch.Tensor, params: dict[str, torch.Tensor]) -> None:
+    offset = 0
+    for name in PARAM_NAMES:
+        size = int(np.prod(SHAPES[name]))
+        params[name].copy_(rows[:, offset : offset + size].view_as(params[name]))
+        offset += size
+
+
+def blocks(rows: torch.Tensor, blk: int, spare: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, F) per-member rows -> (nblocks, F, blk), members in lanes; empty lanes get `spare` (F,) or 0."""
+    K, F = rows.shape
+    nblocks = -(-K // blk)
+    pad = nblocks * blk - K
+    fill = rows.new_zeros(pad, F) if spare is None else spare.expand(pad, F)
+    return torch.cat([rows, fill]).view(nblocks, blk, F).transpose(1, 2).contiguous()
+
+
+def unblocks(packed: torch.Tensor, K: int) -> torch.Tensor:
+    nblocks, F, blk = packed.shape
+    return packed.transpose(1, 2).reshape(nblocks * blk, F)[:K]
+
+
+def spare_consts() -> torch.Tensor:
+    return torch.tensor([SPARE.get(name, 0.0) for name in CONSTS], dtype=torch.float32)
+
+
+def _ptr(t: torch.Tensor | np.ndarray | None) -> int | None:
+    if t is None:
+        return None
+    return t.data_ptr() if isinstance(t, torch.Tensor) else t.ctypes.data
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise MemoryError(f"zipnet kernel: {what} could not allocate its scratch memory")
+
+
+def train_lanes(
+    k: Kernel,
+    blk: int,
+    params: torch.Tensor,
+    consts: torch.Tensor,
+    state: torch.Tensor | None,
+    setup: Setup,
+    table: np.ndarray,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: torch.Tensor,
+    keep: list[np.ndarray] | None,
+    threads: int,
+) -> None:
+    """One pass, in place: params (nblocks, N_PARAMS, blk), consts (nblocks, N_CONSTS, blk), state (nblocks,
+    nstate, N_PARAMS, blk) or None; inputs (D, n, 20, 20); labels (D, n) int32; dataset (nblocks * blk,) int32;
+    keep: per lane, (n, 24) uint8 dropout keep bits, or None."""
+    n = inputs.shape[1]
+    tab = np.ascontiguousarray(table, dtype=np.int8)
+    keep_ptrs = None
+    if keep is not None:
+        keep_ptrs = (ctypes.c_void_p * len(keep))(*[a.ctypes.data for a in keep])
+    rc = k.lib.zn_train_lanes(
+        blk,
+        _ptr(params),
+        _ptr(consts),
+        _ptr(state),
+        params.shape[0],
+        ctypes.byref(setup),
+        _ptr(tab),
+        _ptr(inputs),
+        _ptr(labels),
+        _ptr(dataset),
+        n,
+        ctypes.cast(keep_ptrs, ctypes.c_void_p) if keep_ptrs is not None else None,
+        threads,
+    )
+    _check(rc, "a training pass")
+
+
+def curvature_sum(
+    k: Kernel,
+    blk: int,
+    params: torch.Tensor,
+    consts: torch.Tensor,
+    setup: Setup,
+    table: np.ndarray,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: torch.Tensor,
+    sample: list[int],
+    threads: int,
+) -> torch.Tensor:
+    """SDLM: the sum of the curvature h over the sample's patterns, (nblocks, N_PARAMS, blk)."""
+    tab = np.ascontiguousarray(table, dtype=np.int8)
+    idx = np.ascontiguousarray(sample, dtype=np.int32)
+    out = torch.empty_like(params)
+    rc = k.lib.zn_curvature_lanes(
+        blk,
+        _ptr(params),
+        _ptr(consts),
+        _ptr(out),
+        params.shape[0],
+        ctypes.byref(setup),
+        _ptr(tab),
+        _ptr(inputs),
+        _ptr(labels),
+        _ptr(dataset),
+        inputs.shape[1],
+        _ptr(idx),
+        len(idx),
+        threads,
+    )
+    _check(rc, "the curvature estimate")
+    return out
+
+
+def grids(inputs: torch.Tensor) -> torch.Tensor:
+    """(..., 20, 20) -> (..., 400): each pattern as 16 grids of 5x5, pixel (4 gy + ry, 4 gx + rx) at
+    grid ry * 4 + rx, place gy * 5 + gx (the one-member path reads H1's taps from them)."""
+    order = sorted(range(400), key=lambda p: ((p // 20) % 4 * 4 + (p % 20) % 4, (p // 20) // 4 * 5 + (p % 20) // 4))
+    return inputs.reshape(*inputs.shape[:-2], 400)[..., order].contiguous()
+
+
+def train_one(
+    k: Kernel,
+    rows: torch.Tensor,
+    consts: torch.Tensor,
+    table: np.ndarray,
+    inputs: torch.Tensor,
+    inputs4: torch.Tensor,
+    labels: torch.Tensor,
+    dataset: torch.Tensor,
+    threads: int,
+) -> None:
+    """One pass for each member on its own, in place: rows (K, N_PARAMS), consts (K, N_CONSTS); inputs
+    (D, n, 20, 20) and the same as grids(inputs)."""
+    tab = np.ascontiguousarray(table, dtype=np.int8)
+    rc = k.lib.zn_train_one(
+        _ptr(rows),
+        _ptr(consts),
+        rows.shape[0],
+        _ptr(tab),
+        _ptr(inputs),
+        _ptr(inputs4),
+        _ptr(labels),
+        _ptr(dataset),
+        inputs.shape[1],
+        threads,
+    )
+    _check(rc, "a training pass")
+
+
+class Split(ctypes.Structure):
+    """One split for zn_evaluate."""
+
+    _fields_ = [
+        ("inputs", ctypes.c_void_p),
+        ("labels", ctypes.c_void_p),
+        ("n", ctypes.c_int64),
+        ("loss_sum", ctypes.c_void_p),
+        ("misses", ctypes.c_void_p),
+        ("outputs", ctypes.c_void_p),
+    ]
+
+
+def tiles(k: Kernel, inputs: torch.Tensor) -> torch.Tensor:
+    """(D, n, 20, 20) -> (D, tiles, 400, ET): the evaluation's layout, ET patterns to a tile in SIMD lanes."""
+    D, n = inputs.shape[:2]
+    et = k.lib.zn_eval_lanes()
+    count = -(-n // et)
+    flat_inputs = torch.cat([inputs.reshape(D, n, 400), inputs.new_zeros(D, count * et - n, 400)], dim=1)
+    return flat_inputs.view(D, count, et, 400).transpose(2, 3).contiguous()
+
+
+def evaluate(
+    k: Kernel,
+    rows: torch.Tensor,
+    consts: torch.Tensor,
+    setup: Setup,
+    table: np.ndarray,
+    dataset: torch.Tensor,
+    splits: list[tuple[torch.Tensor, torch.Tensor, bool]],
+    threads: int,
+) -> list[tuple[np.ndarray, np.ndarray, torch.Tensor | None]]:
+    """Every member on its own dataset, all splits in one call. splits: (tiles(inputs), labels (D, n) int32,
+    whether to return outputs). Per split: loss sums (float64, in example order), misses, (K, n, 10) or None."""
+    K = rows.shape[0]
+    tab = np.ascontiguousarray(table, dtype=np.int8)
+    out, structs = [], (Split * len(splits))()
+    for s, (inputs, labels, want) in enumerate(splits):
+        n = labels.shape[1]
+        loss, misses = np.zeros(K, dtype=np.float64), np.zeros(K, dtype=np.int32)
+        outputs = torch.empty(K, n, 10) if want else None
+        structs[s] = Split(_ptr(inputs), _ptr(labels), n, _ptr(loss), _ptr(misses), _ptr(outputs))
+        out.append((loss, misses, outputs))
+    D = splits[0][1].shape[0]
+    rc = k.lib.zn_evaluate(
+        _ptr(rows), _ptr(consts), K, ctypes.byref(setup), _ptr(tab), _ptr(dataset), D, structs, len(splits), threads
+    )
+    _check(rc, "the evaluation")
+    return out
 
 
 def padded_inputs(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, 16, 16) -> (N, 20, 20) contiguous float32 with the -1 border the kernel reads."""
     return torch.nn.functional.pad(x[:, 0].float(), (2, 2, 2, 2), "constant", -1.0).contiguous()
-
-
-class Packed:
-    """A population's parameters and per-member constants in kernel blocks of `blk` lanes."""
-
-    def __init__(self, params: dict[str, torch.Tensor], consts: torch.Tensor, blk: int):
-        self.K = consts.shape[0]
-        self.blk = blk
-        self.nblocks = -(-self.K // blk)
-        pad = self.nblocks * blk - self.K
-        flat = torch.cat([params[n].reshape(self.K, -1) for n in PARAM_NAMES], dim=1)  # (K, N_PARAMS)
-        flat = torch.cat([flat, flat.new_zeros(pad, N_PARAMS)])
-        # spare lanes: zero weights, A=S=1, c=lr=0, targets 0 -- finite and inert
-        spare = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]]).expand(pad, 6)
-        consts = torch.cat([consts.float(), spare])
-        self.params = flat.view(self.nblocks, blk, N_PARAMS).transpose(1, 2).contiguous()
-        self.consts = consts.view(self.nblocks, blk, 6).transpose(1, 2).contiguous()
-
-    def unpack_into(self, params: dict[str, torch.Tensor]) -> None:
-        flat = self.params.transpose(1, 2).reshape(self.nblocks * self.blk, N_PARAMS)[: self.K]
-        offset = 0
-        for name in PARAM_NAMES:
-            size = int(np.prod(SHAPES[name]))
-            params[name].copy_(flat[:, offset : offset + size].view_as(params[name]))
-            offset += size
-
-
-def train_pass(
-    lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor, threads: int
-) -> None:
-    tab = np.ascontiguousarray(table, dtype=np.int8)
-    labels = labels.to(torch.int32).contiguous()
-    rc = lib.zn_train_pass(
-        packed.params.data_ptr(),
-        packed.consts.data_ptr(),
-        packed.nblocks,
-        tab.ctypes.data,
-        inputs.data_ptr(),
-        labels.data_ptr(),
-        int(labels.shape[0]),
-        threads,
-    )
-    if rc != 0:
-        raise MemoryError("zipnet kernel: could not allocate its scratch memory")
-
-
-def train_pass_one(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-    """A population of one (packed with blk=1): the kernel's single-member path, vectorised over units."""
-    assert packed.K == 1 and packed.blk == 1
-    tab = np.ascontiguousarray(table, dtype=np.int8)
-    labels = labels.to(torch.int32).contiguous()
-    rc = lib.zn_train_pass_one(
-        packed.params.data_ptr(),
-        packed.consts.data_ptr(),
-        tab.ctypes.data,
-        inputs.data_ptr(),
-        labels.data_ptr(),
-        int(labels.shape[0]),
-    )
-    if rc != 0:
-        raise MemoryError("zipnet kernel: could not allocate its scratch memory")
-
-
-def outputs(lib, packed: Packed, table: np.ndarray, inputs: torch.Tensor, threads: int) -> torch.Tensor:
-    """(K, N, 10) outputs of every member."""
-    n = inputs.shape[0]
-    tab = np.ascontiguousarray(table, dtype=np.int8)
-    out = torch.empty(packed.nblocks, n, 10, packed.blk)
-    rc = lib.zn_forward(
-        packed.params.data_ptr(),
-        packed.consts.data_ptr(),
-        packed.nblocks,
-        tab.ctypes.data,
-        inputs.data_ptr(),
-        n,
-        out.data_ptr(),
-        threads,
-    )
-    if rc != 0:
-        raise MemoryError("zipnet kernel: could not allocate its scratch memory")
-    # contiguous whatever the block count, so sums over a member's outputs run in one order
-    return out.permute(0, 3, 1, 2).reshape(packed.nblocks * packed.blk, n, 10)[: packed.K].contiguous()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The GPU path, measured in one go (a few minutes on one GPU):
+#   scripts/device_check.sh                   # with .venv/bin/python
+#   PYTHON=/path/to/python scripts/device_check.sh
+# 1. the CUDA tests (they skip without a GPU elsewhere): a population on CUDA against the CPU, and a
+#    member trained on CUDA against its CUDA single run;
+# 2. bench_population with device cuda (torch ops) at K from 1 to 4096, the reference loop timed
+#    on the host CPU in the same run;
+# 3. a 1,000-trial sweep on the GPU (the command is filled in with the sweep runner).
+# It needs a torch build with CUDA (the project pins the CPU build: torch==2.13.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+
+"$PY" - <<'PYEOF'
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    sys.exit(f"device_check: this torch ({torch.__version__}) sees no CUDA device; run it where torch has CUDA")
+print(f"device_check: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+PYEOF
+
+echo "== CUDA tests"
+"$PY" -m pytest -q -rs -k cuda tests/test_engine.py
+
+echo "== bench_population on CUDA, K = 1 .. 4096"
+"$PY" benchmarks/bench_population.py --device cuda --ks 1,4,16,64,256,1024,4096 --passes 1
+
+echo "== a 1,000-trial sweep on the GPU"
+echo "(not yet: the command comes with the sweep runner, e.g. zipnet-sweep <study> trainer.device=cuda --n-trials 1000)"

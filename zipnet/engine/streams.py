@@ -1,0 +1,115 @@
+"""Each member's own example stream: the distinct datasets of a population and who reads which.
+
+Members that differ only in which digits they see, or in which order (data.seed), train in
+one lockstep population: at step i every member takes example i of its own dataset. All
+datasets have the same numbers of training and test digits, so every member takes the same
+number of steps per pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zipnet import kernel
+
+
+@dataclass
+class Streams:
+    """The population's distinct datasets (each with train_x/train_y/test_x/test_y) and, per member, which it reads."""
+
+    datasets: list
+    index: list[int]  # per member: its dataset
+
+    @classmethod
+    def of(cls, digits, members: int) -> Streams:
+        """One dataset shared by all members, or a list with one per member (equal datasets are merged)."""
+        if not isinstance(digits, (list, tuple)):
+            return cls([digits], [0] * members)
+        if len(digits) != members:
+            raise ValueError(f"train: {len(digits)} datasets for {members} members; give one, or one per member")
+        datasets, index, seen = [], [], {}
+        for d in digits:
+            key = getattr(d, "fingerprint", None) or id(d)
+            if key not in seen:
+                seen[key] = len(datasets)
+                datasets.append(d)
+            index.append(seen[key])
+        sizes = {(len(d.train_y), len(d.test_y)) for d in datasets}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"train: members of one population need equal numbers of train and test digits; got {sorted(sizes)}"
+            )
+        return cls(datasets, index)
+
+    @property
+    def shared(self) -> bool:
+        return len(self.datasets) == 1
+
+    def keep(self, positions: list[int]) -> None:
+        """Only the members at `positions` go on (datasets no one reads any more stay; they cost no steps)."""
+        self.index = [self.index[k] for k in positions]
+
+    def member_index(self, device) -> torch.Tensor:
+        return torch.tensor(self.index, dtype=torch.long, device=device)
+
+    def split(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D, N, 1, 16, 16) digits and (D, N) labels of one split, every dataset stacked."""
+        xs = torch.stack([getattr(d, f"{name}_x") for d in self.datasets]).to(device)
+        ys = torch.stack([getattr(d, f"{name}_y") for d in self.datasets]).to(device)
+        return xs, ys
+
+
+@dataclass
+class TrainingPass:
+    """What one training pass reads: per dataset, the (shifted) digits as the chosen backend wants them."""
+
+    labels: torch.Tensor  # (D, N) int64
+    patches: torch.Tensor | None = None  # (D, N, 25, 64) H1 receptive fields (torch ops)
+    inputs: torch.Tensor | None = None  # (D, N, 20, 20) padded digits (the kernel)
+    labels32: torch.Tensor | None = None  # (D, N) int32 (the kernel)
+
+
+def training_pass(
+    x: torch.Tensor, labels: torch.Tensor, shift: int, shift_seed: int, pass_index: int, for_kernel: bool
+) -> TrainingPass:
+    """The pass's training digits: x (D, N, 1, 16, 16), each dataset moved by the same seeded shifts."""
+    if shift:
+        x = torch.stack([shifted(xd, shift, np.random.default_rng([shift_seed, pass_index])) for xd in x])
+    if for_kernel:
+        inputs = torch.stack([kernel.padded_inputs(xd) for xd in x])
+        return TrainingPass(labels, inputs=inputs, labels32=labels.to(torch.int32).contiguous())
+    return TrainingPass(labels, patches=torch.stack([input_patches(xd) for xd in x]))
+
+
+def input_patches(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 16, 16) digits -> (N, 25, 64) H1 receptive fields, edges reading -1.
+
+    "The input is surrounded by a constant background of -1": pad by 2, 5x5 windows, stride 2.
+    """
+    padded = F.pad(x, (2, 2, 2, 2), "constant", -1.0)
+    return F.unfold(padded, kernel_size=5, stride=2)
+
+
+def hessian_sample(n: int, samples: int, pass_index: int) -> list[int]:
+    """Which training patterns SDLM averages h over before a pass: a fixed draw per pass."""
+    rng = np.random.default_rng([pass_index, 1989])
+    return rng.choice(n, size=min(samples, n), replace=False).tolist()
+
+
+def shifted(x: torch.Tensor, shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Each (1, 16, 16) digit moved by dx, dy in [-shift, shift]; the vacated edge reads the
+    -1 background (the seed's modern.py rolls the image around instead)."""
+    n, s = x.shape[0], shift
+    moves = torch.from_numpy(rng.integers(-s, s + 1, size=(n, 2)))
+    padded = F.pad(x, (s, s, s, s), "constant", -1.0)
+    out = torch.empty_like(x)
+    for dy in range(-s, s + 1):
+        for dx in range(-s, s + 1):
+            rows = ((moves[:, 0] == dy) & (moves[:, 1] == dx)).nonzero().view(-1).to(x.device)
+            if len(rows):
+                out[rows] = padded[rows, :, s - dy : s - dy + 16, s - dx : s - dx + 16]
+    return out

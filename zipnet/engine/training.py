@@ -1,0 +1,160 @@
+"""The training loop: K configurations of the 1989 net trained in lockstep, pass by pass.
+
+"The network was trained ... the weights were updated after each pattern presentation", in a
+constant order, for 23 passes; train and test are evaluated after every pass. Every member
+reads its own example stream (its own dataset), with the same number of steps per pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from zipnet import kernel, paper
+from zipnet.engine.evaluation import evaluate
+from zipnet.engine.members import SPLITS, Member, RunResult
+from zipnet.engine.population import Population
+from zipnet.engine.streams import Streams, hessian_sample, training_pass
+
+PassHook = Callable[[int, list[RunResult]], set[int]]
+
+
+def train(
+    members: list[Member],
+    digits,
+    passes: int = 23,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = print,
+    on_pass: PassHook | None = None,
+    progress=None,
+    backend: str = "auto",
+    threads: int = 0,
+    shift: int = 0,
+    shift_seed: int = 0,
+) -> list[RunResult]:
+    """Train members in lockstep and return one RunResult each, in the order given.
+
+    `digits`: one dataset for all members, or a list with one per member (all with the same
+    numbers of train and test digits); a member reads only its own. `on_pass(pass_number,
+    live_results)` runs after each pass's evaluation and may return the positions (in
+    `members`) of results to stop as pruned. A member whose loss turns NaN or inf is stopped
+    as diverged, with its pass number; the others go on undisturbed. `backend`: "torch"
+    (torch ops), "c" (the compiled CPU kernel), or "auto" (the kernel wherever it applies).
+    `shift`: each training pattern moved by up to that many pixels per pass (the modern
+    recipe), drawn from `shift_seed` and the pass.
+    """
+    dev = torch.device(device)
+    streams = Streams.of(digits, len(members))
+    pop = Population(members, dev, backend=backend, threads=threads)
+    results = [
+        RunResult(member=m, backend=pop.backend, kernel_build=pop.kernel_build, cpu=kernel.cpu_model()) for m in members
+    ]
+    active = list(range(len(members)))  # positions in `results` of the population's members
+    splits = {split: streams.split(split, dev) for split in SPLITS}
+    n_train, n_test = splits["train"][1].shape[1], splits["test"][1].shape[1]
+    tp = None  # what a training pass reads; made once, or per pass when shifted
+    with torch.no_grad():
+        for pass_index in range(passes):
+            pass_number = pass_index + 1
+            lrs = pop.optim.start_pass(pass_index, passes)
+            started = time.perf_counter()
+            if shift or tp is None:
+                tp = training_pass(*splits["train"], shift, shift_seed, pass_index, pop.kernel is not None)
+            pop.draw_dropout(n_train, pass_index)
+            _curvature(pop, tp, streams, pass_index)
+            if pop.kernel is not None:
+                pop.kernel.train_pass(tp.inputs, tp.labels32, streams.index)
+            else:
+                pop.ops.train_pass(tp.patches, tp.labels, streams.member_index(dev))
+            seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            (train_loss, train_misses, _), (test_loss, test_misses, test_y) = evaluate(
+                pop, [splits["train"], splits["test"]], streams.index, outputs=(False, True)
+            )
+            eval_seconds = time.perf_counter() - started
+            metrics = {
+                "train": (train_loss.tolist(), train_misses.tolist()),
+                "test": (test_loss.tolist(), test_misses.tolist()),
+            }
+            finite = pop.finite().tolist()
+            gone: list[int] = []
+            for k, pos in enumerate(active):
+                row: dict[str, float] = {"pass": pass_number}
+                for split, n in (("train", n_train), ("test", n_test)):
+                    loss, misses = metrics[split]
+                    row[f"{split}/loss"] = float(loss[k])
+                    row[f"{split}/misses"] = int(misses[k])
+                    row[f"{split}/error"] = 100.0 * int(misses[k]) / n
+                row["lr"] = lrs[k]
+                row["seconds"] = seconds
+                row["eval_seconds"] = eval_seconds
+                if not pop.cross_entropy:  # the paper's figures are MSEs: no gap for a cross-entropy run
+                    row[paper.GAP] = paper.gap(row, n_train, n_test)
+                result = results[pos]
+                result.history.append(row)
+                result.population_sizes.append(len(active))
+                result.population_positions.append(k)
+                result.test_outputs = test_y[k].cpu()
+                if not (finite[k] and math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
+                    result.status, result.diverged_at_pass = "diverged", pass_number
+                    gone.append(k)
+            if log is not None:
+                for pos in active:
+                    log(format_pass(results[pos], prefix=f"member {pos}: " if len(members) > 1 else ""))
+            if on_pass is not None:
+                live = [results[pos] for k, pos in enumerate(active) if k not in gone]
+                for pos in on_pass(pass_number, live) or ():
+                    k = active.index(pos)
+                    if k not in gone:
+                        results[pos].status = "pruned"
+                        gone.append(k)
+            for k in gone:
+                results[active[k]].params = pop.member_params(k)
+            if progress is not None:
+                progress.update(pass_number)
+            if gone:
+                keep = [k for k in range(len(active)) if k not in gone]
+                active = [active[k] for k in keep]
+                if not active:
+                    break
+                pop.keep(keep)
+                streams.keep(keep)
+    for k, pos in enumerate(active):
+        results[pos].status = "finished"
+        results[pos].params = pop.member_params(k)
+    return results
+
+
+def _curvature(pop: Population, tp, streams: Streams, pass_index: int) -> None:
+    """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5), each member on its
+    own dataset at the same places; in "running" mode only before the first pass, then per pattern."""
+    mode = pop.optim.curvature
+    if not (mode == "pass" or (mode == "running" and pass_index == 0)):
+        return
+    sample = hessian_sample(tp.labels.shape[1], pop.optim.samples, pass_index)
+    if pop.kernel is not None:
+        total = pop.kernel.curvature_sum(tp.inputs, tp.labels32, streams.index, sample)
+        pop.optim.set_curvature({name: t.div_(len(sample)) for name, t in total.items()})
+        return
+    patches = tp.patches[:, sample]  # (D, S, 25, 64)
+    if streams.shared:
+        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[0]))
+    else:
+        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[streams.member_index(pop.device)].transpose(0, 1)))
+
+
+def format_pass(result: RunResult, prefix: str = "") -> str:
+    """The seed's per-pass lines: `eval: split train. loss 4.07e-03. error 0.62%. misses: 45`."""
+    row = result.history[-1]
+    lines = [f"{prefix}pass {row['pass']}"]
+    for split in SPLITS:
+        lines.append(
+            f"{prefix}eval: split {split:5s}. loss {row[f'{split}/loss']:.2e}. "
+            f"error {row[f'{split}/error']:.2f}%. misses: {row[f'{split}/misses']}"
+        )
+    if result.status == "diverged":
+        lines.append(f"{prefix}diverged at pass {result.diverged_at_pass}: the loss or the weights are not finite")
+    return "\n".join(lines)
