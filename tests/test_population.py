@@ -28,6 +28,7 @@ def test_populations_split_on_data_trainer_and_table_only():
             "model.activation=scaled_tanh",
             "targets=pm0.6",
             "trainer.progress=off",
+            "data.seed=2",  # each member reads its own sample
         )
         == _key()
     )
@@ -36,12 +37,21 @@ def test_populations_split_on_data_trainer_and_table_only():
 
 
 def test_run_keeps_order_and_trains_each_population_once():
-    jobs = [runner.Job(compose(SMALL + o)) for o in (["optim.lr=0.03"], ["data.n_train=200"], ["seed=5"])]
+    overrides = (["optim.lr=0.03"], ["data.n_train=200"], ["seed=5"], ["data.seed=1"])
+    jobs = [runner.Job(compose(SMALL + o)) for o in overrides]
     lines = []
     runner.run(jobs, log=lines.append)
-    assert [len(j.result.history) for j in jobs] == [2, 2, 2]
-    assert [j.result.population_sizes for j in jobs] == [[2, 2], [1, 1], [2, 2]]
+    assert [len(j.result.history) for j in jobs] == [2, 2, 2, 2]
+    assert [j.result.population_sizes for j in jobs] == [[3, 3], [1, 1], [3, 3], [3, 3]]
     assert sum("population" in line and "members" in line for line in lines) == 2
+    assert jobs[3].digits.fingerprint != jobs[0].digits.fingerprint  # its own sample, in the same population
+    alone = runner.Job(compose(SMALL + ["data.seed=1"]))
+    runner.run([alone], log=None)  # a member of a mixed-seed population equals its single run, bit for bit
+
+    def strip(result):
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in result.history]
+
+    assert strip(jobs[3].result) == strip(alone.result)
 
 
 def test_a_bad_value_trains_nothing():
@@ -54,19 +64,20 @@ def test_a_bad_value_trains_nothing():
 class _Peek(runner.Watcher):
     """Reads the job's MLflow run while training is still going on."""
 
-    def __init__(self, client):
-        self.client, self.seen = client, []
+    def __init__(self, tracker):
+        self.tracker, self.seen = tracker, []
 
     def on_pass(self, job, result):
-        run = self.client.get_run(job.run_id)
-        history = self.client.get_metric_history(job.run_id, "test/error")
+        client = self.tracker.client  # waits for what the tracker has queued: the pass just logged
+        run = client.get_run(job.run_id)
+        history = client.get_metric_history(job.run_id, "test/error")
         self.seen.append((run.info.status, [m.step for m in history], len({m.timestamp for m in history})))
         return False
 
 
 def test_every_member_has_a_live_run_from_its_first_pass(tmp_path):
     tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False)
-    peeks = [_Peek(tracker.client) for _ in range(3)]
+    peeks = [_Peek(tracker) for _ in range(3)]
     jobs = [
         runner.Job(
             compose(["data.n_train=300", "data.n_test=100", "trainer.passes=3", f"seed={k}"]),

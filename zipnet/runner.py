@@ -137,13 +137,18 @@ def plain(cfg: DictConfig) -> dict:
     return tree
 
 
+# data keys that change only which digits a member sees, or in what order: members that
+# differ in them still train in one lockstep population, each reading its own stream
+OWN_STREAM = ("seed", "resize", "cache_dir")
+
+
 def population_key(job: Job) -> str:
-    """What members of one population must share: the data (but for the targets), the
-    trainer, the connection table, relu or tanh, the output and loss, and the optimiser's
-    form. They may differ in lr, init, gain, fan-in rule, seeds, MSE scaling, targets,
-    tanh or scaled tanh, and dropout."""
+    """What members of one population must share: the data's source and sizes, the trainer,
+    the connection table, relu or tanh, the output and loss, and the optimiser's form. They
+    may differ in the sampling seed and resizing (each member reads its own digits), lr,
+    init, gain, fan-in rule, seeds, MSE scaling, targets, tanh or scaled tanh, and dropout."""
     tree = plain(job.cfg)
-    data = {k: v for k, v in tree["data"].items() if not k.startswith("target_")}
+    data = {k: v for k, v in tree["data"].items() if not k.startswith("target_") and k not in OWN_STREAM}
     model, optim = tree["model"], tree["optim"]
     shared = {
         "data": data,
@@ -213,14 +218,22 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
         return stop
 
     try:
-        digits = load_digits(group[0].cfg.data)
-        if say is not None:
-            say(
-                f"data: {group[0].cfg.data.source}, {len(digits.train_y)} train / {len(digits.test_y)} test, "
-                f"fingerprint {digits.fingerprint[:12]}"
-            )
+        loaded: dict[str, object] = {}  # one load per distinct data config
         for job in group:
-            job.digits = digits
+            key = json.dumps(
+                {k: v for k, v in plain(job.cfg)["data"].items() if not k.startswith("target_")}, sort_keys=True
+            )
+            if key not in loaded:
+                loaded[key] = load_digits(job.cfg.data)
+                if say is not None:
+                    d = loaded[key]
+                    say(
+                        f"data: {job.cfg.data.source}, {len(d.train_y)} train / {len(d.test_y)} test, "
+                        f"fingerprint {d.fingerprint[:12]}"
+                    )
+            job.digits = loaded[key]
+        digits = group[0].digits if len(loaded) == 1 else [job.digits for job in group]
+        for job in group:
             started.append(job)  # aborted if anything below raises, however far its watchers got
             for watcher in job.watchers:
                 with clock.timing(watcher.kind):
