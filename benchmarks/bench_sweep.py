@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,17 +30,7 @@ from zipnet.config import CONF_DIR
 from zipnet.data import load_digits
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_population import time_reference  # noqa: E402  (the same reference timing as bench_population)
-
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from bench_population import machine, time_reference  # noqa: E402  (the same timing as bench_population)
 
 
 def main() -> None:
@@ -51,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     digits = load_digits(OmegaConf.load(CONF_DIR / "data" / "embedded.yaml"))
-    print(f"cpu: {cpu()}; {os.cpu_count()} cores")
-    train_s, eval_s = time_reference(digits, 1)
+    print(machine("cpu", 0))
+    train_s, eval_s, _ = time_reference(digits, 1)
     reference = args.passes * (train_s + eval_s)
     print(
         f"reference autograd loop: {train_s:.2f} s train + {eval_s:.2f} s eval per pass -> {reference:.1f} s per "
