@@ -45,7 +45,7 @@ def _one_thread():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_the_module_computes_the_engines_test_outputs_exactly(variant):
+def test_the_module_computes_the_engines_test_outputs_and_misses(variant):
     cfg = _compose(TINY + VARIANTS[variant])
     digits = load_digits(cfg.data)
     member = checks.member(cfg)
@@ -54,7 +54,8 @@ def test_the_module_computes_the_engines_test_outputs_exactly(variant):
     with torch.no_grad():
         outputs = net(digits.test_x)
         predicted = net(digits.test_x.reshape(-1, 256).numpy(), output="digit")  # any layout of 256 pixels
-    assert torch.equal(outputs, result.test_outputs)
+    # the kernel evaluates in its own order of fused multiply-adds: the last bits differ, the misses do not
+    torch.testing.assert_close(outputs, result.test_outputs, rtol=1e-5, atol=1e-6)
     assert int((predicted != digits.test_y).sum()) == result.history[-1]["test/misses"]
     assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {
         k: tuple(v.shape) for k, v in result.params.items()
@@ -124,7 +125,7 @@ def test_the_logged_model_predicts_the_runs_final_test_misses(logged):
     logged_misses = client.get_run(run_id).data.metrics["test/misses"]
     misses = int((predicted != digits.test_y.numpy()).sum())
     assert misses == logged_misses == logged["result"].history[-1]["test/misses"]
-    assert np.array_equal(outputs, logged["result"].test_outputs.numpy())
+    np.testing.assert_allclose(outputs, logged["result"].test_outputs.numpy(), rtol=1e-5, atol=1e-6)
     signature = model.metadata.signature
     (spec,) = signature.inputs.inputs
     assert (spec.type, tuple(spec.shape)) == (np.dtype(np.float32), (-1, 16, 16))
@@ -206,5 +207,5 @@ def test_a_registered_model_serves_predictions_on_loopback(logged):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
     expected = logged["result"].test_outputs[:20].numpy()
-    assert np.allclose(answers["outputs"], expected, rtol=1e-6, atol=1e-7)  # JSON round trip of float32
+    np.testing.assert_allclose(answers["outputs"], expected, rtol=1e-5, atol=1e-6)  # the kernel's last bits
     assert answers["digit"].tolist() == expected.argmax(axis=1).tolist()

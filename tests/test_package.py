@@ -98,7 +98,7 @@ def test_the_wheel_carries_configs_studies_and_kernel(fresh_venv, tmp_path):
         print(resources.checkout_root())
         print(resources.conf_dir())
         print(kernel.SOURCE)
-        print(kernel.library(8) is not None)
+        print(kernel.load() is not None)
         print(any(p.rstrip("/") == sys.argv[1] for p in sys.path))
         with initialize_config_dir(config_dir=str(resources.conf_dir()), version_base="1.3"):
             print(",".join(GlobalHydra.instance().config_loader().get_group_options("sweeps")))
@@ -115,7 +115,7 @@ def test_the_wheel_carries_configs_studies_and_kernel(fresh_venv, tmp_path):
     assert Path(conf) == Path(package).parent / "conf"
     assert Path(source).is_relative_to(venv) and Path(source).read_text() == resources.kernel_source().read_text()
     assert kernel_built == "True"  # compiled from the installed kernel.c into an empty cache
-    assert list((tmp_path / "cache" / "kernel").glob("zipnet-kernel-8-*.so"))
+    assert list((tmp_path / "cache" / "kernel").glob("zipnet-kernel-*.so"))
     assert "unavailable" not in done.stderr
     assert studies.split(",") == sorted(p.stem for p in resources.sweeps_dir().glob("*.yaml"))
     assert int(passes) == 23

@@ -46,17 +46,21 @@ def _sweeping(config: DictConfig) -> bool:
 
 class MultirunCallback(Callback):
     def __init__(self) -> None:
-        self.tracker = None
+        self.config: DictConfig | None = None  # not the tracker: launchers such as submitit pickle callbacks
         self.run_id: str | None = None
+
+    @property
+    def tracker(self):
+        from zipnet import runner
+
+        return runner.tracker_for(self.config) if self.config is not None else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from zipnet import runner, tracking
 
-        if _sweeping(config):
+        if _sweeping(config) or runner.tracker_for(config) is None:
             return
-        self.tracker = runner.tracker_for(config)
-        if self.tracker is None:
-            return
+        self.config = config
         from mlflow.entities import Param
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

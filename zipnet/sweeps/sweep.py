@@ -99,8 +99,8 @@ class Sweep:
         import optuna
 
         spec = self.spec
-        self.storage = stores.open_storage(self.url, spec)
-        with stores.lock(self.url):  # workers starting together: one study, one parent
+        with stores.lock(self.url):  # workers starting together: one set of tables, one study, one parent
+            self.storage = stores.open_storage(self.url, spec)
             self.study = optuna.create_study(
                 study_name=spec.study_name,
                 storage=self.storage,
