@@ -24,8 +24,7 @@ def ensure(tracker, study, spec: StudySpec, url: str) -> str:
     if run_id is not None:
         try:
             if tracker.client.get_run(run_id).info.lifecycle_stage == "active":
-                tracker.client.update_run(run_id, status="RUNNING")
-                return run_id
+                return run_id  # RUNNING again only once this worker trains something (resume)
         except Exception:  # gone from this tracking store: start another
             pass
     from mlflow.entities import Param

@@ -175,7 +175,7 @@ class Sweep:
                 f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
                 "whether they are alive; rerun this command once they are done"
             )
-        if self.parent and now.counted >= spec.n_trials:
+        if self.parent and now.counted >= spec.n_trials and self.jobs_launched:  # a rerun of a done study adds nothing
             parent.complete(self.tracker, self.parent, self.study)
         return now
 
@@ -184,6 +184,8 @@ class Sweep:
         numbers = [t.number for t in trials]
         jobs = [spec.fixed + spec.trial_overrides(t.params) + trial_keys(spec, self.url, t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
+        if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
+            self.tracker.client.update_run(self.parent, status="RUNNING")
         started = time.perf_counter()
         runner.clock.reset()
         with self.coord.beat(numbers):
