@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 USPS=$(realpath "${1:?give the path of usps.h5 (or the LIBSVM / ESL files)}")
 BIN=.venv/bin
 
-$BIN/zipnet-sweep sweeps/usps_sgd.yaml data.path="$USPS"
-$BIN/zipnet-sweep sweeps/usps_sdlm.yaml data.path="$USPS"
+$BIN/zipnet-train -m sweeps=usps_sgd data.path="$USPS"
+$BIN/zipnet-train -m sweeps=usps_sdlm data.path="$USPS"
 for study in usps_sgd usps_sdlm; do
   $BIN/zipnet-report --experiment usps_study --study $study --by paper/gap --out reports/$study > /dev/null
 done
