@@ -11,6 +11,7 @@ import time
 import hosts
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from servers import http_status
@@ -45,7 +46,11 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
     started = time.perf_counter()
     n_trials, name = 14, "multihost"
     env = cluster.env(env_for(tmp_path))
-    study_url = cluster.postgres.url("optuna", password=True)  # this test reads the study directly
+    # this test reads the study directly, through one storage that holds no connection between reads
+    # (a storage per read leaves its pool to the garbage collector, and PostgreSQL runs out of slots)
+    storage = optuna.storages.RDBStorage(
+        cluster.postgres.url("optuna", password=True), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool}
+    )
     workers = {}
     for hostname in ("worker-a", "worker-b", "worker-c"):
         cwd = tmp_path / hostname  # the workers share no folder
@@ -64,7 +69,7 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
             h: w.poll() for h, w in workers.items()
         }
         try:
-            study = optuna.load_study(study_name=name, storage=study_url)
+            study = optuna.load_study(study_name=name, storage=storage)
             if _held(study, "worker-a") and _held(study, "worker-b"):
                 break
         except KeyError:  # not created yet
@@ -81,7 +86,7 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
     assert codes["worker-c"] == 0, outs["worker-c"][-3000:]
     assert "its worker stopped beating for 3 s; asked again" in outs["worker-c"]
 
-    study = optuna.load_study(study_name=name, storage=study_url)
+    study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials()
     assert tally(trials).counted == n_trials
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -201,6 +201,7 @@ def test_reproduce_reports_a_mismatch_per_metric(store):
     history[1]["test/misses"] += 1
     fake = RunResult(member=None, history=history, status="finished")
     run_id = tracker.log_result(fake, OmegaConf.load(cfg_path), source.data.tags["zipnet.overrides"].split())
+    tracker.flush()  # the writer logs in the background; reproduce reads through a client of its own
     lines = []
     assert not reproduce(run_id, tracking_uri=store["uri"], log=lines.append)
     bad = [line for line in lines if "MISMATCH" in line]
