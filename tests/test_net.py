@@ -11,6 +11,7 @@ from zipnet.net import (
     PAPER_MACS,
     PAPER_PARAMETERS,
     PAPER_UNITS,
+    SHAPES,
     InitSpec,
     check_paper_counts,
     connection_table,
@@ -19,6 +20,13 @@ from zipnet.net import (
     layer_counts,
 )
 from zipnet.reference import Net1989
+
+
+def test_drawn_parameters_have_the_shapes_the_kernel_and_the_model_use():
+    drawn = init_params(InitSpec(seed=0), connection_table("block"))
+    assert {name: tuple(p.shape) for name, p in drawn.items()} == SHAPES
+    params = sum(math.prod(shape) for shape in SHAPES.values())  # dense H2w: 12 x 12 x 25
+    assert params == PAPER_PARAMETERS + 12 * 4 * 25  # the 4 of 12 H1 maps each H2 map does not read
 
 
 @pytest.mark.parametrize("kind,seed", [("block", 0), ("random", 0), ("random", 7)])

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zipnet.net import PARAM_NAMES
+from zipnet.net import PARAM_NAMES, SHAPES  # the parameter block: kernel.c's order
 
 SOURCE = Path(__file__).with_name("kernel.c")
 ABI = 2
@@ -38,17 +38,6 @@ ROUNDING = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 TARGET = os.environ.get("ZIPNET_KERNEL_TARGET", "-march=native -mprefer-vector-width=512").split()
 LINK = ["-fopenmp", "-shared", "-fPIC"]
 LANES = (8, 16)  # members per block on the lanes path
-# per-member shapes in the kernel's parameter block, in kernel.c's order (H2w dense 12x12x25)
-SHAPES = {
-    "H1w": (12, 25),
-    "H1b": (12, 64),
-    "H2w": (12, 300),
-    "H2b": (12, 16),
-    "H3w": (30, 192),
-    "H3b": (30,),
-    "outw": (10, 30),
-    "outb": (10,),
-}
 N_PARAMS = sum(int(np.prod(s)) for s in SHAPES.values())
 # per-member constants, in kernel.c's order
 CONSTS = (

@@ -21,18 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zipnet.net import ACTIVATIONS, OUTPUTS, PARAM_NAMES, SQUASHES, connection_table, h2_mask
+from zipnet.net import ACTIVATIONS, OUTPUTS, PARAM_NAMES, SHAPES, SQUASHES, connection_table, h2_mask
 
-SHAPES = {
-    "H1w": (12, 25),
-    "H1b": (12, 64),
-    "H2w": (12, 300),
-    "H2b": (12, 16),
-    "H3w": (30, 192),
-    "H3b": (30,),
-    "outw": (10, 30),
-    "outb": (10,),
-}
 PREDICTIONS = ("outputs", "digit")  # what forward returns: the ten output units, or the arg-max digit
 
 

@@ -22,6 +22,17 @@ import torch
 from zipnet.errors import ConfigError
 
 PARAM_NAMES = ("H1w", "H1b", "H2w", "H2b", "H3w", "H3b", "outw", "outb")
+# one member's parameter shapes (H2w dense 12x12x25, masked by the connection table)
+SHAPES = {
+    "H1w": (12, 25),
+    "H1b": (12, 64),
+    "H2w": (12, 300),
+    "H2b": (12, 16),
+    "H3w": (30, 192),
+    "H3b": (30,),
+    "outw": (10, 30),
+    "outb": (10,),
+}
 KERNEL = 25  # 5x5 windows, stride 2, for H1 and H2
 
 # The paper's figures (REFERENCE.md §1): per layer (units, connections, parameters).
