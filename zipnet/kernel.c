@@ -159,12 +159,8 @@ static inline v16 sqrt16(v16 a) {
 #define ZN_LN2A 0.693145751953125f
 #define ZN_LN2B 1.428606765330187e-06f
 
-static inline float ztanh(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    float ax = fabsf(x);
-    ax = ax > 9.0f ? 9.0f : ax; /* NaN stays NaN, so a diverging member shows it */
-    const float t = -2.0f * ax;
+/* exp(t) = 2^n p(r) for -87 <= t <= 0 */
+static inline float zexp_in_range(float t) {
     const float n = (t * ZN_L2E + ZN_RND) - ZN_RND;
     float r = fmaf(-n, ZN_LN2A, t);
     r = fmaf(-n, ZN_LN2B, r);
@@ -177,10 +173,18 @@ static inline float ztanh(float x) {
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);
     const uint32_t sbits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale, th;
+    float scale;
     memcpy(&scale, &sbits, sizeof scale);
-    const float e = p * scale;
-    th = (1.0f - e) / (1.0f + e);
+    return p * scale;
+}
+
+static inline float ztanh(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    float ax = fabsf(x);
+    ax = ax > 9.0f ? 9.0f : ax; /* NaN stays NaN, so a diverging member shows it */
+    const float e = zexp_in_range(-2.0f * ax);
+    float th = (1.0f - e) / (1.0f + e);
     uint32_t tb;
     memcpy(&tb, &th, sizeof tb);
     tb = (tb & 0x7fffffffu) | (bits & 0x80000000u);
@@ -190,22 +194,8 @@ static inline float ztanh(float x) {
 
 /* exp(x) for x <= 0 (softmax after subtracting the maximum); 0 below -87 */
 static inline float zexp(float x) {
-    const float xc = x < -87.0f ? -87.0f : x;
-    const float n = (xc * ZN_L2E + ZN_RND) - ZN_RND;
-    float r = fmaf(-n, ZN_LN2A, xc);
-    r = fmaf(-n, ZN_LN2B, r);
-    float p = 1.0f / 5040.0f;
-    p = fmaf(p, r, 1.0f / 720.0f);
-    p = fmaf(p, r, 1.0f / 120.0f);
-    p = fmaf(p, r, 1.0f / 24.0f);
-    p = fmaf(p, r, 1.0f / 6.0f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    const uint32_t sbits = (uint32_t)((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &sbits, sizeof scale);
-    return x < -87.0f ? 0.0f : p * scale;
+    const float e = zexp_in_range(x < -87.0f ? -87.0f : x);
+    return x < -87.0f ? 0.0f : e;
 }
 
 #define ZN_VTANH(V, I, FMA)                                                                              \

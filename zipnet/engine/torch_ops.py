@@ -60,17 +60,26 @@ class TorchOps:
     def K(self) -> int:
         return self.pop.K
 
-    def _f(self, a: torch.Tensor, shape: tuple[int, ...], out: bool = False) -> torch.Tensor:
-        """f(a), in place on the pre-activation `a`: A tanh(S a), or relu; identity for a linear output."""
+    def _f(
+        self,
+        a: torch.Tensor,
+        shape: tuple[int, ...],
+        out: bool = False,
+        A: torch.Tensor | None = None,
+        S: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """f(a), in place on the pre-activation `a`: A tanh(S a), or relu; identity for a linear output.
+        `A` and `S` are the members' squash constants (all the population's by default)."""
         pop = self.pop
         if out and pop.linear_out:
             return a
         if pop.relu:
             return a.clamp_(min=0.0)
         if self._same_act:
-            A, S = SQUASHES[pop.members[0].activation]
-            return a.tanh_() if S == 1.0 and A == 1.0 else a.mul_(S).tanh_().mul_(A)
-        return a.mul_(pop.S.view(shape)).tanh_().mul_(pop.A.view(shape))
+            A0, S0 = SQUASHES[pop.members[0].activation]
+            return a.tanh_() if S0 == 1.0 and A0 == 1.0 else a.mul_(S0).tanh_().mul_(A0)
+        A, S = (pop.A if A is None else A), (pop.S if S is None else S)
+        return a.mul_(S.view(shape)).tanh_().mul_(A.view(shape))
 
     def _fprime(self, x: torch.Tensor, shape: tuple[int, ...], out: bool = False, c: bool = False) -> torch.Tensor:
         """f'(a) from x = f(a): (S/A)(A^2 - x^2) = S A - (S/A) x^2; 1 [x > 0] for relu; 1 if linear.
@@ -257,15 +266,8 @@ class TorchOps:
         w1 = p["H1w"].reshape(K * 12, 1, 5, 5)
         w2 = p["H2w"].reshape(K * 12, 12, 5, 5)
 
-        def f(a, shape, last=False):
-            if last and pop.linear_out:
-                return a
-            if pop.relu:
-                return a.clamp_(min=0.0)
-            if self._same_act:
-                A0, S0 = SQUASHES[pop.members[0].activation]
-                return a.tanh_() if S0 == 1.0 and A0 == 1.0 else a.mul_(S0).tanh_().mul_(A0)
-            return a.mul_(S.view(shape)).tanh_().mul_(A.view(shape))
+        def f(a, shape, last=False):  # the squash with these members' constants
+            return self._f(a, shape, out=last, A=A, S=S)
 
         for lo in range(0, N, chunk):
             B = min(chunk, N - lo)
