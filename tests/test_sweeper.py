@@ -266,3 +266,37 @@ def test_two_studies_that_share_a_name_are_never_merged_silently(tmp_path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert "warning: 2 studies are named 'twin'" in report.stderr and "a.db" in report.stderr
     assert "b.db" in report.stderr and "--parent RUN_ID" in report.stderr
+
+
+def test_a_trial_keeps_beating_from_its_ask_until_it_is_told(tmp_path):
+    """Between ask and training (Hydra's job setup, the tracker catching up) a live worker's
+    trial must not fall silent: another worker's recovery, past the grace period, leaves it be."""
+    import optuna
+
+    from zipnet.sweeps.storage import Coordinator, open_storage
+    from zipnet.sweeps.study import Param, StudySpec
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    spec = StudySpec(
+        where="test",
+        study_name="beating",
+        n_trials=2,
+        batch=1,
+        sampler={"name": "random", "seed": 0},
+        params={"optim.lr": Param("optim.lr", optuna.distributions.FloatDistribution(0.01, 0.1))},
+        heartbeat_interval=1,
+        grace_period=2,
+    )
+    storage = open_storage(url, spec)
+    study = optuna.create_study(study_name="beating", storage=storage)
+    worker, other = (Coordinator(study, storage, url, spec, log=lambda line: None) for _ in range(2))
+    try:
+        (trial,) = worker.ask()
+        time.sleep(spec.grace + 2 * spec.heartbeat_interval)  # not yet training: no launch, no job
+        other.recover()
+        assert study.trials[trial.number].state == TrialState.RUNNING
+        worker.finish(trial.number, "COMPLETE", 1.0)
+        assert study.trials[trial.number].state == TrialState.COMPLETE
+    finally:
+        worker.close()
+        other.close()

@@ -5,7 +5,7 @@ coordinator of zipnet's own):
 - count, then ask: under the storage's lock (a file lock beside a local sqlite or journal
   file; a PostgreSQL advisory lock on a server), so that together they ask exactly
   `n_trials`. Storages without a lock give back what went past the target, by trial number.
-- heartbeats (Optuna's RDB heartbeat): a worker records one for each of its running trials
+- heartbeats (Optuna's RDB heartbeat): a worker records one for each of its running trials, from the ask on,
   every `heartbeat_interval` seconds. A trial silent for `grace_period` is failed by
   `optuna.storages.fail_stale_trials`, and `RetryHeartbeatStaleTrialCallback` asks its parameters
   again, at most `max_retry` times. Liveness is never judged by host name or pid, so a
@@ -230,9 +230,11 @@ class Coordinator:
         self.on_stale = on_stale  # called with each trial failed as stale (its MLflow run ends KILLED)
         self.worker = worker_id()
         self.study_id = storage.get_study_id_from_name(spec.study_name)
-        self.mine: dict[int, object] = {}  # trial number -> Trial, asked here and not finished
+        self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
         self.beating = heartbeats(storage)
         self._recovering = threading.Lock()  # the main thread and the beating thread both recover
+        self._stop_beating: threading.Event | None = None
+        self._beating: threading.Thread | None = None
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -307,9 +309,10 @@ class Coordinator:
             asked = []
             for _ in range(min(spec.batch, free)):
                 trial = self.study.ask({name: p.distribution for name, p in spec.params.items()})
-                self.mine[trial.number] = trial
+                self.mine[trial.number] = self.trial_id(trial.number)
                 if self.beating:
-                    self.storage.record_heartbeat(self.trial_id(trial.number))
+                    self.storage.record_heartbeat(self.mine[trial.number])
+                    self._start_beating()
                 trial.set_user_attr(WORKER, self.worker)
                 if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
                     trial.set_user_attr(INTERRUPTED, False)
@@ -406,29 +409,29 @@ class Coordinator:
                 return False
             time.sleep(min(self.spec.heartbeat_interval, 5))
 
-    @contextlib.contextmanager
-    def beat(self, numbers: list[int]):
-        """Heartbeats for these trials every heartbeat_interval while inside (a thread: the
-        kernel and torch release the GIL while they train)."""
-        if not self.beating:
-            yield
+    def _start_beating(self) -> None:
+        """From its first ask until close(), a thread records a heartbeat for each trial this worker
+        holds every heartbeat_interval (the kernel and torch release the GIL while they train),
+        from the moment it is asked: a live worker's trials never go silent between ask and train."""
+        if self._stop_beating is not None:
             return
-        ids = [self.trial_id(n) for n in numbers]
-        stop = threading.Event()
+        stop = self._stop_beating = threading.Event()
 
         def loop():
             while not stop.wait(self.spec.heartbeat_interval):
                 try:
-                    for tid in ids:
+                    for tid in list(self.mine.values()):
                         self.storage.record_heartbeat(tid)
                     self.recover()  # another worker's silence is noticed within a beat, not at the next batch
                 except Exception:  # a finished trial, or a hiccup of the server: the next beat retries
                     pass
 
-        thread = threading.Thread(target=loop, name="zipnet-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        self._beating = threading.Thread(target=loop, name="zipnet-heartbeat", daemon=True)
+        self._beating.start()
+
+    def close(self) -> None:
+        """Stop the heartbeat thread (the worker holds no trial any more, or is stopping)."""
+        if self._stop_beating is not None:
+            self._stop_beating.set()
+            self._beating.join()
+            self._stop_beating = None

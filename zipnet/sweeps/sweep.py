@@ -93,6 +93,7 @@ class Sweep:
         try:
             return self._loop()
         finally:
+            self.coord.close()
             os.environ.pop(_parent_env(), None)
 
     def _open(self) -> None:
@@ -188,8 +189,7 @@ class Sweep:
             self.tracker.client.update_run(self.parent, status="RUNNING")
         started = time.perf_counter()
         runner.clock.reset()
-        with self.coord.beat(numbers):
-            reasons = self.launch(jobs, self.jobs_launched)
+        reasons = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
         with runner.clock.timing("optuna"):
             self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
