@@ -69,6 +69,12 @@ class Watcher:
         """After each pass, result.history[-1] is its row; True stops the job (pruned)."""
         return False
 
+    @classmethod
+    def on_passes(cls, seen: list[tuple[Job, RunResult, Watcher]]) -> list[Job]:
+        """One pass of a population, for every watcher of this class at once; returns the jobs
+        to stop. By default each watcher's `on_pass`; a class may batch its store's calls."""
+        return [job for job, result, watcher in seen if watcher.on_pass(job, result)]
+
     def end(self, job: Job, result: RunResult) -> None:
         """The job trained to its end: finished, pruned or diverged."""
 
@@ -206,13 +212,14 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
         if live:  # the engine's time for this pass, the same for every member
             clock.add("training", live[0].history[-1].get("seconds", 0.0))
             clock.add("evaluation", live[0].history[-1].get("eval_seconds", 0.0))
+        seen: dict[type, list] = {}  # each kind of watcher sees the whole pass at once
         for result in live:
-            k = place[id(result.member)]
-            job = group[k]
+            job = group[place[id(result.member)]]
             for watcher in job.watchers:
-                with clock.timing(watcher.kind):
-                    if watcher.on_pass(job, result):
-                        stop.add(k)
+                seen.setdefault(type(watcher), []).append((job, result, watcher))
+        for kind, members in seen.items():
+            with clock.timing(kind.kind):
+                stop.update(place[id(job.member)] for job in kind.on_passes(members))
         if say is not None and len(group) > 1:
             lines(group, live, pass_number, say)
         return stop

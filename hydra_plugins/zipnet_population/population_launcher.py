@@ -10,16 +10,26 @@ A job that cannot train (a bad value) refuses the whole batch before anything tr
 """
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import (
+    JobReturn,
+    JobRuntime,
+    JobStatus,
+    configure_log,
+    env_override,
+    filter_overrides,
+    setup_globals,
+)
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,7 @@ class PopulationLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self.composer = None  # zipnet.composer.Composer, from the first launch on
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -50,24 +61,20 @@ class PopulationLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        if self.composer is None:  # kept across a sweep's batches: one base per set of group choices
+            from zipnet.composer import Composer
+
+            self.composer = Composer(self.hydra_context.config_loader, self.config)
         returns = []
         with runner.collect():
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                with open_dict(cfg):
-                    cfg.hydra.job.id = idx
-                    cfg.hydra.job.num = idx
+                with runner.clock.timing("hydra"):
+                    cfg = self.composer.compose(list(overrides))
+                    with open_dict(cfg):
+                        cfg.hydra.job.id = idx
+                        cfg.hydra.job.num = idx
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                returns.append(
-                    run_job(
-                        hydra_context=self.hydra_context,
-                        task_function=self.task_function,
-                        config=cfg,
-                        job_dir_key="hydra.sweep.dir",
-                        job_subdir_key="hydra.sweep.subdir",
-                    )
-                )
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                returns.append(self._collect(cfg))
         jobs = [ret.return_value if ret.status == JobStatus.COMPLETED else None for ret in returns]
         if any(job is None for job in jobs):
             self._refuse(returns)
@@ -81,6 +88,53 @@ class PopulationLauncher(Launcher):
                 else:
                     ret.return_value = runner.objective(job)
         return returns
+
+    def _collect(self, cfg: DictConfig) -> JobReturn:
+        """Hydra's per-job steps, for a task that only builds its job: the job's HydraConfig, output
+        folder and .hydra/ files, env_set and callbacks; its log file is not configured per job,
+        since the job logs nothing until the batch trains. Returns the task's job, untrained."""
+        from zipnet import runner
+
+        callbacks = self.hydra_context.callbacks
+        before_cfg, before_cwd = HydraConfig.instance().cfg, os.getcwd()
+        with runner.clock.timing("hydra"):
+            subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            out = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), subdir))
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+                cfg.hydra.runtime.output_dir = out
+            HydraConfig.instance().set_config(cfg)
+            hydra_cfg = HydraConfig.instance().cfg
+            chdir = bool(hydra_cfg.hydra.job.chdir)
+            task_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+            overrides = list(cfg.hydra.overrides.task)
+            env = dict(hydra_cfg.hydra.job.env_set)
+            dot_hydra = None if cfg.hydra.output_subdir is None else Path(out) / str(cfg.hydra.output_subdir)
+            if dot_hydra is not None:
+                dot_hydra.mkdir(parents=True, exist_ok=True)
+                (dot_hydra / "config.yaml").write_text(OmegaConf.to_yaml(task_cfg))
+                (dot_hydra / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra_cfg))
+                (dot_hydra / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+            else:
+                Path(out).mkdir(parents=True, exist_ok=True)
+        ret = JobReturn(
+            overrides=overrides, cfg=task_cfg, hydra_cfg=hydra_cfg, working_dir=out if chdir else before_cwd
+        )
+        try:
+            if chdir:
+                os.chdir(out)
+            with env_override(env):
+                callbacks.on_job_start(config=cfg, task_function=self.task_function)
+                try:
+                    ret.return_value = self.task_function(task_cfg)
+                    ret.status = JobStatus.COMPLETED
+                except Exception as err:
+                    ret.return_value, ret.status = err, JobStatus.FAILED
+            ret.task_name = JobRuntime.instance().get("name")
+            callbacks.on_job_end(config=cfg, job_return=ret)
+            return ret
+        finally:
+            HydraConfig.instance().cfg = before_cfg
+            os.chdir(before_cwd)
 
     def _refuse(self, returns: Sequence[JobReturn]) -> None:
         """A job that cannot train refuses the whole batch, before anything trains."""

@@ -77,7 +77,9 @@ _storages: dict[str, object] = {}  # URL -> storage, once per process (the jobs 
 
 def open_storage(url: str, spec: StudySpec | None = None):
     """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql), with heartbeats
-    and retries as `spec` sets them, or `journal:PATH`. Opened once per process."""
+    and retries as `spec` sets them, behind Optuna's trial cache (`optuna.storages.get_storage`:
+    a finished trial is read once, then only unfinished and new trials), or `journal:PATH`.
+    Opened once per process: the sweeper, its coordinator and its jobs share the one cache."""
     if url in _storages:
         return _storages[url]
     import optuna
@@ -97,7 +99,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
-                storage = optuna.storages.RDBStorage(
+                rdb = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=kwargs,
                     heartbeat_interval=spec.heartbeat_interval,
@@ -106,6 +108,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
                         max_retry=spec.max_retry
                     ),
                 )
+            storage = optuna.storages.get_storage(rdb)
     except Exception as err:
         raise storage_error(url, err) from err
     _storages[url] = _storages[without_password(url)] = storage  # this process's jobs reach it by either

@@ -46,6 +46,25 @@ class Link:
         return TrialWatcher(self)
 
 
+_studies: dict[tuple[str, str], tuple[object, str]] = {}  # (storage URL, study) -> (optuna.Study, metric)
+
+
+def _study(url: str, name: str):
+    """The study as its jobs see it, opened once per process (a study's settings never change):
+    a random sampler (a job never samples) and the study's pruner, shared by its jobs."""
+    if (url, name) not in _studies:
+        import optuna
+
+        storage = stores.open_storage(url)
+        attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
+        spec = StudySpec(where=f"study {name!r}", study_name=name, pruner=attrs[SPEC]["pruner"])
+        study = optuna.load_study(
+            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
+        )
+        _studies[(url, name)] = (study, attrs[SPEC]["metric"])
+    return _studies[(url, name)]
+
+
 def link(cfg: DictConfig) -> Link | None:
     """The trial this job belongs to, or None for a job outside a study."""
     number = OmegaConf.select(cfg, "trial.number", default=None)
@@ -54,22 +73,15 @@ def link(cfg: DictConfig) -> Link | None:
     import optuna
 
     name, url = cfg.trial.study, cfg.trial.storage
-    storage = stores.open_storage(url)
-    attrs = storage.get_study_user_attrs(storage.get_study_id_from_name(name))
-    spec = StudySpec(where=f"study {name!r}", study_name=name, pruner=attrs[SPEC]["pruner"])
-
-    # the job never samples: a random sampler keeps opening the trial cheap
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
-    )
-    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), int(number))
+    study, metric = _study(url, name)
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
     return Link(
         name,
         url,
         int(number),
         study,
         optuna.trial.Trial(study, trial_id),
-        attrs[SPEC]["metric"],
+        metric,
         int(OmegaConf.select(cfg, "trainer.passes")),
     )
 
@@ -102,10 +114,30 @@ class TrialWatcher(Watcher):
             self.link.trial.set_user_attr(stores.RUN_ID, job.run_id)
 
     def on_pass(self, job: Job, result) -> bool:
-        row = result.history[-1]
-        trial = self.link.trial
-        trial.report(float(row[self.link.metric]), int(row["pass"]))
-        return int(row["pass"]) < self.link.passes and trial.should_prune()
+        return bool(self.on_passes([(job, result, self)]))
+
+    @classmethod
+    def on_passes(cls, seen: list) -> list[Job]:
+        """A population's pass: per study, all reports in one write and all pruning decisions
+        against one read of the study (zipnet/sweeps/pruning.py)."""
+        from zipnet.sweeps import pruning
+
+        by_study: dict[int, list] = {}
+        for job, result, watcher in seen:
+            by_study.setdefault(id(watcher.link.study), []).append((job, result, watcher))
+        stop = []
+        for members in by_study.values():
+            reports = []
+            for _job, result, watcher in members:
+                row, link = result.history[-1], watcher.link
+                reports.append(
+                    pruning.Report(
+                        link.trial, float(row[link.metric]), int(row["pass"]), int(row["pass"]) < link.passes
+                    )
+                )
+            decided = pruning.report_and_prune(members[0][2].link.study, reports)
+            stop += [job for (job, _, _), prune in zip(members, decided) if prune]
+        return stop
 
     def end(self, job: Job, result) -> None:
         trial, study, number = self.link.trial, self.link.study, self.link.number

@@ -1,0 +1,148 @@
+"""One pass of a population's trials: every member's report, then every pruning decision.
+
+Trial by trial, Optuna's public API costs a transaction per report and a read of the whole
+study per pruning decision (`Trial.should_prune` hands the pruner the study, and the median
+pruner reads every trial of it): for a population of 100 that is 100 writes and 100 reads
+of the study per pass, growing with the study. Here one pass of one study costs
+- one transaction for all members' values (rows into Optuna's own intermediate-value
+  table, through its models, on an RDB storage; `Trial.report` per member elsewhere);
+- one read of the study (`get_all_trials`, through Optuna's trial cache);
+- the study's own pruner, asked per member against that read (`Snapshot`), so its
+  decisions are the ones it would make trial by trial after all members reported.
+Pruners that write (successive halving's rungs) write through, and see each other's writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Report:
+    trial: object  # optuna.Trial
+    value: float
+    step: int
+    may_prune: bool  # False at the trial's last pass: nothing left to save
+
+
+def report_and_prune(study, reports: list[Report]) -> list[bool]:
+    """Record every report, then the pruner's decision for each (same order)."""
+    if not reports:
+        return []
+    written = _write(study._storage, reports)
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    snapshot = Snapshot(study._storage, study._study_id, trials, study.study_name, study.directions)
+    view = _study_on(snapshot, study)
+    by_id = {t._trial_id: t for t in trials}
+    out = []
+    for r in reports:
+        frozen = by_id.get(r.trial._trial_id)
+        if not r.may_prune or not written.get(r.trial._trial_id) or frozen is None or frozen.state.is_finished():
+            out.append(False)
+            continue
+        out.append(bool(study.pruner.prune(view, frozen)))
+    return out
+
+
+def _write(storage, reports: list[Report]) -> dict[int, bool]:
+    """trial id -> whether its value is in the storage (False: another worker finished the trial)."""
+    rdb = getattr(storage, "_backend", storage)
+    if hasattr(rdb, "scoped_session"):
+        try:
+            return _insert(rdb, reports)
+        except ImportError:  # an Optuna without these models: the public API below
+            pass
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    written = {}
+    for r in reports:
+        try:
+            r.trial.report(r.value, r.step)
+            written[r.trial._trial_id] = True
+        except UpdateFinishedTrialError:
+            written[r.trial._trial_id] = False
+    return written
+
+
+def _insert(rdb, reports: list[Report]) -> dict[int, bool]:
+    """One transaction: the trials' states, then one multi-row INSERT of the running ones' values."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    values = models.TrialIntermediateValueModel
+    ids = [r.trial._trial_id for r in reports]
+    session = rdb.scoped_session()
+    try:
+        rows = session.execute(
+            sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state).where(
+                models.TrialModel.trial_id.in_(ids)
+            )
+        ).all()
+        running = {tid for tid, state in rows if state == TrialState.RUNNING}
+        payload = []
+        for r in reports:
+            if r.trial._trial_id in running:
+                stored, kind = values.intermediate_value_to_stored_repr(float(r.value))
+                payload.append(
+                    {
+                        "trial_id": r.trial._trial_id,
+                        "step": int(r.step),
+                        "intermediate_value": stored,
+                        "intermediate_value_type": kind,
+                    }
+                )
+        if payload:
+            session.execute(sqlalchemy.insert(values), payload)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    for r in reports:  # what Trial.report would have kept on the trial object
+        if r.trial._trial_id in running:
+            r.trial._cached_frozen_trial.intermediate_values[int(r.step)] = float(r.value)
+    return {tid: tid in running for tid in ids}
+
+
+class Snapshot:
+    """A storage whose trials are one read of the study; everything else goes to `backend`.
+    A trial system attribute written through it (a pruner's rung) shows in the read too."""
+
+    def __init__(self, backend, study_id: int, trials: list, name: str, directions: list):
+        self._backend, self._study_id, self._name, self._directions = backend, study_id, name, directions
+        self._trials = trials
+        self._by_id = {t._trial_id: t for t in trials}
+
+    def get_study_id_from_name(self, study_name):
+        return self._study_id if study_name == self._name else self._backend.get_study_id_from_name(study_name)
+
+    def get_study_directions(self, study_id):
+        return list(self._directions) if study_id == self._study_id else self._backend.get_study_directions(study_id)
+
+    def get_all_trials(self, study_id, deepcopy=True, states=None):
+        if study_id != self._study_id:
+            return self._backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        import copy
+
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def get_trial(self, trial_id):
+        found = self._by_id.get(trial_id)
+        return found if found is not None else self._backend.get_trial(trial_id)
+
+    def set_trial_system_attr(self, trial_id, key, value):
+        self._backend.set_trial_system_attr(trial_id, key, value)
+        found = self._by_id.get(trial_id)
+        if found is not None and not found.state.is_finished():
+            found.system_attrs[key] = value
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+
+def _study_on(snapshot: Snapshot, study):
+    """The study, reading its trials from `snapshot` (same name, directions, sampler, pruner)."""
+    import optuna
+
+    return optuna.Study(study_name=study.study_name, storage=snapshot, sampler=study.sampler, pruner=study.pruner)
