@@ -44,13 +44,31 @@ def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
         assert [(m.step, m.value) for m in history] == [(1, t.value)] and t.intermediate_values == {1: t.value}
         assert run.data.tags["zipnet.population_size"] == "3"  # a batch of 3 is one population
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config_resolved.yaml", "overrides.yaml", "learning_curve.png", "confusion.csv"} <= arts
+        models = run.outputs.model_outputs if run.outputs is not None else []
+        if run.data.tags.get("zipnet.outputs") == "best":  # the study's best when its batch ended
+            assert {"config_resolved.yaml", "overrides.yaml", "learning_curve.png", "confusion.csv"} <= arts
+            assert len(models) == 1
+        else:  # every other trial: weights.pt, beside its params, datasets and metrics
+            assert arts == {"weights.pt"} and not models
     best = min(trials, key=lambda t: t.value)
     assert parent.data.tags["zipnet.best_run_id"] == best.user_attrs[RUN_ID]
+    assert by_trial[best.number].data.tags["zipnet.outputs"] == "best"
     assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     again = zipnet(tmp_path, *args)  # the study is at its target: nothing asked, nothing logged
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(load(tmp_path, "tiny").get_trials()) == 6 and len(runs(tmp_path, "tiny")[2]) == 6
+
+
+def test_trial_outputs_all_logs_every_trial_in_full(tmp_path):
+    args = [*study_args("full", n_trials=2, batch=2), *TINY, "tracking.trial_outputs=all", *SPACE]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, _, children = runs(tmp_path, "full")
+    assert len(children) == 2
+    for run in children:
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv"} <= arts
+        assert len(run.outputs.model_outputs) == 1
 
 
 PRUNING = "{name:median,n_startup_trials:2,n_warmup_steps:0}"

@@ -389,9 +389,10 @@ def tracker_for(cfg: DictConfig):
     s = tracking.settings(cfg)
     if not s.enabled:
         return None
-    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights, s.system_metrics)
+    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights, s.system_metrics, s.trial_outputs)
     if key not in _trackers:
-        _trackers[key] = tracking.Tracker(s.uri, s.experiment, s.figures, s.weights, s.system_metrics)
+        _trackers[key] = tracking.Tracker.from_config(cfg)
+    _trackers[key].flush_seconds = s.flush_seconds
     return _trackers[key]
 
 

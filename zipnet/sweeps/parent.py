@@ -10,7 +10,6 @@ parallel coordinates, trials.csv); then it ends FINISHED.
 from __future__ import annotations
 
 import json
-import time
 
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import StudySpec
@@ -50,10 +49,7 @@ def ensure(tracker, study, spec: StudySpec, url: str) -> str:
 
 
 def update(tracker, run_id: str, study, spec: StudySpec, tally: stores.Tally) -> None:
-    """Counts and the best trial so far, onto the parent."""
-    from mlflow.entities import Metric, RunTag
-
-    stamp = int(time.time() * 1000)
+    """Counts and the best trial so far, onto the parent (queued: the next batch need not wait)."""
     values = {
         "study/complete": tally.complete,
         "study/pruned": tally.pruned,
@@ -65,19 +61,46 @@ def update(tracker, run_id: str, study, spec: StudySpec, tally: stores.Tally) ->
     if best is not None:
         values[f"study/best_{spec.metric}"] = best.value
         tags = {"zipnet.best_trial": str(best.number), "zipnet.best_run_id": best.user_attrs.get(stores.RUN_ID, "")}
-    tracker.client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), stamp, tally.counted) for k, v in values.items()],
-        tags=[RunTag(k, v) for k, v in tags.items()],
-    )
+    tracker.log_batch(run_id, metrics=values, step=tally.counted, tags=tags)
 
 
 def complete(tracker, run_id: str, study) -> None:
-    """The study is done: its views as artifacts, then the parent ends FINISHED."""
+    """The study is done: runs a stopped worker left open are closed, the study's views go
+    on as artifacts, then the parent ends FINISHED."""
     from zipnet import tracking
 
+    close_orphans(tracker, run_id, study)
     tracking.log_study(tracker, run_id, study)
     tracker.end(run_id, "FINISHED")
+
+
+def close_orphans(tracker, run_id: str, study) -> int:
+    """A worker tells its trial's result before its writer has ended the trial's run; killed
+    in between (SIGKILL, a dead host), it leaves the run RUNNING. Such runs of finished trials
+    end as their trials did (COMPLETE, PRUNED: FINISHED; FAIL: FAILED). Returns how many."""
+    from optuna.trial import TrialState
+
+    from zipnet import tracking
+
+    status = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "pruned", TrialState.FAIL: "error"}
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    found = tracker.client.search_runs(
+        [tracker.experiment_id],
+        tracking.where(tags={"mlflow.parentRunId": run_id}) + " and attributes.status = 'RUNNING'",
+    )
+    closed = 0
+    for run in found:
+        trial = trials.get(int(run.data.tags.get("zipnet.trial", "-1")))
+        if trial is None or trial.state not in status:
+            continue
+        tags = {
+            "zipnet.status": status[trial.state],
+            "zipnet.closed_by": f"{stores.worker_id()}: its own worker stopped before it wrote the run's end",
+        }
+        tracker.log_batch(run.info.run_id, tags=tags)
+        tracker.end(run.info.run_id, "FAILED" if trial.state == TrialState.FAIL else "FINISHED")
+        closed += 1
+    return closed
 
 
 def best_trial(study, spec: StudySpec):

@@ -189,13 +189,18 @@ class Sweep:
             self.tracker.client.update_run(self.parent, status="RUNNING")
         started = time.perf_counter()
         runner.clock.reset()
+        with runner.clock.timing("optuna"):
+            before = parent.best_trial(self.study, spec)
         reasons = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
         with runner.clock.timing("optuna"):
             self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
+            now = self.coord.now()
         with runner.clock.timing("tracking"):
+            if self.tracker is not None:  # the study's best so far gets its figures and model
+                self.tracker.log_best(self.parent, spec.metric, spec.direction, before.value if before else None)
             if self.parent:
-                parent.update(self.tracker, self.parent, self.study, spec, self.coord.now())
+                parent.update(self.tracker, self.parent, self.study, spec, now)
         seconds = runner.clock.reset()
         for kind, value in seconds.items():
             self.seconds[kind] = self.seconds.get(kind, 0.0) + value
@@ -207,6 +212,8 @@ class Sweep:
             self.log(
                 split(f"this worker: {self.jobs_launched} trials", time.perf_counter() - self.started, self.seconds)
             )
+            if self.tracker is not None:  # its own thread, beside training: what it would cost if it waited
+                self.log(f"MLflow writer: {self.tracker.busy:.1f} s busy")
         line = (
             f"study {spec.study_name!r}: {now.counted}/{spec.n_trials} trials ({now.complete} complete, "
             f"{now.pruned} pruned, {now.failed} failed"

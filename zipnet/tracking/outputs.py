@@ -8,9 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write(out: Path, result, digits=None, figures: bool = True, weights: bool = True, title: str = "") -> float | None:
-    """Write the run's files into `out`; returns the % of test digits to reject for 1% error
-    on the rest (the paper's 12.1%), or None without finite test outputs."""
+def write(
+    out: Path, result, digits=None, figures: bool = True, weights: bool = True, tables: bool = True, title: str = ""
+) -> float | None:
+    """Write the run's files into `out` (figures: PNGs; tables: the confusion and rejection CSVs);
+    returns the % of test digits to reject for 1% error on the rest (the paper's 12.1%), or
+    None without finite test outputs."""
     import numpy as np
     import torch
 
@@ -27,9 +30,10 @@ def write(out: Path, result, digits=None, figures: bool = True, weights: bool = 
     labels = digits.test_y.cpu().numpy().astype(np.int64)
     predicted = outputs.argmax(dim=1).cpu().numpy().astype(np.int64)
     matrix = draw.confusion(labels, predicted)
-    draw.confusion_csv(matrix, out / "confusion.csv")
     reject_rate, error = rejection.curve(outputs.cpu().numpy(), labels)
-    draw.rejection_csv(reject_rate, error, out / "rejection.csv")
+    if tables:
+        draw.confusion_csv(matrix, out / "confusion.csv")
+        draw.rejection_csv(reject_rate, error, out / "rejection.csv")
     if figures:
         draw.confusion_png(matrix, out / "confusion.png")
         draw.misclassified_grid(digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png")

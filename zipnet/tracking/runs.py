@@ -6,6 +6,13 @@ artifacts, the end of the run) goes to one background thread per tracker, in ord
 store opens while the data loads and a run's figures render while the next population trains.
 A run still ends only after its artifacts are in: its end is queued behind them, and
 `flush()` (called by `client`, by `abort_open_runs` and at exit) waits for the queue.
+
+Store calls per run are few and do not grow with its passes: params, tags and the first
+pass's metrics in one `log_batch` (the run is live from its first pass), then the passes
+that came since in one `log_batch` at most every `flush_seconds`, each metric with the time
+its pass ended; at the end, the rest with the status tags in one more. A study's trial with
+`trial_outputs=best` logs weights.pt as its only artifact; the trial that is the study's best
+when its batch ends gets its figures, config files and MLflow model then (`log_best`).
 """
 
 from __future__ import annotations
@@ -131,10 +138,27 @@ class _Batch:
 
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
-    metrics: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, {key: value})
+    metrics: list[tuple[int, dict[str, float], int]] = field(default_factory=list)  # (step, {key: value}, ms)
     files: dict[str, str] = field(default_factory=dict)  # artifact name -> text
     data: dict | None = None  # the data config, to describe `digits` as datasets
     digits: Any = None
+
+    def take(self) -> _Batch:
+        """Everything gathered so far, leaving this batch empty."""
+        out = _Batch(self.params, self.tags, self.metrics, self.files, self.data, self.digits)
+        self.params, self.tags, self.metrics, self.files, self.data, self.digits = {}, {}, [], {}, None, None
+        return out
+
+
+@dataclass
+class _Live:
+    """A run between its start and its end: what waits for the next flush."""
+
+    lean: bool  # a study's trial with trial_outputs=best
+    parent: str | None = None
+    pending: _Batch = field(default_factory=_Batch)
+    flushed: float | None = None  # time.monotonic() of the last flush; None before the first
+    files: dict[str, str] = field(default_factory=dict)  # its config files, for when it is a best trial
 
 
 def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
@@ -154,8 +178,22 @@ def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
     return batch
 
 
-def _metric_rows(history: list[dict]) -> list[tuple[int, dict[str, float]]]:
-    return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}) for row in history]
+def _merge(first: _Batch, then: _Batch | None) -> _Batch:
+    """`first` with `then`'s contents added (its params, tags and files win; metrics in order)."""
+    if then is None:
+        return first
+    first.params.update(then.params)
+    first.tags.update(then.tags)
+    first.files.update(then.files)
+    first.metrics += then.metrics
+    if then.data is not None:
+        first.data, first.digits = then.data, then.digits
+    return first
+
+
+def _metric_rows(history: list[dict], stamp: int | None = None) -> list[tuple[int, dict[str, float], int]]:
+    stamp = stamp or _now()
+    return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}, stamp) for row in history]
 
 
 _OPEN: dict[str, Tracker] = {}  # runs started in this process and not yet ended
@@ -172,10 +210,16 @@ class Tracker:
         figures: bool = True,
         weights: bool = True,
         system_metrics: bool = True,
+        trial_outputs: str = "best",
+        flush_seconds: float = 5.0,
     ):
         self.uri = store.resolve_uri(uri)
         store.check(self.uri)  # a corrupt, read-only or unreachable store fails here, in one line
         self.experiment, self.figures, self.weights, self.system_metrics = experiment, figures, weights, system_metrics
+        self.trial_outputs, self.flush_seconds = trial_outputs, flush_seconds
+        self._live: dict[str, _Live] = {}  # run id -> what it has not written yet
+        self._held: dict[str | None, list[tuple]] = {}  # parent run -> finished lean trials of the batch
+        self.busy = 0.0  # seconds the writer thread spent writing
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
@@ -192,7 +236,7 @@ class Tracker:
         s = store.settings(cfg)
         if not s.enabled:
             return None
-        return cls(s.uri, s.experiment, s.figures, s.weights, s.system_metrics)
+        return cls(s.uri, s.experiment, s.figures, s.weights, s.system_metrics, s.trial_outputs, s.flush_seconds)
 
     # -- the store, and the queue in front of it ----------------------------------------
 
@@ -237,11 +281,14 @@ class Tracker:
         log is kept against the run, which then ends FAILED with the reason."""
 
         def work():
+            started = time.perf_counter()
             try:
                 job(self._store()[0], *args)
             except Exception as err:
                 self._problems.setdefault(run_id, "".join(traceback.format_exception(err)))
                 print(f"zipnet: MLflow run {run_id}: could not log ({type(err).__name__}: {err})", file=sys.stderr)
+            finally:
+                self.busy += time.perf_counter() - started
 
         self._queued = [f for f in self._queued if not f.done()]
         self._queued.append(self._worker.submit(work))
@@ -275,6 +322,7 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
         _OPEN[run_id] = self
+        self._live[run_id] = _Live(lean=role == "trial" and self.trial_outputs == "best", parent=parent_run_id)
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
@@ -292,16 +340,38 @@ class Tracker:
     def log_config(self, run_id: str, cfg: DictConfig, overrides: list[str], digits=None) -> None:
         """Params (the flattened config), the overrides as a tag, both as artifacts, and the
         train and test splits of `digits` (zipnet.data.Digits) as the run's datasets. A plain
-        fingerprint string in place of `digits` sets the fingerprint tag only."""
-        self._queue(run_id, self._write, run_id, _config_batch(cfg, overrides, digits))
+        fingerprint string in place of `digits` sets the fingerprint tag only. Written with
+        the first pass's metrics (or at the end); a lean trial keeps its config files back."""
+        batch = _config_batch(cfg, overrides, digits)
+        live = self._live.get(run_id)
+        if live is None:  # not started here: written at once
+            self._queue(run_id, self._write, run_id, batch)
+            return
+        if live.lean:
+            live.files, batch.files = batch.files, {}
+        pending = live.pending
+        pending.params.update(batch.params)
+        pending.tags.update(batch.tags)
+        pending.files.update(batch.files)
+        pending.data, pending.digits = batch.data, batch.digits
 
     def log_pass(self, run_id: str, row: dict) -> None:
-        """One pass's metrics in one call, step = pass number (queued)."""
+        """One pass's metrics, step = pass number, stamped now; written at once for the run's
+        first pass, then with the passes since at most every `flush_seconds` (queued)."""
         self.log_history(run_id, [row])
 
     def log_history(self, run_id: str, history: list[dict]) -> None:
-        if history:
+        if not history:
+            return
+        live = self._live.get(run_id)
+        if live is None:
             self._queue(run_id, self._write, run_id, _Batch(metrics=_metric_rows(history)))
+            return
+        live.pending.metrics += _metric_rows(history)
+        now = time.monotonic()
+        if live.flushed is None or now - live.flushed >= self.flush_seconds:
+            live.flushed = now
+            self._queue(run_id, self._write, run_id, live.pending.take())
 
     @staticmethod
     def _write(client, run_id: str, batch: _Batch, folder: Path | None = None) -> None:
@@ -310,15 +380,13 @@ class Tracker:
 
         from zipnet.tracking import datasets
 
-        stamp = _now()
-        metrics = [Metric(k, v, stamp, step) for step, values in batch.metrics for k, v in values.items()]
-        if batch.params or batch.tags or metrics:
-            client.log_batch(
-                run_id,
-                params=[Param(k, v) for k, v in batch.params.items()],
-                tags=[RunTag(k, v) for k, v in batch.tags.items()],
-                metrics=metrics,
-            )
+        metrics = [Metric(k, v, stamp, step) for step, values, stamp in batch.metrics for k, v in values.items()]
+        params = [Param(k, v) for k, v in batch.params.items()]
+        tags = [RunTag(k, v) for k, v in batch.tags.items()]
+        for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1,000 metrics a call
+            if params or tags or metrics:
+                client.log_batch(run_id, params=params, tags=tags, metrics=metrics[start : start + 1000])
+            params, tags = [], []
         if batch.data is not None:
             client.log_inputs(run_id, datasets=datasets.inputs(batch.data, batch.digits))
         with tempfile.TemporaryDirectory() as tmp:
@@ -338,21 +406,28 @@ class Tracker:
         _with: _Batch | None = None,
     ) -> None:
         """Status tags, the run's files (weights, figures, rejection curve, confusion), the
-        model of a finished run, then the end of the run by its status; all queued.
+        model of a finished run, then the end of the run by its status; all queued, and written
+        with whatever the run had not flushed yet.
 
-        A pruned trial keeps its metrics, config and curve data, and draws no figures."""
+        A pruned trial keeps its metrics, config and curve data, and draws no figures. A lean
+        trial (a study's, with trial_outputs=best) logs weights.pt alone, and is held for
+        `log_best` when it finished."""
         status = status or result.status
-        batch = _with or _Batch()
+        live = self._live.pop(run_id, None)
+        batch = _merge(live.pending.take(), _with) if live is not None else _with or _Batch()
         batch.tags.update({"zipnet.status": status, "zipnet.passes_done": str(len(result.history))})
         if result.diverged_at_pass is not None:
             batch.tags["diverged_at_pass"] = str(result.diverged_at_pass)
         if status == "pruned" and result.history:
             batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
         batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
-        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch)
+        lean = live is not None and live.lean
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean)
+        if lean and status == "finished":
+            self._held.setdefault(live.parent, []).append((run_id, result, digits, live.files))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
-    def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: _Batch) -> None:
+    def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool) -> None:
         from zipnet.tracking import models, outputs
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -360,20 +435,65 @@ class Tracker:
                 Path(tmp),
                 result,
                 digits,
-                figures=self.figures and status != "pruned",
+                figures=self.figures and status != "pruned" and not lean,
                 weights=self.weights,
+                tables=not lean,
                 title=run_id[:8],
             )
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
-                batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}))
+                batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
             self._write(client, run_id, batch, Path(tmp))
-        if self.weights and status == "finished" and result.params is not None and result.member is not None:
+        if (
+            self.weights
+            and not lean
+            and status == "finished"
+            and result.params is not None
+            and result.member is not None
+        ):
             models.log(client, self.uri, run_id, result, digits)
+
+    def log_best(self, parent_run_id: str | None, metric: str, direction: str, best_before: float | None) -> str | None:
+        """Of the lean trials that finished under `parent_run_id` since the last call, the best by
+        `metric`, if it beats `best_before` (the study's best before them): its figures, tables,
+        config files and MLflow model, on its own (ended) run. Returns its run id, or None."""
+        held = [h for h in self._held.pop(parent_run_id, []) if h[1].history and metric in h[1].history[-1]]
+        if not held:
+            return None
+        sign = 1.0 if direction == "minimize" else -1.0
+        run_id, result, digits, files = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
+        value = float(result.history[-1][metric])
+        if best_before is not None and sign * value > sign * best_before:
+            return None
+        self._queue(run_id, self._log_best, run_id, result, digits, files)
+        return run_id
+
+    def _log_best(self, client, run_id: str, result, digits, files: dict[str, str]) -> None:
+        from zipnet.tracking import models, outputs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            outputs.write(Path(tmp), result, digits, figures=self.figures, weights=False, title=run_id[:8])
+            self._write(client, run_id, _Batch(tags={"zipnet.outputs": "best"}, files=files), Path(tmp))
+        if self.weights and result.params is not None and result.member is not None:
+            models.log(client, self.uri, run_id, result, digits)
+
+    def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int = 0, tags=None, params=None):
+        """Metrics (at `step`), tags and params onto a run, queued behind everything before."""
+        batch = _Batch(
+            params={k: str(v)[:6000] for k, v in (params or {}).items()},
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            metrics=[(step, {k: float(v) for k, v in (metrics or {}).items()}, _now())] if metrics else [],
+        )
+        self._queue(run_id, self._write, run_id, batch)
 
     def end(self, run_id: str, status: str = "FINISHED", error: BaseException | str | None = None) -> None:
         """End the run FINISHED, FAILED or KILLED (queued behind its artifacts); an error's text
         becomes the `zipnet.error` tag. A run whose logging failed ends FAILED with the reason."""
         _OPEN.pop(run_id, None)
+        live = self._live.pop(run_id, None)  # ended without finishing (aborted): what it had gathered
+        if live is not None:
+            pending = live.pending.take()
+            if pending.params or pending.tags or pending.metrics or pending.data is not None:
+                self._queue(run_id, self._write, run_id, pending)
         text = _error_text(error) if error is not None else None
         stopped = "killed" if status == "KILLED" else "error"
         self._queue(run_id, self._end, run_id, status, text, stopped if isinstance(error, BaseException) else None)

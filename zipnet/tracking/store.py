@@ -41,9 +41,12 @@ class Settings:
     figures: bool = True
     weights: bool = True  # weights.pt and the MLflow model
     system_metrics: bool = True  # CPU and memory of runs that train here (MLflow's monitor)
+    trial_outputs: str = "best"  # a study's trials: figures and MLflow model for the best ones, or "all"
+    flush_seconds: float = 5.0  # a live run's metrics reach the store at its first pass, then this often
 
 
 FLAGS = ("enabled", "figures", "weights", "system_metrics")
+TRIAL_OUTPUTS = ("best", "all")
 
 
 def settings(cfg: DictConfig) -> Settings:
@@ -58,6 +61,12 @@ def settings(cfg: DictConfig) -> Settings:
             raise ConfigError(f"tracking.{key}", f"{value!r} is not allowed; choose one of true, false")
         if key == "uri" and value is not None and not (isinstance(value, str) and value):
             raise ConfigError("tracking.uri", f"{value!r} is not allowed; give null or a tracking URI")
+        if key == "trial_outputs" and value not in TRIAL_OUTPUTS:
+            raise ConfigError(
+                "tracking.trial_outputs", f"{value!r} is not allowed; choose one of {', '.join(TRIAL_OUTPUTS)}"
+            )
+        if key == "flush_seconds" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError("tracking.flush_seconds", f"{value!r} is not allowed; give seconds, 0 or more")
         if key == "experiment" and not (isinstance(value, str) and value.strip()):
             raise ConfigError("tracking.experiment", f"{value!r} is not allowed; give a non-empty name")
         out[key] = value
