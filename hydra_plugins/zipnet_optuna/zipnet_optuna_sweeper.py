@@ -60,6 +60,7 @@ class ZipnetOptunaSweeper(Sweeper):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.launcher = None
+        self.composer = None  # zipnet.composer.Composer: once per set of config-group choices
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -97,7 +98,11 @@ class ZipnetOptunaSweeper(Sweeper):
 
     def compose(self, overrides: list[str]) -> DictConfig:
         """A job's config as the launcher will compose it (the study's checks use it)."""
-        return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        if self.composer is None:
+            from zipnet.composer import Composer
+
+            self.composer = Composer(self.hydra_context.config_loader, self.config)
+        return self.composer.compose(list(overrides))
 
     def _launch(self, jobs: list[list[str]], first: int) -> list[str | None]:
         returns: list[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))

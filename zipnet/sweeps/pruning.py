@@ -7,7 +7,7 @@ of the study per pass, growing with the study. Here one pass of one study costs
 - one transaction for all members' values (rows into Optuna's own intermediate-value
   table, through its models, on an RDB storage; `Trial.report` per member elsewhere);
 - one read of the study (`get_all_trials`, through Optuna's trial cache);
-- the study's own pruner, asked per member against that read (`Snapshot`), so its
+- the study's own pruner, asked per member against that read (zipnet/sweeps/snapshot.py), so its
   decisions are the ones it would make trial by trial after all members reported.
 Pruners that write (successive halving's rungs) write through, and see each other's writes.
 """
@@ -15,6 +15,8 @@ Pruners that write (successive halving's rungs) write through, and see each othe
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from zipnet.sweeps.snapshot import Snapshot
 
 
 @dataclass
@@ -30,10 +32,9 @@ def report_and_prune(study, reports: list[Report]) -> list[bool]:
     if not reports:
         return []
     written = _write(study._storage, reports)
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-    snapshot = Snapshot(study._storage, study._study_id, trials, study.study_name, study.directions)
-    view = _study_on(snapshot, study)
-    by_id = {t._trial_id: t for t in trials}
+    snapshot = Snapshot(study)
+    view = snapshot.study(study.sampler, study.pruner)
+    by_id = {t._trial_id: t for t in snapshot.trials}
     out = []
     for r in reports:
         frozen = by_id.get(r.trial._trial_id)
@@ -102,47 +103,3 @@ def _insert(rdb, reports: list[Report]) -> dict[int, bool]:
         if r.trial._trial_id in running:
             r.trial._cached_frozen_trial.intermediate_values[int(r.step)] = float(r.value)
     return {tid: tid in running for tid in ids}
-
-
-class Snapshot:
-    """A storage whose trials are one read of the study; everything else goes to `backend`.
-    A trial system attribute written through it (a pruner's rung) shows in the read too."""
-
-    def __init__(self, backend, study_id: int, trials: list, name: str, directions: list):
-        self._backend, self._study_id, self._name, self._directions = backend, study_id, name, directions
-        self._trials = trials
-        self._by_id = {t._trial_id: t for t in trials}
-
-    def get_study_id_from_name(self, study_name):
-        return self._study_id if study_name == self._name else self._backend.get_study_id_from_name(study_name)
-
-    def get_study_directions(self, study_id):
-        return list(self._directions) if study_id == self._study_id else self._backend.get_study_directions(study_id)
-
-    def get_all_trials(self, study_id, deepcopy=True, states=None):
-        if study_id != self._study_id:
-            return self._backend.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        import copy
-
-        trials = [t for t in self._trials if states is None or t.state in states]
-        return copy.deepcopy(trials) if deepcopy else trials
-
-    def get_trial(self, trial_id):
-        found = self._by_id.get(trial_id)
-        return found if found is not None else self._backend.get_trial(trial_id)
-
-    def set_trial_system_attr(self, trial_id, key, value):
-        self._backend.set_trial_system_attr(trial_id, key, value)
-        found = self._by_id.get(trial_id)
-        if found is not None and not found.state.is_finished():
-            found.system_attrs[key] = value
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-
-def _study_on(snapshot: Snapshot, study):
-    """The study, reading its trials from `snapshot` (same name, directions, sampler, pruner)."""
-    import optuna
-
-    return optuna.Study(study_name=study.study_name, storage=snapshot, sampler=study.sampler, pruner=study.pruner)

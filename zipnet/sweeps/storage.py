@@ -30,6 +30,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from zipnet.sweeps.snapshot import Snapshot
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, make_sampler
 
 WORKER = "zipnet.worker"
@@ -309,10 +310,15 @@ class Coordinator:
             if free <= 0:
                 return []
             self.study.sampler = make_sampler(spec, now.total)
+            # one read of the study for the batch's asks (under the lock no one else asks); each
+            # trial asked is read back, so the next ask sees it as it would in the storage
+            snapshot = Snapshot(self.study)
+            asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
             for _ in range(min(spec.batch, free)):
-                trial = self.study.ask({name: p.distribution for name, p in spec.params.items()})
-                self.mine[trial.number] = self.trial_id(trial.number)
+                trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
+                snapshot.refresh(trial._trial_id)
+                self.mine[trial.number] = trial._trial_id
                 if self.beating:
                     self.storage.record_heartbeat(self.mine[trial.number])
                     self._start_beating()

@@ -158,17 +158,21 @@ class _Live:
     parent: str | None = None
     pending: _Batch = field(default_factory=_Batch)
     flushed: float | None = None  # time.monotonic() of the last flush; None before the first
-    files: dict[str, str] = field(default_factory=dict)  # its config files, for when it is a best trial
+    config: tuple | None = None  # (cfg, overrides) of a lean trial: its config files, drawn if it is a best one
 
 
-def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
+def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
+    return {
+        "config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides))),
+    }
+
+
+def _config_batch(cfg: DictConfig, overrides: list[str], digits=None, files: bool = True) -> _Batch:
     batch = _Batch(
         params={k: param_text(v)[:6000] for k, v in flatten(cfg).items()},
         tags={"zipnet.overrides": " ".join(overrides)[:8000]},
-        files={
-            "config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-            "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides))),
-        },
+        files=_config_files(cfg, overrides) if files else {},
     )
     fingerprint = digits if isinstance(digits, str) else getattr(digits, "fingerprint", None)
     if fingerprint:
@@ -342,13 +346,13 @@ class Tracker:
         train and test splits of `digits` (zipnet.data.Digits) as the run's datasets. A plain
         fingerprint string in place of `digits` sets the fingerprint tag only. Written with
         the first pass's metrics (or at the end); a lean trial keeps its config files back."""
-        batch = _config_batch(cfg, overrides, digits)
         live = self._live.get(run_id)
+        batch = _config_batch(cfg, overrides, digits, files=live is None or not live.lean)
         if live is None:  # not started here: written at once
             self._queue(run_id, self._write, run_id, batch)
             return
         if live.lean:
-            live.files, batch.files = batch.files, {}
+            live.config = (cfg, list(overrides))
         pending = live.pending
         pending.params.update(batch.params)
         pending.tags.update(batch.tags)
@@ -424,7 +428,7 @@ class Tracker:
         lean = live is not None and live.lean
         self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean)
         if lean and status == "finished":
-            self._held.setdefault(live.parent, []).append((run_id, result, digits, live.files))
+            self._held.setdefault(live.parent, []).append((run_id, result, digits, live.config))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
     def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool) -> None:
@@ -460,10 +464,11 @@ class Tracker:
         if not held:
             return None
         sign = 1.0 if direction == "minimize" else -1.0
-        run_id, result, digits, files = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
+        run_id, result, digits, config = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
         value = float(result.history[-1][metric])
         if best_before is not None and sign * value > sign * best_before:
             return None
+        files = _config_files(*config) if config is not None else {}
         self._queue(run_id, self._log_best, run_id, result, digits, files)
         return run_id
 
