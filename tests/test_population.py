@@ -4,6 +4,7 @@ runs from the first pass, and a grid with a bad value."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -62,21 +63,60 @@ def test_a_bad_value_trains_nothing():
 
 
 class _Peek(runner.Watcher):
-    """Reads the job's MLflow run while training is still going on."""
+    """Reads the job's MLflow run while training is still going on, then waits `pause` s."""
 
-    def __init__(self, tracker):
-        self.tracker, self.seen = tracker, []
+    def __init__(self, tracker, pause: float = 0.0):
+        self.tracker, self.seen, self.pause = tracker, [], pause
 
     def on_pass(self, job, result):
         client = self.tracker.client  # waits for what the tracker has queued: the pass just logged
         run = client.get_run(job.run_id)
         history = client.get_metric_history(job.run_id, "test/error")
         self.seen.append((run.info.status, [m.step for m in history], len({m.timestamp for m in history})))
+        time.sleep(self.pause)
         return False
 
 
+def _live_runs(tmp_path, flush_seconds: float, pause: float = 0.0):
+    tracker = tracking.Tracker(
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False, flush_seconds=flush_seconds
+    )
+    peeks = [_Peek(tracker, pause) for _ in range(3)]
+    jobs = [
+        runner.Job(
+            compose(["data.n_train=300", "data.n_test=100", "trainer.passes=3", f"seed={k}"]),
+            watchers=[runner.Tracked(tracker), peek],
+        )
+        for k, peek in enumerate(peeks)
+    ]
+    runner.run(jobs, log=None)
+    return tracker, jobs, peeks
+
+
+def test_live_metrics_are_coalesced_between_flushes_and_keep_each_pass_time(tmp_path):
+    # the first pass is in the store at once; the next ones wait for the flush interval or the end
+    tracker, jobs, peeks = _live_runs(tmp_path / "slow", flush_seconds=3600)
+    for job, peek in zip(jobs, peeks):
+        assert [(status, steps) for status, steps, _ in peek.seen] == [("RUNNING", [1])] * 3
+        history = tracker.client.get_metric_history(job.run_id, "test/error")
+        assert [m.step for m in history] == [1, 2, 3]
+        assert [m.value for m in history] == [row["test/error"] for row in job.result.history]
+    # an interval shorter than a pass (each peek waits 0.3 s): every pass flushes, stamped when it ended
+    tracker, jobs, peeks = _live_runs(tmp_path / "fast", flush_seconds=0.2, pause=0.3)
+    for job, peek in zip(jobs, peeks):
+        assert [(status, steps) for status, steps, _ in peek.seen] == [
+            ("RUNNING", [1]),
+            ("RUNNING", [1, 2]),
+            ("RUNNING", [1, 2, 3]),
+        ]
+        stamps = [m.timestamp for m in tracker.client.get_metric_history(job.run_id, "test/error")]
+        assert stamps[1] - stamps[0] >= 300 and stamps[2] - stamps[1] >= 300
+
+
 def test_every_member_has_a_live_run_from_its_first_pass(tmp_path):
-    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False)
+    tracker = tracking.Tracker(
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db", "zipnet", figures=False, weights=False, flush_seconds=0
+    )
     peeks = [_Peek(tracker) for _ in range(3)]
     jobs = [
         runner.Job(

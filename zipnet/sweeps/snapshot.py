@@ -51,11 +51,17 @@ class Snapshot:
         return found if found is not None else self._backend.get_trial(trial_id)
 
     def set_trial_system_attr(self, trial_id, key, value):
-        """Written through; a pruner's rung (successive halving) shows in the snapshot too."""
+        """Written through; a pruner's rung (successive halving) shows in later reads of the
+        snapshot, not in lists read before (as in Optuna's storages, which copy on write)."""
         self._backend.set_trial_system_attr(trial_id, key, value)
         found = self._by_id.get(trial_id)
-        if found is not None and not found.state.is_finished():
-            found.system_attrs[key] = value
+        if found is not None:
+            import copy
+
+            changed = copy.copy(found)
+            changed.system_attrs = {**found.system_attrs, key: value}
+            self.trials = [changed if t._trial_id == trial_id else t for t in self.trials]
+            self._by_id[trial_id] = changed
 
     def __getattr__(self, name):
         return getattr(self._backend, name)
