@@ -81,8 +81,10 @@ def main() -> None:
     if not batches:
         print(out[-3000:])
         raise SystemExit("no batch lines in the study's output")
-    print(f"{'batch':>5} {'trials before':>13} {'wall s':>7} {'train+eval s':>12} {'bookkeeping s':>13} "
-          f"{'ms/trial':>8}  " + " ".join(f"{k:>10}" for k in KINDS[2:]) + "   (ms per trial)")
+    print(
+        f"{'batch':>5} {'trials before':>13} {'wall s':>7} {'train+eval s':>12} {'bookkeeping s':>13} "
+        f"{'ms/trial':>8}  " + " ".join(f"{k:>10}" for k in KINDS[2:]) + "   (ms per trial)"
+    )
     done = 0
     bookkeeping = []
     for i, (n, seconds, split) in enumerate(batches, start=1):
@@ -104,18 +106,24 @@ def main() -> None:
         f"{trials} trials in {wall:.1f} s wall, process start to exit ({trials / wall:.1f} trials/s), "
         f"{cpu:.1f} CPU-s ({1000 * cpu / trials:.1f} ms per trial)"
     )
-    print("per trial, ms: " + ", ".join(
-        f"{k} {1000 * total[k] / trials:.2f}" for k in (*KINDS, "other") if total[k] or k in ("hydra", "optuna")
-    ) + f"; outside the sweeper (start-up, imports, exit) {1000 * (wall - inside) / trials:.2f}")
+    print(
+        "per trial, ms: "
+        + ", ".join(
+            f"{k} {1000 * total[k] / trials:.2f}" for k in (*KINDS, "other") if total[k] or k in ("hydra", "optuna")
+        )
+        + f"; outside the sweeper (start-up, imports, exit) {1000 * (wall - inside) / trials:.2f}"
+    )
     if writer:
-        print(f"  MLflow writer thread (beside training, on the other core): {float(writer[-1]):.1f} s busy, "
-              f"{1000 * float(writer[-1]) / trials:.1f} ms per trial")
+        print(
+            f"  MLflow writer thread (beside training, on the other core): {float(writer[-1]):.1f} s busy, "
+            f"{1000 * float(writer[-1]) / trials:.1f} ms per trial"
+        )
     ratio = wall / compute if compute else float("inf")
     print(f"wall / (training + evaluation) = {wall:.1f} / {compute:.2f} = {ratio:.1f}x (target <= 5x)")
     growth = bookkeeping[-1] / bookkeeping[0] if len(bookkeeping) > 1 and bookkeeping[0] else 1.0
     print(
-        f"bookkeeping per trial: first batch {1000 * bookkeeping[0]:.1f} ms, last batch {1000 * bookkeeping[-1]:.1f} ms "
-        f"-> {growth:.2f}x (target <= 1.25x)"
+        f"bookkeeping per trial: first batch {1000 * bookkeeping[0]:.1f} ms, "
+        f"last batch {1000 * bookkeeping[-1]:.1f} ms -> {growth:.2f}x (target <= 1.25x)"
     )
 
 

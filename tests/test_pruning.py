@@ -67,8 +67,12 @@ def test_a_pass_costs_the_same_store_calls_for_4_or_40_members(tmp_path):
     counts = {}
     for members in (4, 40):
         rdb, study, trials = _study(tmp_path / f"{members}.db", "median", members)
-        statements = []
-        sqlalchemy.event.listen(rdb.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
+        statements: list[str] = []
+
+        def count(conn, cursor, statement, *rest, seen=statements):
+            seen.append(statement)
+
+        sqlalchemy.event.listen(rdb.engine, "before_cursor_execute", count)
         pruning.report_and_prune(study, [pruning.Report(t, 5.0, 1, True) for t in trials])
         counts[members] = len(statements)
     assert counts[40] == counts[4], counts
