@@ -45,11 +45,12 @@ def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
         assert run.data.tags["zipnet.population_size"] == "3"  # a batch of 3 is one population
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         models = run.outputs.model_outputs if run.outputs is not None else []
-        if run.data.tags.get("zipnet.outputs") == "best":  # the study's best when its batch ended
-            assert {"config_resolved.yaml", "overrides.yaml", "learning_curve.png", "confusion.csv"} <= arts
-            assert len(models) == 1
-        else:  # every other trial: weights.pt, beside its params, datasets and metrics
-            assert arts == {"weights.pt"} and not models
+        every = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv", "rejection.csv"}
+        assert len(models) == 1  # every complete trial has its model
+        if run.data.tags.get("zipnet.outputs") == "best":  # the study's best when its batch ended: drawn
+            assert every | {"learning_curve.png", "confusion.png", "misclassified.png"} <= arts
+        else:  # every other trial draws nothing
+            assert arts == every
     best = min(trials, key=lambda t: t.value)
     assert parent.data.tags["zipnet.best_run_id"] == best.user_attrs[RUN_ID]
     assert by_trial[best.number].data.tags["zipnet.outputs"] == "best"
@@ -60,14 +61,15 @@ def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
 
 
 def test_trial_outputs_all_logs_every_trial_in_full(tmp_path):
-    args = [*study_args("full", n_trials=2, batch=2), *TINY, "tracking.trial_outputs=all", *SPACE]
+    outputs = ["tracking.figures=true", "tracking.trial_outputs=all"]
+    args = [*study_args("full", n_trials=2, batch=2), *TINY, *outputs, *SPACE]
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, _, children = runs(tmp_path, "full")
     assert len(children) == 2
     for run in children:
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv"} <= arts
+        assert {"config_resolved.yaml", "weights.pt", "confusion.csv", "learning_curve.png"} <= arts
         assert len(run.outputs.model_outputs) == 1
 
 

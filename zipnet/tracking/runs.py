@@ -154,11 +154,11 @@ class _Batch:
 class _Live:
     """A run between its start and its end: what waits for the next flush."""
 
-    lean: bool  # a study's trial with trial_outputs=best
+    lean: bool  # a study's trial with trial_outputs=best: its figures wait for log_best
     parent: str | None = None
     pending: _Batch = field(default_factory=_Batch)
     flushed: float | None = None  # time.monotonic() of the last flush; None before the first
-    config: tuple | None = None  # (cfg, overrides) of a lean trial: its config files, drawn if it is a best one
+    params: dict[str, str] = field(default_factory=dict)  # the run's params, for its model
 
 
 def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
@@ -168,11 +168,11 @@ def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     }
 
 
-def _config_batch(cfg: DictConfig, overrides: list[str], digits=None, files: bool = True) -> _Batch:
+def _config_batch(cfg: DictConfig, overrides: list[str], digits=None) -> _Batch:
     batch = _Batch(
         params={k: param_text(v)[:6000] for k, v in flatten(cfg).items()},
         tags={"zipnet.overrides": " ".join(overrides)[:8000]},
-        files=_config_files(cfg, overrides) if files else {},
+        files=_config_files(cfg, overrides),
     )
     fingerprint = digits if isinstance(digits, str) else getattr(digits, "fingerprint", None)
     if fingerprint:
@@ -345,14 +345,13 @@ class Tracker:
         """Params (the flattened config), the overrides as a tag, both as artifacts, and the
         train and test splits of `digits` (zipnet.data.Digits) as the run's datasets. A plain
         fingerprint string in place of `digits` sets the fingerprint tag only. Written with
-        the first pass's metrics (or at the end); a lean trial keeps its config files back."""
+        the first pass's metrics (or at the end)."""
         live = self._live.get(run_id)
-        batch = _config_batch(cfg, overrides, digits, files=live is None or not live.lean)
+        batch = _config_batch(cfg, overrides, digits)
         if live is None:  # not started here: written at once
             self._queue(run_id, self._write, run_id, batch)
             return
-        if live.lean:
-            live.config = (cfg, list(overrides))
+        live.params = dict(batch.params)
         pending = live.pending
         pending.params.update(batch.params)
         pending.tags.update(batch.tags)
@@ -414,8 +413,8 @@ class Tracker:
         with whatever the run had not flushed yet.
 
         A pruned trial keeps its metrics, config and curve data, and draws no figures. A lean
-        trial (a study's, with trial_outputs=best) logs weights.pt alone, and is held for
-        `log_best` when it finished."""
+        trial (a study's, with trial_outputs=best) draws none either: a finished one is held
+        for `log_best`, which draws the batch's best."""
         status = status or result.status
         live = self._live.pop(run_id, None)
         batch = _merge(live.pending.take(), _with) if live is not None else _with or _Batch()
@@ -426,12 +425,15 @@ class Tracker:
             batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
         batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         lean = live is not None and live.lean
-        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean)
+        params = live.params if live is not None and live.params else dict(batch.params)
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean, params)
         if lean and status == "finished":
-            self._held.setdefault(live.parent, []).append((run_id, result, digits, live.config))
+            self._held.setdefault(live.parent, []).append((run_id, result, digits))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
-    def _log_outputs(self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool) -> None:
+    def _log_outputs(
+        self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool, params: dict
+    ) -> None:
         from zipnet.tracking import models, outputs
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -441,45 +443,36 @@ class Tracker:
                 digits,
                 figures=self.figures and status != "pruned" and not lean,
                 weights=self.weights,
-                tables=not lean,
                 title=run_id[:8],
             )
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
                 batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
             self._write(client, run_id, batch, Path(tmp))
-        if (
-            self.weights
-            and not lean
-            and status == "finished"
-            and result.params is not None
-            and result.member is not None
-        ):
-            models.log(client, self.uri, run_id, result, digits)
+        if self.weights and status == "finished" and result.params is not None and result.member is not None:
+            models.log(client, self.uri, run_id, result, digits, params or None)
 
     def log_best(self, parent_run_id: str | None, metric: str, direction: str, best_before: float | None) -> str | None:
         """Of the lean trials that finished under `parent_run_id` since the last call, the best by
-        `metric`, if it beats `best_before` (the study's best before them): its figures, tables,
-        config files and MLflow model, on its own (ended) run. Returns its run id, or None."""
+        `metric`, if it beats `best_before` (the study's best before them): its figures, on its
+        own (ended) run, tagged zipnet.outputs=best. Returns its run id, or None."""
         held = [h for h in self._held.pop(parent_run_id, []) if h[1].history and metric in h[1].history[-1]]
         if not held:
             return None
         sign = 1.0 if direction == "minimize" else -1.0
-        run_id, result, digits, config = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
+        run_id, result, digits = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
         value = float(result.history[-1][metric])
         if best_before is not None and sign * value > sign * best_before:
             return None
-        files = _config_files(*config) if config is not None else {}
-        self._queue(run_id, self._log_best, run_id, result, digits, files)
+        self._queue(run_id, self._log_best, run_id, result, digits)
         return run_id
 
-    def _log_best(self, client, run_id: str, result, digits, files: dict[str, str]) -> None:
-        from zipnet.tracking import models, outputs
+    def _log_best(self, client, run_id: str, result, digits) -> None:
+        from zipnet.tracking import outputs
 
         with tempfile.TemporaryDirectory() as tmp:
-            outputs.write(Path(tmp), result, digits, figures=self.figures, weights=False, title=run_id[:8])
-            self._write(client, run_id, _Batch(tags={"zipnet.outputs": "best"}, files=files), Path(tmp))
-        if self.weights and result.params is not None and result.member is not None:
-            models.log(client, self.uri, run_id, result, digits)
+            drawn = {"figures": self.figures, "weights": False, "tables": False}
+            outputs.write(Path(tmp), result, digits, **drawn, title=run_id[:8])
+            self._write(client, run_id, _Batch(tags={"zipnet.outputs": "best"}), Path(tmp))
 
     def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int = 0, tags=None, params=None):
         """Metrics (at `step`), tags and params onto a run, queued behind everything before."""

@@ -41,7 +41,7 @@ class Settings:
     figures: bool = True
     weights: bool = True  # weights.pt and the MLflow model
     system_metrics: bool = True  # CPU and memory of runs that train here (MLflow's monitor)
-    trial_outputs: str = "best"  # a study's trials: figures and MLflow model for the best ones, or "all"
+    trial_outputs: str = "best"  # a study's trials: figures for each batch's best ones, or "all"
     flush_seconds: float = 5.0  # a live run's metrics reach the store at its first pass, then this often
 
 
