@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from zipnet import sources
 from zipnet.errors import ConfigError, DataError
+from zipnet.metrics import SPLITS
 
 RESIZES = ("bilinear", "antialias")  # bilinear: the seed's choice (no antialias)
-SPLITS = ("train", "test")
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")  # the fingerprint's order
 PREP_VERSION = 1  # bump when the preparation below changes, so old caches are not reused
 _ABSENT = object()

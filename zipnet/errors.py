@@ -15,3 +15,9 @@ class DataError(RuntimeError):
 
 class StoreError(RuntimeError):
     """A tracking or study store that cannot be opened or written. The message names it and the way out."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none)."""
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -1,8 +1,9 @@
 """A Hydra multirun (a grid) as one MLflow parent run with a child per job.
 
-Configured under `hydra.callbacks` in conf/config.yaml. The parent's id travels to the jobs in
-$ZIPNET_MLFLOW_PARENT_RUN, so launchers that run jobs in other processes see it too. The
-zipnet_optuna sweeper keeps its own parent (the study's), so a sweep skips this one.
+Configured under `hydra.callbacks` in conf/config.yaml. The parent's id is the session's
+(zipnet.session), and travels in $ZIPNET_MLFLOW_PARENT_RUN to jobs that launchers such as
+submitit run in other processes. The zipnet_optuna sweeper keeps its own parent (the
+study's), so a sweep skips this one.
 
 The parent ends FINISHED when every job trained, FAILED (its `zipnet.error` names the jobs)
 when some were refused, and is deleted when nothing trained at all.
@@ -10,20 +11,13 @@ when some were refused, and is deleted when nothing trained at all.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
-
-
-refused: list[str] = []  # this process's jobs that could not run (a bad value), one line each
-GRID_KEYS = "ZIPNET_GRID_KEYS"  # the keys a grid sweeps: its jobs are named by their values
+from zipnet import session
 
 
 def swept_keys(overrides: list[str]) -> list[str]:
@@ -35,7 +29,7 @@ def swept_keys(overrides: list[str]) -> list[str]:
 
 def job_name(overrides: list[str]) -> str:
     """A grid job's run name: the values of the keys the grid sweeps (all its overrides if unknown)."""
-    keys = [k for k in os.environ.get(GRID_KEYS, "").split(",") if k]
+    keys = session.current().keys()
     shown = [o for o in overrides if not keys or o.split("=", 1)[0] in keys]
     return " ".join(shown)
 
@@ -51,14 +45,10 @@ class MultirunCallback(Callback):
 
     @property
     def tracker(self):
-        from zipnet import runner
-
-        return runner.tracker_for(self.config) if self.config is not None else None
+        return session.current().tracker_for(self.config) if self.config is not None else None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from zipnet import runner, tracking
-
-        if _sweeping(config) or runner.tracker_for(config) is None:
+        if _sweeping(config) or session.current().tracker_for(config) is None:
             return
         self.config = config
         from mlflow.entities import Param
@@ -74,9 +64,9 @@ class MultirunCallback(Callback):
             self.run_id,
             params=[Param("sweep.overrides", " ".join(overrides)[:6000]), Param("sweep.dir", str(sweep_dir))],
         )
-        os.environ[tracking.PARENT_ENV] = self.run_id
-        os.environ[GRID_KEYS] = ",".join(swept_keys(overrides))
-        _current.append(self)
+        now = session.current()
+        now.set_parent(self.run_id, swept_keys(overrides))
+        now.multirun = self
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.tracker is None or self.run_id is None:
@@ -84,8 +74,8 @@ class MultirunCallback(Callback):
         summary = self.tracker.summarise(self.run_id)
         if not summary.get("children"):
             self.discard()
-        elif refused:
-            self.tracker.end(self.run_id, "FAILED", "refused: " + "; ".join(refused))
+        elif session.current().refused:
+            self.tracker.end(self.run_id, "FAILED", "refused: " + "; ".join(session.current().refused))
         else:
             self.tracker.end(self.run_id, "FINISHED")
         self._forget()
@@ -98,19 +88,8 @@ class MultirunCallback(Callback):
         self._forget()
 
     def _forget(self) -> None:
-        from zipnet import tracking
-
-        os.environ.pop(tracking.PARENT_ENV, None)
-        os.environ.pop(GRID_KEYS, None)
-        if self in _current:
-            _current.remove(self)
+        now = session.current()
+        if now.multirun is self:
+            now.set_parent(None)
+            now.multirun = None
         self.run_id = None
-
-
-_current: list[MultirunCallback] = []  # the multirun running in this process, if any
-
-
-def discard_parent() -> None:
-    """Delete the running multirun's parent run (its batch was refused before training)."""
-    for callback in list(_current):
-        callback.discard()

@@ -13,11 +13,7 @@ and ends with the result, or is aborted (KILLED, FAILED) when training raises.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,41 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
 from zipnet.engine import Member, RunResult, format_pass, train
+from zipnet.errors import first_line
+from zipnet.session import Clock
 
 Log = Callable[[str], None]
 SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
 
 
-class Clock:
-    """Where a process's time went: training and evaluation (the engine's own per-pass
-    figures), and each kind of watcher (tracking, optuna, output). Callers reset it."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def add(self, kind: str, seconds: float) -> None:
-        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
-
-    @contextlib.contextmanager
-    def timing(self, kind: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(kind, time.perf_counter() - started)
-
-    def reset(self) -> dict[str, float]:
-        out, self.seconds = self.seconds, {}
-        return out
-
-
-clock = Clock()
-
-
 class Watcher:
     """Follows one job through training; every hook is optional."""
 
-    kind = "other"  # what its time counts as (Clock)
+    kind = "other"  # what its time counts as (zipnet.session.Clock)
 
     def start(self, job: Job) -> None:
         """Before the first pass (the data is loaded: job.digits)."""
@@ -118,24 +90,6 @@ def objective(job: Job) -> float | None:
     return job.objective(job.metric)
 
 
-_collect = contextvars.ContextVar("zipnet_collect", default=False)
-
-
-@contextlib.contextmanager
-def collect():
-    """Inside, zipnet-train's task function returns its job untrained, for
-    hydra/launcher=population to train with the batch's other jobs."""
-    token = _collect.set(True)
-    try:
-        yield
-    finally:
-        _collect.reset(token)
-
-
-def collecting() -> bool:
-    return _collect.get()
-
-
 def plain(cfg: DictConfig) -> dict:
     """The config as a plain resolved dict, without Hydra's node."""
     tree = OmegaConf.to_container(cfg, resolve=True)
@@ -176,25 +130,29 @@ def populations(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def run(jobs: list[Job], log: Log | None = print, bar=None) -> list[Job]:
+def run(jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None = None) -> list[Job]:
     """Train every job, as few populations as their configs allow; returns the jobs with
-    their results (or errors). Checks every job first, so a bad value trains nothing.
+    their results (or errors). Checks every job first, so a bad value trains nothing. Time
+    goes to `clock` (by default the session's).
 
     KeyboardInterrupt (Ctrl-C, or a preemption signal) aborts the started jobs as KILLED
     and propagates. Any other error while training a population fails that population's
     jobs (their `error` says why) and the next population trains.
     """
+    from zipnet import session
+
+    clock = clock or session.current().clock
     for job in jobs:
         job.check()
     groups = populations(jobs)
     for n, group in enumerate(groups, start=1):
         if log is not None and len(jobs) > 1:
             log(f"population {n}/{len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
-        train_population(group, log, bar)
+        train_population(group, log, bar, clock)
     return jobs
 
 
-def train_population(group: list[Job], log: Log | None = print, bar=None) -> None:
+def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> None:
     import torch
 
     from zipnet.data import load_digits
@@ -264,7 +222,7 @@ def train_population(group: list[Job], log: Log | None = print, bar=None) -> Non
         if isinstance(err, KeyboardInterrupt) or len(started) == 0 and not _recoverable(err):
             raise
         if say is not None:
-            say(f"population of {len(group)} failed: {_one_line(err)}")
+            say(f"population of {len(group)} failed: {first_line(err)}")
         return
     if bar is not None:
         bar.close()
@@ -300,11 +258,6 @@ def lines(group: list[Job], live: list[RunResult], pass_number: int, say: Log) -
     errors = [r.history[-1]["test/error"] for r in live]
     if errors:
         say(f"pass {pass_number}: {len(live)} live, best test/error {min(errors):.2f}%")
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 # ----------------------------------------------------------------------------------------
@@ -376,28 +329,3 @@ def engine_tags(result: RunResult) -> dict[str, str]:
         if value is not None:
             tags[tag] = str(value)
     return tags
-
-
-_trackers: dict[tuple, object] = {}
-
-
-def tracker_for(cfg: DictConfig):
-    """The process's MLflow client for cfg's store and experiment (opened once), or None
-    when tracking is off. A store that cannot be opened raises before anything trains."""
-    from zipnet import tracking
-
-    s = tracking.settings(cfg)
-    if not s.enabled:
-        return None
-    key = (tracking.resolve_uri(s.uri), s.experiment, s.figures, s.weights, s.system_metrics, s.trial_outputs)
-    if key not in _trackers:
-        _trackers[key] = tracking.Tracker.from_config(cfg)
-    _trackers[key].flush_seconds = s.flush_seconds
-    return _trackers[key]
-
-
-def multirun_parent() -> str | None:
-    """The parent MLflow run of the multirun or study this process's jobs belong to."""
-    from zipnet import tracking
-
-    return os.environ.get(tracking.PARENT_ENV) or None

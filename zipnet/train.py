@@ -7,8 +7,8 @@
 
 Every run is logged to MLflow (zipnet/tracking.py) unless tracking.enabled=false. The task
 function builds the job (config checked, watchers attached) and zipnet.runner trains it;
-under hydra/launcher=population it hands the job to the launcher, which trains all of a
-batch's jobs together.
+hydra/launcher=population calls its `zipnet_job` instead, which builds the job untrained,
+and trains all of a batch's jobs together. main() opens the process's zipnet.session.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from zipnet import preempt, runner
+from zipnet import preempt, runner, session
 from zipnet.config import CONF_DIR
 from zipnet.errors import ConfigError, DataError, StoreError
 
@@ -69,9 +69,9 @@ def job_for(
     elif grid:
         job.name = multirun.job_name(job.overrides) or f"job {num}"
     job.watchers.append(runner.Output())
-    tracker = runner.tracker_for(cfg)
+    tracker = session.current().tracker_for(cfg)
     if tracker is not None:
-        parent = runner.multirun_parent() if grid or link is not None else None
+        parent = session.current().parent() if grid or link is not None else None
         if link is not None:
             tags, role = link.tags(), "trial"
         elif grid:
@@ -116,19 +116,24 @@ def _refuse(cfg: DictConfig, err: Exception) -> None:
     shown = multirun.job_name([o for o in hc.overrides.task if not o.startswith(link_keys)])
     text = f"job {hc.job.num} ({shown}): {err}"
     print(f"zipnet-train: error: {text}", file=sys.stderr)
-    multirun.refused.append(text)
+    session.current().refused.append(text)
     trials.refuse(cfg, str(err))
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _app(cfg: DictConfig):
+def _build(cfg: DictConfig) -> runner.Job | None:
+    """The job Hydra is running now, untrained; None (after one line) if it cannot run."""
     try:
-        job = make_job(cfg)
+        return make_job(cfg)
     except (ConfigError, DataError, StoreError) as err:
         _refuse(cfg, err)
         return None
-    if runner.collecting():  # hydra/launcher=population trains this job with the batch's others
-        return job
+
+
+def _task(cfg: DictConfig):
+    """zipnet-train's task function: build the job and train it; returns its objective."""
+    job = _build(cfg)
+    if job is None:
+        return None
     try:
         runner.run([job], bar=_bar(job))
     except (ConfigError, DataError) as err:
@@ -140,12 +145,16 @@ def _app(cfg: DictConfig):
             return None
         raise job.error
     if job.run_id is not None:
-        print(f"mlflow: run {job.run_id} at {runner.tracker_for(cfg).uri}")
+        print(f"mlflow: run {job.run_id} at {session.current().tracker_for(cfg).uri}")
     return runner.objective(job)
 
 
+_task.zipnet_job = _build  # what hydra/launcher=population calls: the job, to train with the batch's others
+_app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
+
+
 def main() -> None:
-    with preempt.signals():
+    with session.scope() as here, preempt.signals():
         try:
             _app()
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (zipnet.preempt)
@@ -165,10 +174,8 @@ def main() -> None:
 
             tracking.abort_open_runs("FAILED", err)
             raise
-    from zipnet import multirun
-
-    if multirun.refused:  # some jobs of the grid could not run: the exit status says so
-        sys.exit(2)
+        if here.refused:  # some jobs of the grid could not run: the exit status says so
+            sys.exit(2)
 
 
 if __name__ == "__main__":

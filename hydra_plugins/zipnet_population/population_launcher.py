@@ -3,10 +3,12 @@
     zipnet-train -m hydra/launcher=population optim.lr=0.01,0.03,0.1 model.init=sqrt,linear
 
 Each job runs as Hydra's basic launcher would run it (its own directory and .hydra/, its own
-MLflow run), except that zipnet-train's task function returns the job untrained
-(zipnet.runner.collect); the launcher then trains the batch's jobs in as few populations as
-their configs allow, every pass streamed to each job's run, and returns each job's objective.
+MLflow run), except that the launcher calls the task function's `zipnet_job` (zipnet-train's
+builds the job untrained); it then trains the batch's jobs in as few populations as their
+configs allow, every pass streamed to each job's run, and returns each job's objective.
 A job that cannot train (a bad value) refuses the whole batch before anything trains.
+A task function without `zipnet_job` (another Hydra app) runs job by job, as under the basic
+launcher.
 """
 
 import logging
@@ -25,6 +27,7 @@ from hydra.core.utils import (
     configure_log,
     env_override,
     filter_overrides,
+    run_job,
     setup_globals,
 )
 from hydra.plugins.launcher import Launcher
@@ -55,7 +58,7 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from zipnet import runner
+        from zipnet import runner, session
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -65,22 +68,28 @@ class PopulationLauncher(Launcher):
             from zipnet.composer import Composer
 
             self.composer = Composer(self.hydra_context.config_loader, self.config)
+        clock = session.current().clock
+        build = getattr(self.task_function, "zipnet_job", None)
         returns = []
-        with runner.collect():
-            for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                with runner.clock.timing("hydra"):
-                    cfg = self.composer.compose(list(overrides))
-                    with open_dict(cfg):
-                        cfg.hydra.job.id = idx
-                        cfg.hydra.job.num = idx
-                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                returns.append(self._collect(cfg))
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            with clock.timing("hydra"):
+                cfg = self.composer.compose(list(overrides))
+                with open_dict(cfg):
+                    cfg.hydra.job.id = idx
+                    cfg.hydra.job.num = idx
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            if build is None:  # not zipnet's task: each job runs whole, in turn
+                returns.append(self._run_one(cfg))
+                continue
+            returns.append(self._collect(cfg, build, clock))
+        if build is None:
+            return returns
         jobs = [ret.return_value if ret.status == JobStatus.COMPLETED else None for ret in returns]
         if any(job is None for job in jobs):
             self._refuse(returns)
         ready = [job for job in jobs if isinstance(job, runner.Job)]
         log.info(f"Training {len(ready)} jobs as populations")
-        runner.run(ready)
+        runner.run(ready, clock=clock)
         for ret, job in zip(returns, jobs):
             if isinstance(job, runner.Job):
                 if job.error is not None:
@@ -89,15 +98,27 @@ class PopulationLauncher(Launcher):
                     ret.return_value = runner.objective(job)
         return returns
 
-    def _collect(self, cfg: DictConfig) -> JobReturn:
+    def _run_one(self, cfg: DictConfig) -> JobReturn:
+        """A job of another Hydra app, as the basic launcher runs it."""
+        before = HydraConfig.instance().cfg
+        try:
+            return run_job(
+                hydra_context=self.hydra_context,
+                task_function=self.task_function,
+                config=cfg,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        finally:
+            HydraConfig.instance().cfg = before
+
+    def _collect(self, cfg: DictConfig, build, clock) -> JobReturn:
         """Hydra's per-job steps, for a task that only builds its job: the job's HydraConfig, output
         folder and .hydra/ files, env_set and callbacks; its log file is not configured per job,
-        since the job logs nothing until the batch trains. Returns the task's job, untrained."""
-        from zipnet import runner
-
+        since the job logs nothing until the batch trains. Returns `build`'s job, untrained."""
         callbacks = self.hydra_context.callbacks
         before_cfg, before_cwd = HydraConfig.instance().cfg, os.getcwd()
-        with runner.clock.timing("hydra"):
+        with clock.timing("hydra"):
             subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
             out = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), subdir))
             with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
@@ -125,7 +146,7 @@ class PopulationLauncher(Launcher):
             with env_override(env):
                 callbacks.on_job_start(config=cfg, task_function=self.task_function)
                 try:
-                    ret.return_value = self.task_function(task_cfg)
+                    ret.return_value = build(task_cfg)
                     ret.status = JobStatus.COMPLETED
                 except Exception as err:
                     ret.return_value, ret.status = err, JobStatus.FAILED
@@ -138,7 +159,7 @@ class PopulationLauncher(Launcher):
 
     def _refuse(self, returns: Sequence[JobReturn]) -> None:
         """A job that cannot train refuses the whole batch, before anything trains."""
-        from zipnet import multirun
+        from zipnet import session
 
         if self._in_sweep():
             return  # the sweeper's trials: the refused one is told FAIL, the rest train
@@ -148,12 +169,14 @@ class PopulationLauncher(Launcher):
                     _ = ret.return_value  # raises what the job raised
                 except Exception as err:
                     print(f"zipnet-train: error: job {num}: {type(err).__name__}: {err}", file=sys.stderr)
-        refused = len(multirun.refused) or "some"
+        now = session.current()
+        refused = len(now.refused) or "some"
         print(
             f"zipnet-train: nothing trained: {refused} job(s) of this batch cannot run; fix them or leave them out",
             file=sys.stderr,
         )
-        multirun.discard_parent()
+        if now.multirun is not None:  # nothing trained: no parent run is left behind
+            now.multirun.discard()
         sys.exit(2)
 
     def _in_sweep(self) -> bool:

@@ -12,10 +12,11 @@ and backward passes are one batched computation. A single run is a population of
     training.py     train(): the loop over passes, divergence, pruning, logging
 """
 
-from zipnet.engine.members import BACKENDS, MSE_C, SPLITS, Member, RunResult
+from zipnet.engine.members import BACKENDS, MSE_C, Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import hessian_sample, input_patches, shifted
 from zipnet.engine.training import PassHook, format_pass, train
+from zipnet.metrics import SPLITS
 
 __all__ = [
     "BACKENDS",

@@ -11,7 +11,6 @@ from zipnet.optim import OptimSpec
 
 BACKENDS = ("auto", "torch", "c")
 MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (REFERENCE.md §2)
-SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)

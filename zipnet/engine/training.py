@@ -15,9 +15,10 @@ import torch
 
 from zipnet import kernel, paper
 from zipnet.engine.evaluation import evaluate
-from zipnet.engine.members import SPLITS, Member, RunResult
+from zipnet.engine.members import Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import Streams, hessian_sample, training_pass
+from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
 

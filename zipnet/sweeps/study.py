@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
 from zipnet import metrics
+from zipnet.errors import first_line
 
 
 class SweepError(ValueError):
@@ -466,7 +467,7 @@ def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
         cfg = composer.compose(base)
         checks.check(cfg)
     except Exception as err:
-        raise SweepError(f"{spec.where}: fixed overrides {' '.join(base)}: {_one_line(err)}") from err
+        raise SweepError(f"{spec.where}: fixed overrides {' '.join(base)}: {first_line(err)}") from err
     _check_metric(spec, cfg, "fixed overrides")
     fixed = {checks.override_key(o) for o in base}
     for name, param in spec.params.items():
@@ -482,7 +483,7 @@ def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
                 trial_cfg = composer.compose(base + overrides)
                 checks.check(trial_cfg)
             except Exception as err:
-                spec.fail(f"params.{name}", f"value {value!r}: {_one_line(err)}")
+                spec.fail(f"params.{name}", f"value {value!r}: {first_line(err)}")
             _check_metric(spec, trial_cfg, f"params.{name}={value!r}")
     return cfg
 
@@ -494,8 +495,3 @@ def _check_metric(spec: StudySpec, cfg: DictConfig, where: str) -> None:
             f"{metrics.GAP} is measured on MSE runs only, and {where} trains with "
             f"loss={OmegaConf.select(cfg, 'loss.name')}; choose another metric",
         )
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

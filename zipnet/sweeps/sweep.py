@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 from zipnet import config as checks
-from zipnet import runner
 from zipnet.sweeps import parent
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
@@ -55,10 +54,13 @@ def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
 
 
 class Sweep:
-    def __init__(self, spec: StudySpec, launch: Launch, composer, log=print):
+    def __init__(self, spec: StudySpec, launch: Launch, composer, log=print, session=None):
+        from zipnet import session as sessions
+
         self.spec, self.launch, self.composer, self.log = spec, launch, composer, log
+        self.session = session or sessions.current()  # its trackers, clock and parent run
         self.jobs_launched = 0
-        self.seconds: dict[str, float] = {}  # this worker's time by kind, over its batches (runner.Clock)
+        self.seconds: dict[str, float] = {}  # this worker's time by kind, over its batches (session.Clock)
         self.started = time.perf_counter()
 
     def run(self) -> stores.Tally:
@@ -68,7 +70,7 @@ class Sweep:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec
         base = check(spec, self.composer)
-        self.tracker = runner.tracker_for(base)
+        self.tracker = self.session.tracker_for(base)
         self.url = spec.storage or default_storage(self.tracker)
         path = stores.local_file(self.url)
         if path is not None:
@@ -88,13 +90,12 @@ class Sweep:
             f"study {spec.study_name!r} in {stores.masked(self.url)}: target {spec.n_trials} trials, "
             f"{spec.batch} at a time" + (f"; MLflow parent run {self.parent}" if self.parent else "")
         )
-        if self.parent:
-            os.environ[_parent_env()] = self.parent
+        self.session.set_parent(self.parent)
         try:
             return self._loop()
         finally:
             self.coord.close()
-            os.environ.pop(_parent_env(), None)
+            self.session.set_parent(None)
 
     def _open(self) -> None:
         import optuna
@@ -188,20 +189,21 @@ class Sweep:
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
             self.tracker.client.update_run(self.parent, status="RUNNING")
         started = time.perf_counter()
-        runner.clock.reset()
-        with runner.clock.timing("optuna"):
+        clock = self.session.clock
+        clock.reset()
+        with clock.timing("optuna"):
             before = parent.best_trial(self.study, spec)
         reasons = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
-        with runner.clock.timing("optuna"):
+        with clock.timing("optuna"):
             self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
             now = self.coord.now()
-        with runner.clock.timing("tracking"):
+        with clock.timing("tracking"):
             if self.tracker is not None:  # the study's best so far gets its figures and model
                 self.tracker.log_best(self.parent, spec.metric, spec.direction, before.value if before else None)
             if self.parent:
                 parent.update(self.tracker, self.parent, self.study, spec, now)
-        seconds = runner.clock.reset()
+        seconds = clock.reset()
         for kind, value in seconds.items():
             self.seconds[kind] = self.seconds.get(kind, 0.0) + value
         self.log(split(f"batch of {len(jobs)} done", time.perf_counter() - started, seconds))
@@ -239,9 +241,3 @@ def split(what: str, total: float, seconds: dict[str, float]) -> str:
     ]
     other = total - sum(seconds.values())
     return f"{what} in {total:.1f} s: " + ", ".join(parts + [f"other {other:.1f} s"])
-
-
-def _parent_env() -> str:
-    from zipnet import tracking
-
-    return tracking.PARENT_ENV

@@ -28,7 +28,6 @@ from zipnet.tracking.models import model_uri, register
 from zipnet.tracking.runs import (
     METRICS,
     NOT_TRAINING,
-    PARENT_ENV,
     REJECT_METRIC,
     STATUS,
     Tracker,
@@ -37,7 +36,6 @@ from zipnet.tracking.runs import (
     flatten,
     flush,
     git_state,
-    multirun_parent,
     param_text,
     population_tags,
 )
@@ -59,7 +57,6 @@ __all__ = [
     "DEFAULT_URI",
     "METRICS",
     "NOT_TRAINING",
-    "PARENT_ENV",
     "REJECT_METRIC",
     "STATUS",
     "Settings",
@@ -71,7 +68,6 @@ __all__ = [
     "git_state",
     "log_study",
     "model_uri",
-    "multirun_parent",
     "param_text",
     "population_tags",
     "quote",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import json
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -41,7 +40,6 @@ from zipnet import metrics
 from zipnet.errors import StoreError
 from zipnet.tracking import store
 
-PARENT_ENV = "ZIPNET_MLFLOW_PARENT_RUN"  # a Hydra multirun's parent run, for its jobs
 ROOT = Path(__file__).resolve().parents[2]
 
 METRICS = metrics.PER_PASS  # as the engine writes them every pass; the wall times are never compared
@@ -536,26 +534,6 @@ class Tracker:
             raise
         return run_id
 
-    def log_failure(
-        self,
-        cfg: DictConfig | None,
-        overrides: list[str],
-        error: BaseException | str,
-        parent_run_id: str | None = None,
-        tags: dict[str, str] | None = None,
-        run_name: str | None = None,
-        role: str = "run",
-    ) -> str:
-        """A run that could not train at all (bad config, data error): FAILED with the error text."""
-        tags = {**(tags or {}), "zipnet.status": "error"}
-        run_id = self.start(run_name, tags, role=role, parent_run_id=parent_run_id, watch=False)
-        if cfg is not None:
-            self.log_config(run_id, cfg, overrides)
-        else:
-            self._queue(run_id, lambda client: client.set_tag(run_id, "zipnet.overrides", " ".join(overrides)[:8000]))
-        self.end(run_id, "FAILED", _error_text(error))
-        return run_id
-
     # -- parents ------------------------------------------------------------------------
 
     def children(self, parent_run_id: str):
@@ -611,8 +589,3 @@ def abort_open_runs(status: str, error: BaseException | None = None) -> None:
         flush()
     except Exception:  # the store itself may be what failed; nothing more to do
         pass
-
-
-def multirun_parent() -> str | None:
-    """The run id of the Hydra multirun this job belongs to, if any."""
-    return os.environ.get(PARENT_ENV) or None
