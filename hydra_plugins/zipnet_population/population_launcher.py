@@ -100,17 +100,13 @@ class PopulationLauncher(Launcher):
 
     def _run_one(self, cfg: DictConfig) -> JobReturn:
         """A job of another Hydra app, as the basic launcher runs it."""
-        before = HydraConfig.instance().cfg
-        try:
-            return run_job(
-                hydra_context=self.hydra_context,
-                task_function=self.task_function,
-                config=cfg,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-        finally:
-            HydraConfig.instance().cfg = before
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=self.task_function,
+            config=cfg,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def _collect(self, cfg: DictConfig, build, clock) -> JobReturn:
         """Hydra's per-job steps, for a task that only builds its job: the job's HydraConfig, output

@@ -55,10 +55,12 @@ def _quiet(name: str, level: int = logging.ERROR):
         logger.setLevel(before)
 
 
-def log(client, uri: str, run_id: str, result, digits=None, params: dict[str, str] | None = None) -> str:
+def log(
+    client, uri: str, run_id: str, result, digits=None, experiment_id: str | None = None, params: dict | None = None
+) -> str:
     """Log the member of `result` (an engine RunResult) as the model of run `run_id` in the store
-    at `uri`; returns the model's id (its URI is models:/ID). `params` are the run's (read from
-    the store when not given).
+    at `uri`; returns the model's id (its URI is models:/ID). The run's experiment and params
+    are read from the store unless both are given.
 
     The steps of `mlflow.pytorch.log_model`, less its check that the saved model serves its
     input example (a load and a predict per call, two thirds of its time): the model is
@@ -78,9 +80,9 @@ def log(client, uri: str, run_id: str, result, digits=None, params: dict[str, st
         example = digits.test_x[:2].reshape(-1, 16, 16).cpu().numpy()
     else:
         example = np.full((1, 16, 16), -1.0, dtype=np.float32)  # a blank digit: all background
-    run = client.get_run(run_id) if params is None else None
-    experiment_id = run.info.experiment_id if run is not None else client.get_run(run_id).info.experiment_id
-    params = run.data.params if run is not None else params
+    if experiment_id is None or params is None:
+        run = client.get_run(run_id)
+        experiment_id, params = run.info.experiment_id, run.data.params
     model = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id, params=params)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
     about = Model(model.artifact_location, run_id=run_id, model_uuid=model.model_id, model_id=model.model_id)

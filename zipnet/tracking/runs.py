@@ -423,14 +423,14 @@ class Tracker:
             batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
         batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
         lean = live is not None and live.lean
-        params = live.params if live is not None and live.params else dict(batch.params)
+        params = (live.params or dict(batch.params)) if live is not None else None  # None: read from the store
         self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean, params)
         if lean and status == "finished":
             self._held.setdefault(live.parent, []).append((run_id, result, digits))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
     def _log_outputs(
-        self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool, params: dict
+        self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool, params: dict | None
     ) -> None:
         from zipnet.tracking import models, outputs
 
@@ -447,7 +447,8 @@ class Tracker:
                 batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
             self._write(client, run_id, batch, Path(tmp))
         if self.weights and status == "finished" and result.params is not None and result.member is not None:
-            models.log(client, self.uri, run_id, result, digits, params or None)
+            known = (self._store()[1], params) if params else (None, None)  # started here: its experiment is ours
+            models.log(client, self.uri, run_id, result, digits, *known)
 
     def log_best(self, parent_run_id: str | None, metric: str, direction: str, best_before: float | None) -> str | None:
         """Of the lean trials that finished under `parent_run_id` since the last call, the best by
