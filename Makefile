@@ -4,6 +4,7 @@
 # make ui      the MLflow UI on http://127.0.0.1:5000 over this project's store (PORT=5001 make ui);
 #              prints the link to the experiment's runs table
 # make dashboard  optuna-dashboard on http://127.0.0.1:8080 over the studies' storage (STORAGE=..., DASHBOARD_PORT=...)
+# make lock    refresh requirements.lock to the newest releases pyproject.toml allows (then `make test` tests them)
 VENV ?= .venv
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
@@ -11,13 +12,20 @@ STORAGE ?= sqlite:///mlruns/optuna.db
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zipnet-installed
 
-.PHONY: repro test test-all lint bench ui dashboard
+.PHONY: repro test test-all lint bench ui dashboard lock
 
-$(STAMP): pyproject.toml
+# The locked set: torch's exact CPU build here (the lock leaves torch out, so that it names no
+# build), everything else from requirements.lock, then zipnet itself with nothing more.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+lock: $(STAMP)
+	$(BIN)/pip-compile --quiet --upgrade --extra dev --strip-extras --unsafe-package torch \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 repro: $(STAMP)
 	$(BIN)/zipnet-train
