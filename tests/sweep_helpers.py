@@ -4,6 +4,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -73,6 +75,43 @@ def popen(cwd: Path, *args: str, module: str = "zipnet.train") -> subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+class Output:
+    """A process's merged output, read on a thread as it comes: a test waits for the line that
+    marks the moment it needs (no polling), and reads the whole output once the process ends."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines, self._more = proc, [], threading.Condition()
+        self._ended = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._more:
+                self.lines.append(line.rstrip("\n"))
+                self._more.notify_all()
+        with self._more:
+            self._ended = True
+            self._more.notify_all()
+
+    def wait_for(self, test: Callable[[str], bool], count: int = 1, timeout: float = 300) -> str:
+        """The `count`-th line that passes `test`; fails if the output ends or the timeout passes first."""
+
+        def seen():
+            return [ln for ln in self.lines if test(ln)]
+
+        with self._more:
+            self._more.wait_for(lambda: len(seen()) >= count or self._ended, timeout=timeout)
+            found = seen()
+            assert len(found) >= count, "\n".join(self.lines[-40:])
+            return found[count - 1]
+
+    def text(self, timeout: float = 600) -> str:
+        """Everything the process wrote, once it has ended."""
+        self._reader.join(timeout)
+        return "\n".join(self.lines)
 
 
 def load(cwd: Path, name: str) -> optuna.Study:

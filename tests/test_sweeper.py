@@ -3,6 +3,7 @@ stores in a temp dir: populations pruned per pass, jobs that prune themselves un
 launcher, resume to exactly n_trials, failures, preemption, and bad input."""
 
 import signal
+import threading
 import time
 
 import pytest
@@ -10,9 +11,9 @@ from optuna.trial import TrialState
 from sweep_helpers import (
     SPACE,
     TINY,
+    Output,
     assert_study_and_runs_agree,
     load,
-    logged_runs,
     popen,
     runs,
     states,
@@ -146,17 +147,6 @@ def test_more_failures_than_allowed_never_exit_0_even_in_one_batch(tmp_path):
     assert runs(tmp_path, "allnan")[1][0].info.status == "FAILED"
 
 
-def _wait_for(db, test, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        now = states(db)
-        if test(now):
-            return now
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.02)
-    raise AssertionError(f"timed out; states {states(db)}")
-
-
 def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again(tmp_path):
     args = [
         *study_args("resume", n_trials=8, batch=2, heartbeat_interval=1, grace_period=2),
@@ -168,11 +158,12 @@ def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again
     ]
     db = tmp_path / "mlruns" / "optuna.db"
     proc = popen(tmp_path, *args)
-    at_kill = _wait_for(db, lambda s: s.get("COMPLETE", 0) >= 2 and s.get("RUNNING", 0) >= 1, proc)
+    Output(proc).wait_for(lambda line: "batch: trials" in line, count=2)  # the first batch told, the second asked
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    running = states(db)["RUNNING"]
-    assert running >= 1 and at_kill.get("COMPLETE", 0) >= 2
+    at_kill = states(db)
+    running = at_kill["RUNNING"]
+    assert running >= 1 and at_kill["COMPLETE"] >= 2, at_kill  # killed mid-batch
     again = zipnet(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "its worker stopped beating for 2 s; asked again" in again.stdout
@@ -186,9 +177,9 @@ def test_a_killed_worker_is_detected_by_heartbeat_and_its_trials_are_asked_again
         (retry,) = [g for g in good if Retry.retried_trial_number(g) == t.number]
         assert t.params.items() <= retry.params.items()  # killed inside `ask`, it may have drawn none
     # the killed worker's MLflow runs never finished: they end KILLED when their trial is asked again
-    client = runs(tmp_path, "resume")[0]
-    assert not [c for c in runs(tmp_path, "resume")[2] if c.info.status == "RUNNING"]
-    assert client is not None
+    killed = [c for c in children if int(c.data.tags["zipnet.trial"]) in {t.number for t in stale}]
+    assert all(c.info.status == "KILLED" for c in killed)  # a run exists once its trial's job set up
+    assert not [c for c in children if c.info.status == "RUNNING"]
 
 
 def test_sigterm_gives_the_trials_back_ends_runs_killed_and_exits_143(tmp_path):
@@ -201,12 +192,11 @@ def test_sigterm_gives_the_trials_back_ends_runs_killed_and_exits_143(tmp_path):
         *SPACE,
     ]
     proc = popen(tmp_path, *args)
-    deadline = time.time() + 120
-    while logged_runs(tmp_path / "mlruns" / "mlflow.db") < 3:  # every member of the batch is past its first pass
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.02)
+    output = Output(proc)
+    output.wait_for(lambda line: ": eval: split test" in line, count=3)  # every member of the batch is past pass 1
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    out = output.text()
     assert proc.returncode == 143, out[-3000:]
     assert "given back" in out
     study = load(tmp_path, "term")
@@ -312,11 +302,66 @@ def test_a_trial_keeps_beating_from_its_ask_until_it_is_told(tmp_path):
     worker, other = (Coordinator(study, storage, url, spec, log=lambda line: None) for _ in range(2))
     try:
         (trial,) = worker.ask()
-        time.sleep(spec.grace + 2 * spec.heartbeat_interval)  # not yet training: no launch, no job
+        started = study.trials[trial.number].datetime_start.timestamp()
+        silent_too_long = threading.Event()  # a trial without beats would be stale by now
+
+        def beat():
+            worker.recover()
+            if time.time() - started > spec.grace + spec.heartbeat_interval:
+                silent_too_long.set()
+
+        worker.heartbeat.on_beat = beat  # not yet training: no launch, no job
+        assert silent_too_long.wait(timeout=120)
         other.recover()
         assert study.trials[trial.number].state == TrialState.RUNNING
         worker.finish(trial.number, "COMPLETE", 1.0)
         assert study.trials[trial.number].state == TrialState.COMPLETE
+        assert worker.heartbeat.covered == {} and worker.heartbeat._thread is None  # scoped to held trials
     finally:
         worker.close()
         other.close()
+
+
+def test_a_heartbeat_that_fails_is_logged_and_recovers(tmp_path):
+    """The storage stops taking beats (its heartbeat table is gone for a while): the worker says
+    so once, keeps beating, and says when the storage answers again."""
+    import sqlite3
+
+    import optuna
+
+    from zipnet.sweeps.storage import Coordinator, open_storage
+    from zipnet.sweeps.study import Param, StudySpec
+
+    db = tmp_path / "optuna.db"
+    url = f"sqlite:///{db}"
+    spec = StudySpec(
+        where="test",
+        study_name="outage",
+        n_trials=1,
+        batch=1,
+        sampler={"name": "random", "seed": 0},
+        params={"optim.lr": Param("optim.lr", optuna.distributions.FloatDistribution(0.01, 0.1))},
+        heartbeat_interval=1,
+        grace_period=30,
+    )
+    storage = open_storage(url, spec)
+    study = optuna.create_study(study_name="outage", storage=storage)
+    lines, failed, answered = [], threading.Event(), threading.Event()
+
+    def log(line):
+        lines.append(line)
+        (failed if "did not take a beat" in line else answered if "answers again" in line else threading.Event()).set()
+
+    worker = Coordinator(study, storage, url, spec, log=log)
+    try:
+        (trial,) = worker.ask()
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE trial_heartbeats RENAME TO trial_heartbeats_away")
+        assert failed.wait(timeout=60), lines
+        with sqlite3.connect(db) as conn:
+            conn.execute("ALTER TABLE trial_heartbeats_away RENAME TO trial_heartbeats")
+        assert answered.wait(timeout=60), lines
+        assert sum("did not take a beat" in ln for ln in lines) == 1 and "trial_heartbeats" in lines[0], lines
+        worker.finish(trial.number, "COMPLETE", 1.0)
+    finally:
+        worker.close()

@@ -248,7 +248,7 @@ def test_a_read_only_store_folder_is_one_line(tmp_path):
     if os.geteuid() == 0:
         if shutil.which("unshare") is None:
             pytest.skip("running as root without unshare(1): no way to make a folder read-only to root")
-        mount = f"mount --bind -o ro {folder} {folder} && exec \"$0\" \"$@\""
+        mount = f'mount --bind -o ro {folder} {folder} && exec "$0" "$@"'
         command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, *command]
     else:
         folder.chmod(0o555)

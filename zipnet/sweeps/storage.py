@@ -5,8 +5,8 @@ coordinator of zipnet's own):
 - count, then ask: under the storage's lock (a file lock beside a local sqlite or journal
   file; a PostgreSQL advisory lock on a server), so that together they ask exactly
   `n_trials`. Storages without a lock give back what went past the target, by trial number.
-- heartbeats (Optuna's RDB heartbeat): a worker records one for each of its running trials, from the ask on,
-  every `heartbeat_interval` seconds. A trial silent for `grace_period` is failed by
+- heartbeats (Optuna's RDB heartbeat, zipnet.sweeps.heartbeat): a worker records one for each
+  of its running trials, from the ask on, every `heartbeat_interval` seconds. A trial silent for `grace_period` is failed by
   `optuna.storages.fail_stale_trials`, and `RetryHeartbeatStaleTrialCallback` asks its parameters
   again, at most `max_retry` times. Liveness is never judged by host name or pid, so a
   live worker's trials are never taken from it.
@@ -30,6 +30,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from zipnet.errors import first_line
+from zipnet.sweeps.heartbeat import Heartbeat
 from zipnet.sweeps.snapshot import Snapshot
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, make_sampler
 
@@ -237,8 +239,10 @@ class Coordinator:
         self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
         self.beating = heartbeats(storage)
         self._recovering = threading.Lock()  # the main thread and the beating thread both recover
-        self._stop_beating: threading.Event | None = None
-        self._beating: threading.Thread | None = None
+        # another worker's silence is noticed within a beat, not at the next batch
+        self.heartbeat = (
+            Heartbeat(storage, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
+        )
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -319,9 +323,8 @@ class Coordinator:
                 trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
                 snapshot.refresh(trial._trial_id)
                 self.mine[trial.number] = trial._trial_id
-                if self.beating:
-                    self.storage.record_heartbeat(self.mine[trial.number])
-                    self._start_beating()
+                if self.heartbeat is not None:
+                    self.heartbeat.cover(trial.number, trial._trial_id)
                 trial.set_user_attr(WORKER, self.worker)
                 if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
                     trial.set_user_attr(INTERRUPTED, False)
@@ -371,7 +374,12 @@ class Coordinator:
             self.study.tell(number, value, skip_if_finished=True)
         else:
             self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        self._release(number)
+
+    def _release(self, number: int) -> None:
         self.mine.pop(number, None)
+        if self.heartbeat is not None:
+            self.heartbeat.release(number)
 
     def settle(self, numbers: list[int], reasons: dict[int, str]) -> None:
         """After a batch: a trial its job left running (the job failed before it could tell)
@@ -385,7 +393,7 @@ class Coordinator:
                 self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
                 self.finish(number, "FAIL")
                 self.log(f"trial {number} failed: {reason}")
-            self.mine.pop(number, None)
+            self._release(number)
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
@@ -396,8 +404,8 @@ class Coordinator:
                 if self.storage.get_trial(self.trial_id(number)).state == TrialState.RUNNING:
                     self._fail_and_retry(number, INTERRUPTED)
             except Exception as err:  # the storage itself may be what failed
-                self.log(f"trial {number}: could not give it back ({str(err).splitlines()[0]})")
-        self.mine.clear()
+                self.log(f"trial {number}: could not give it back ({first_line(err)})")
+            self._release(number)
 
     def others_running(self) -> int:
         return sum(1 for t in self._running() if t.number not in self.mine)
@@ -418,29 +426,7 @@ class Coordinator:
                 return False
             time.sleep(min(self.spec.heartbeat_interval, 5))
 
-    def _start_beating(self) -> None:
-        """From its first ask until close(), a thread records a heartbeat for each trial this worker
-        holds every heartbeat_interval (the kernel and torch release the GIL while they train),
-        from the moment it is asked: a live worker's trials never go silent between ask and train."""
-        if self._stop_beating is not None:
-            return
-        stop = self._stop_beating = threading.Event()
-
-        def loop():
-            while not stop.wait(self.spec.heartbeat_interval):
-                try:
-                    for tid in list(self.mine.values()):
-                        self.storage.record_heartbeat(tid)
-                    self.recover()  # another worker's silence is noticed within a beat, not at the next batch
-                except Exception:  # a finished trial, or a hiccup of the server: the next beat retries
-                    pass
-
-        self._beating = threading.Thread(target=loop, name="zipnet-heartbeat", daemon=True)
-        self._beating.start()
-
     def close(self) -> None:
-        """Stop the heartbeat thread (the worker holds no trial any more, or is stopping)."""
-        if self._stop_beating is not None:
-            self._stop_beating.set()
-            self._beating.join()
-            self._stop_beating = None
+        """Stop beating (the worker holds no trial any more, or is stopping)."""
+        if self.heartbeat is not None:
+            self.heartbeat.close()

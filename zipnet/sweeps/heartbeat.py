@@ -1,0 +1,90 @@
+"""A worker's heartbeat: Optuna's RDB heartbeat for the trials it holds, from ask to end.
+
+Optuna's own heartbeat (in `study.optimize`) covers one trial, from the start of its objective
+to its end. A zipnet worker holds a batch, and a trial of it is asked before Hydra sets its job
+up, so the heartbeat covers each trial from its ask until it is told: `cover` on ask, `release`
+on tell. The thread runs while it covers a trial and stops with the last one. With every beat
+it also calls `on_beat` (the coordinator's recovery of other workers' stale trials).
+
+A beat that fails (the storage restarting, the network gone) is logged once, with the error,
+and again when the storage answers; the thread keeps beating every interval meanwhile. Trials
+silent past the grace period are failed by whichever worker next recovers, so a long outage
+costs this worker its trials, never the study its count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from zipnet.errors import first_line
+
+
+class Heartbeat:
+    def __init__(self, storage, interval: float, log: Callable[[str], None], on_beat: Callable[[], None] | None = None):
+        self.storage, self.interval, self.log, self.on_beat = storage, interval, log, on_beat
+        self.covered: dict[int, int] = {}  # trial number -> trial id
+        self.failing_since: float | None = None  # when the first beat of the current outage failed
+        self._guard = threading.Lock()
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def cover(self, number: int, trial_id: int) -> None:
+        """Beat for the trial now and every interval until it is released."""
+        self.storage.record_heartbeat(trial_id)
+        with self._guard:
+            self.covered[number] = trial_id
+            if self._thread is None:
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._loop, args=(self._stop,), name="zipnet-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, number: int) -> None:
+        """The trial has ended (told, given back, or failed): no more beats for it."""
+        with self._guard:
+            self.covered.pop(number, None)
+            last = not self.covered
+        if last:
+            self.close()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            with self._guard:
+                ids = list(self.covered.values())
+            try:
+                for trial_id in ids:
+                    self.storage.record_heartbeat(trial_id)
+                if self.on_beat is not None:
+                    self.on_beat()
+            except Exception as err:
+                self._failed(err)
+            else:
+                self._answered()
+
+    def _failed(self, err: BaseException) -> None:
+        while err.__cause__ is not None:  # Optuna wraps the driver's error in a generic one
+            err = err.__cause__
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            self.log(
+                f"heartbeat: the storage did not take a beat ({first_line(err)}); retrying every {self.interval} s"
+            )
+
+    def _answered(self) -> None:
+        if self.failing_since is not None:
+            self.log(f"heartbeat: the storage answers again after {time.monotonic() - self.failing_since:.0f} s")
+            self.failing_since = None
+
+    def close(self) -> None:
+        """Stop the thread (called from it, or with no trial left, it just ends)."""
+        with self._guard:
+            stop, thread = self._stop, self._thread
+            self._stop = self._thread = None
+        if stop is None:
+            return
+        stop.set()
+        if thread is not threading.current_thread():
+            thread.join()
