@@ -66,3 +66,21 @@ def test_a_session_holds_its_own_trackers_and_clock(tmp_path):
             assert two.clock.seconds == {} and two.refused == []
         assert session.current() is one and one.clock.seconds == {"training": 1.0}
     assert session.current() is not one
+
+
+def test_two_sweeps_in_one_process_open_their_own_storages(tmp_path):
+    """A storage carries its sweep's heartbeat settings and trial cache: a second sweep in the
+    same process opens its own, while the jobs of one sweep share their sweeper's."""
+    from zipnet.sweeps.storage import open_storage
+    from zipnet.sweeps.study import StudySpec
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    with session.scope() as one:
+        first = open_storage(url, StudySpec(where="test", study_name="s", heartbeat_interval=1, grace_period=2))
+        assert open_storage(url) is first  # a job of this sweep: the sweeper's storage
+        assert one.storages[url] is first
+        with session.scope():
+            second = open_storage(url, StudySpec(where="test", study_name="s", heartbeat_interval=7, grace_period=20))
+            assert second is not first
+            assert (first.get_heartbeat_interval(), second.get_heartbeat_interval()) == (1, 7)
+        assert open_storage(url) is first

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from zipnet import paper, tracking
+from zipnet.sweeps import storage as stores
 
 PARENT_ROLES = ("study", "multirun")
 COLUMNS = {  # leaderboard column -> search_runs column
@@ -258,17 +259,6 @@ def effect_plots(df: pd.DataFrame, out: Path, metric: str = "test/error") -> lis
     return paths
 
 
-def _open_storage(url: str):
-    """An Optuna storage from the URL a study's parent run records (`journal:PATH` for a journal file)."""
-    import optuna
-
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:") :]))
-    return url
-
-
 def study_parents(study: str, experiment: str = tracking.DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
     """The parent runs of studies named `study` (role study), oldest first: one, unless two
     storages held a study of that name."""
@@ -299,7 +289,7 @@ def importances(study: str, storage: str) -> pd.DataFrame:
     from zipnet.tracking import study as views
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    table = views.importances(optuna.load_study(study_name=study, storage=_open_storage(storage)))
+    table = views.importances(optuna.load_study(study_name=study, storage=stores.open_storage(storage)))
     return pd.DataFrame({"param": list(table), "importance": list(table.values())})
 
 

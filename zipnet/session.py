@@ -9,6 +9,8 @@ reads `current()`:
     refused     the jobs of this multirun that could not run, one line each
     multirun    the grid's parent run (zipnet.multirun.MultirunCallback), while one runs
     grid_keys   the keys the grid sweeps: its jobs are named by their values
+    storages    Optuna storages by URL, opened once (zipnet.sweeps.storage.open_storage)
+    studies     the studies as their jobs see them (zipnet.sweeps.trial)
 
 Two sessions share nothing, so two sweeps in one process, or two tests in a row, do not see
 each other's state. Outside any session `current()` is the process's default one.
@@ -62,6 +64,8 @@ class Session:
         self.multirun = None  # zipnet.multirun.MultirunCallback, while a grid runs
         self.parent_run_id: str | None = None  # the grid's or study's MLflow parent run
         self.grid_keys: list[str] = []
+        self.storages: dict[str, object] = {}
+        self.studies: dict[tuple[str, str], tuple[object, str]] = {}
 
     def tracker_for(self, cfg: DictConfig):
         """The session's Tracker for cfg's store and experiment (opened once), or None when

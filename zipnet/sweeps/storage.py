@@ -6,10 +6,10 @@ coordinator of zipnet's own):
   file; a PostgreSQL advisory lock on a server), so that together they ask exactly
   `n_trials`. Storages without a lock give back what went past the target, by trial number.
 - heartbeats (Optuna's RDB heartbeat, zipnet.sweeps.heartbeat): a worker records one for each
-  of its running trials, from the ask on, every `heartbeat_interval` seconds. A trial silent for `grace_period` is failed by
-  `optuna.storages.fail_stale_trials`, and `RetryHeartbeatStaleTrialCallback` asks its parameters
-  again, at most `max_retry` times. Liveness is never judged by host name or pid, so a
-  live worker's trials are never taken from it.
+  of its running trials, from the ask on, every `heartbeat_interval` seconds. A trial silent
+  for `grace_period` is failed by `optuna.storages.fail_stale_trials`, and
+  `RetryHeartbeatStaleTrialCallback` asks its parameters again, at most `max_retry` times.
+  Liveness is never judged by host name or pid, so a live worker's trials are never taken from it.
 - give back: on Ctrl-C or a preemption signal a worker fails its running trials and asks
   them again at once, without waiting for the heartbeat to go stale.
 
@@ -30,10 +30,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from zipnet import session
 from zipnet.errors import first_line
 from zipnet.sweeps.heartbeat import Heartbeat
 from zipnet.sweeps.snapshot import Snapshot
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, make_sampler
+from zipnet.tracking.store import sqlite_path
 
 WORKER = "zipnet.worker"
 INTERRUPTED = "zipnet.interrupted"  # given back by its worker (preempted, Ctrl-C): asked again
@@ -68,23 +70,20 @@ def without_password(url: str) -> str:
 
 def local_file(url: str) -> Path | None:
     """The local file behind a sqlite or journal storage URL, else None (a server)."""
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :])
     if url.startswith("journal:"):
         return Path(url[len("journal:") :].removeprefix("//"))
-    return None
-
-
-_storages: dict[str, object] = {}  # URL -> storage, once per process (the jobs of this process share it)
+    return sqlite_path(url)
 
 
 def open_storage(url: str, spec: StudySpec | None = None):
     """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql), with heartbeats
     and retries as `spec` sets them, behind Optuna's trial cache (`optuna.storages.get_storage`:
     a finished trial is read once, then only unfinished and new trials), or `journal:PATH`.
-    Opened once per process: the sweeper, its coordinator and its jobs share the one cache."""
-    if url in _storages:
-        return _storages[url]
+    Opened once per session (zipnet.session): the sweeper, its coordinator and its jobs share
+    the one cache; the first to open it (the sweeper, with its spec) sets its heartbeat."""
+    storages = session.current().storages
+    if url in storages:
+        return storages[url]
     import optuna
 
     path = local_file(url)
@@ -114,7 +113,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
             storage = optuna.storages.get_storage(rdb)
     except Exception as err:
         raise storage_error(url, err) from err
-    _storages[url] = _storages[without_password(url)] = storage  # this process's jobs reach it by either
+    storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
     return storage
 
 
@@ -155,7 +154,7 @@ def lock(url: str):
     yield
 
 
-_engines: dict[str, object] = {}
+_engines: dict[str, object] = {}  # URL -> an engine without a pool: no state, safe to share across sessions
 
 
 def _lock_engine(url: str):

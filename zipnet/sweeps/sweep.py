@@ -10,7 +10,6 @@ could tell) fails with the job's reason.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
@@ -33,8 +32,9 @@ def default_storage(tracker) -> str:
     from zipnet import tracking
 
     uri = tracker.uri if tracker is not None else tracking.resolve_uri(None)
-    if uri.startswith("sqlite:///"):
-        return f"sqlite:///{os.path.join(os.path.dirname(uri[len('sqlite:///') :]), 'optuna.db')}"
+    path = tracking.sqlite_path(uri)
+    if path is not None:
+        return f"sqlite:///{path.parent / 'optuna.db'}"
     if tracker is None:
         return tracking.resolve_uri("sqlite:///mlruns/optuna.db")
     raise SweepError(

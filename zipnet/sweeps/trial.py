@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from zipnet import session
 from zipnet.runner import Job, Watcher
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import StudySpec, make_pruner
@@ -46,13 +47,11 @@ class Link:
         return TrialWatcher(self)
 
 
-_studies: dict[tuple[str, str], tuple[object, str]] = {}  # (storage URL, study) -> (optuna.Study, metric)
-
-
 def _study(url: str, name: str):
-    """The study as its jobs see it, opened once per process (a study's settings never change):
+    """The study as its jobs see it, opened once per session (a study's settings never change):
     a random sampler (a job never samples) and the study's pruner, shared by its jobs."""
-    if (url, name) not in _studies:
+    studies = session.current().studies
+    if (url, name) not in studies:
         import optuna
 
         storage = stores.open_storage(url)
@@ -61,8 +60,8 @@ def _study(url: str, name: str):
         study = optuna.load_study(
             study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
         )
-        _studies[(url, name)] = (study, attrs[SPEC]["metric"])
-    return _studies[(url, name)]
+        studies[(url, name)] = (study, attrs[SPEC]["metric"])
+    return studies[(url, name)]
 
 
 def link(cfg: DictConfig) -> Link | None:

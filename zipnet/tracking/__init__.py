@@ -47,6 +47,7 @@ from zipnet.tracking.store import (
     resolve_uri,
     search_runs,
     settings,
+    sqlite_path,
     ui_link,
     where,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "resolve_uri",
     "search_runs",
     "settings",
+    "sqlite_path",
     "ui_link",
     "where",
 ]
