@@ -87,6 +87,8 @@ def test_the_cli_runs_a_file_in_the_first_schema(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("zipnet-sweep: warning:")]
+    assert len(warned) == 1 and f"zipnet-sweep --convert {LEGACY} > sweeps/legacy_study.yaml" in warned[0]
     import optuna
 
     study = optuna.load_study(study_name="old", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
@@ -220,3 +222,35 @@ def test_a_batch_asked_after_the_start_up_spreads_out_the_liar_sees_it():
         batch = [study.ask(dist) for _ in range(16)]  # asked together, none told yet
         spreads[liar] = statistics.pstdev(math.log10(t.params["optim.lr"]) for t in batch)
     assert spreads[True] > 3 * spreads[False], spreads
+
+
+def test_a_converted_first_schema_file_runs_as_a_sweeps_preset(tmp_path):
+    """`zipnet-sweep --convert` writes the Hydra form; `zipnet-train -m sweeps=NAME` alone then
+    runs the same study (its space, and its fixed overrides folded into the preset)."""
+    import optuna
+
+    convert = [sys.executable, "-m", "zipnet.sweep", "--convert", str(LEGACY)]
+    out = subprocess.run(convert, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    (tmp_path / "conf" / "sweeps").mkdir(parents=True)
+    (tmp_path / "conf" / "sweeps" / "old.yaml").write_text(out.stdout)
+    run = [sys.executable, "-m", "zipnet.train", "--config-dir", str(tmp_path / "conf"), "-m", "sweeps=old"]
+    run += ["hydra.sweeper.n_trials=2", "hydra.sweeper.batch=2", "hydra.sweeper.study_name=converted"]
+    run += ["data.n_train=200", "data.n_test=100", "trainer.passes=1", "tracking.figures=false"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="converted", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
+    legacy = from_legacy(LEGACY, load_file(LEGACY))
+    assert len(study.trials) == 2 and all(set(t.params) == set(legacy.params) for t in study.trials)
+    resolved = next(tmp_path.glob("multirun/**/config_resolved.yaml"), None) or next(
+        tmp_path.glob("mlruns/**/config_resolved.yaml")
+    )
+    assert "threads: 0" in resolved.read_text()  # the file's `overrides`, now in the preset
+    again = subprocess.run(
+        convert[:3] + ["--convert", str(tmp_path / "conf" / "sweeps" / "old.yaml")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 2 and "is a sweeps preset already" in again.stderr and "Traceback" not in again.stderr
