@@ -278,27 +278,34 @@ def test_two_studies_that_share_a_name_are_never_merged_silently(tmp_path):
     assert "b.db" in report.stderr and "--parent RUN_ID" in report.stderr
 
 
-def test_a_trial_keeps_beating_from_its_ask_until_it_is_told(tmp_path):
-    """Between ask and training (Hydra's job setup, the tracker catching up) a live worker's
-    trial must not fall silent: another worker's recovery, past the grace period, leaves it be."""
+def _study_in(url: str, name: str, n_trials: int, grace_period: float):
+    """A one-parameter study in `url`, asked one trial at a time, beating every second."""
     import optuna
 
-    from zipnet.sweeps.storage import Coordinator, open_storage
+    from zipnet.sweeps.storage import open_storage
     from zipnet.sweeps.study import Param, StudySpec
 
-    url = f"sqlite:///{tmp_path}/optuna.db"
     spec = StudySpec(
         where="test",
-        study_name="beating",
-        n_trials=2,
+        study_name=name,
+        n_trials=n_trials,
         batch=1,
         sampler={"name": "random", "seed": 0},
         params={"optim.lr": Param("optim.lr", optuna.distributions.FloatDistribution(0.01, 0.1))},
         heartbeat_interval=1,
-        grace_period=2,
+        grace_period=grace_period,
     )
     storage = open_storage(url, spec)
-    study = optuna.create_study(study_name="beating", storage=storage)
+    return spec, storage, optuna.create_study(study_name=name, storage=storage)
+
+
+def test_a_trial_keeps_beating_from_its_ask_until_it_is_told(tmp_path):
+    """Between ask and training (Hydra's job setup, the tracker catching up) a live worker's
+    trial must not fall silent: another worker's recovery, past the grace period, leaves it be."""
+    from zipnet.sweeps.storage import Coordinator
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    spec, storage, study = _study_in(url, "beating", n_trials=2, grace_period=2)
     worker, other = (Coordinator(study, storage, url, spec, log=lambda line: None) for _ in range(2))
     try:
         (trial,) = worker.ask()
@@ -327,25 +334,11 @@ def test_a_heartbeat_that_fails_is_logged_and_recovers(tmp_path):
     so once, keeps beating, and says when the storage answers again."""
     import sqlite3
 
-    import optuna
-
-    from zipnet.sweeps.storage import Coordinator, open_storage
-    from zipnet.sweeps.study import Param, StudySpec
+    from zipnet.sweeps.storage import Coordinator
 
     db = tmp_path / "optuna.db"
     url = f"sqlite:///{db}"
-    spec = StudySpec(
-        where="test",
-        study_name="outage",
-        n_trials=1,
-        batch=1,
-        sampler={"name": "random", "seed": 0},
-        params={"optim.lr": Param("optim.lr", optuna.distributions.FloatDistribution(0.01, 0.1))},
-        heartbeat_interval=1,
-        grace_period=30,
-    )
-    storage = open_storage(url, spec)
-    study = optuna.create_study(study_name="outage", storage=storage)
+    spec, storage, study = _study_in(url, "outage", n_trials=1, grace_period=30)
     lines, failed, answered = [], threading.Event(), threading.Event()
 
     def log(line):

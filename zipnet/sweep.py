@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from zipnet import config as checks
 from zipnet import resources
+from zipnet.errors import first_line
 from zipnet.sweeps.study import SweepError, from_legacy, is_legacy, load_file
 
 
@@ -137,7 +138,7 @@ def local_launch(composer, log=print):
         runner.run(list(built.values()), log=log)
         for i, job in built.items():
             if job.error is not None:
-                reasons[i] = f"{type(job.error).__name__}: {str(job.error).strip().splitlines()[0]}"
+                reasons[i] = f"{type(job.error).__name__}: {first_line(job.error)}"
         return reasons
 
     return launch

@@ -124,8 +124,7 @@ def storage_error(url: str, err: BaseException) -> SweepError:
             f"storage {masked(url)}: the database is locked by another process and stayed locked past "
             "storage_timeout; wait for it, or give each machine a server storage (postgresql://...)"
         )
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return SweepError(f"storage {masked(url)}: cannot open it: {first}")
+    return SweepError(f"storage {masked(url)}: cannot open it: {first_line(err)}")
 
 
 @contextlib.contextmanager

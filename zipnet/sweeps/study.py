@@ -295,7 +295,7 @@ def _grammar(spec: StudySpec, parser, name: str, text) -> Param:
     try:
         value = parser.parse_override(f"{name}={text}").value()
     except Exception as err:
-        spec.fail(key, f"{text!r} does not parse: {str(err).splitlines()[0]}")
+        spec.fail(key, f"{text!r} does not parse: {first_line(err)}")
     if isinstance(value, ChoiceSweep):
         choices = list(value.list)
         if not choices or len(set(map(repr, choices))) != len(choices):
@@ -447,7 +447,7 @@ def load_file(path: str | Path) -> dict:
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception as err:
-        raise SweepError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+        raise SweepError(f"{path}: not valid YAML: {first_line(err)}") from err
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: give a mapping")
     return raw

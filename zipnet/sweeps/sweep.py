@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from zipnet import config as checks
+from zipnet.errors import first_line
 from zipnet.sweeps import parent
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
@@ -140,7 +141,7 @@ class Sweep:
             for run in runs:
                 self.tracker.end(run.info.run_id, "KILLED", text)
         except Exception as err:  # the tracking store hiccuped: the run stays as it was
-            self.log(f"trial {frozen.number}: could not end its run: {str(err).splitlines()[0]}")
+            self.log(f"trial {frozen.number}: could not end its run: {first_line(err)}")
 
     def _loop(self) -> stores.Tally:
         spec, coord = self.spec, self.coord

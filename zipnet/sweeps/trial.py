@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import session
+from zipnet.errors import first_line
 from zipnet.runner import Job, Watcher
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import StudySpec, make_pruner
@@ -150,7 +151,5 @@ class TrialWatcher(Watcher):
 
     def abort(self, job: Job, status: str, error: BaseException) -> None:
         if status == "FAILED":  # KILLED: the sweeper gives the trial back to be asked again
-            self.link.trial.set_user_attr(
-                stores.REASON, str(error).strip().splitlines()[0][:500] if str(error) else type(error).__name__
-            )
+            self.link.trial.set_user_attr(stores.REASON, first_line(error)[:500])
             self.link.study.tell(self.link.number, state=_state("FAIL"), skip_if_finished=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from zipnet.errors import ConfigError, StoreError
+from zipnet.errors import ConfigError, StoreError, first_line
 
 # MLflow's usage telemetry calls out to the network from a background thread and waits for it at
 # exit (about a second per process here, offline; zipnet runs offline): off unless the user set it
@@ -115,8 +115,8 @@ def _lock_path(path: Path) -> Path:
 
 
 def one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200] if lines else ''}"
+    """The error's type and first line, as a store error quotes it."""
+    return f"{type(err).__name__}: {first_line(err)[:200]}"
 
 
 def check(uri: str) -> None:
