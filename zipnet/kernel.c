@@ -730,7 +730,7 @@ static void L(backward)(LB *restrict w, const LB *restrict k, const Setup *st, c
     }
 }
 
-/* The SDLM curvature of one pattern (REFERENCE.md §2): Gauss-Newton, "backprop with the weights
+/* The SDLM curvature of one pattern (LeCun et al. 1998, appendix C): Gauss-Newton, "backprop with the weights
  * and f' squared". hp receives h for every parameter ([N_PARAMS] lane vectors). Needs forward() first. */
 static void L(curvature)(const LB *restrict w, const LB *restrict k, const Setup *st, const signed char *restrict table,
                          L(Scratch) *restrict s, int drop, LB *restrict hp) {

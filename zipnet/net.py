@@ -1,7 +1,7 @@
 """The 1989 network: its shapes, the H1->H2 connection table, the paper's counts, and initialisation.
 
 Parameters are kept as plain tensors with a leading population axis K, so that one
-run is a population of one (see engine.py). Layout per member:
+run is a population of one (see zipnet/engine/). Layout per member:
 
     H1w (12, 25)      one 5x5 kernel per H1 map ("weight sharing")
     H1b (12, 64)      "units do not share biases": one bias per H1 unit
@@ -35,7 +35,7 @@ SHAPES = {
 }
 KERNEL = 25  # 5x5 windows, stride 2, for H1 and H2
 
-# The paper's figures (REFERENCE.md §1): per layer (units, connections, parameters).
+# The paper's figures (LeCun et al. 1989, section 3): per layer (units, connections, parameters).
 PAPER_LAYERS = {"H1": (768, 19_968, 1_068), "H2": (192, 38_592, 2_592), "H3": (30, 5_790, 5_790), "out": (10, 310, 310)}
 PAPER_UNITS, PAPER_CONNECTIONS, PAPER_PARAMETERS, PAPER_MACS = 1_256, 64_660, 9_760, 63_660
 

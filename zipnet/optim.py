@@ -6,8 +6,8 @@ parameters in place. Three rules:
 - `sgd`: w <- w - lr dE/dw.
 - `sdlm`: the paper's "special version of Newton's algorithm that uses a positive,
   diagonal approximation of the Hessian" (stochastic diagonal Levenberg-Marquardt,
-  REFERENCE.md §2): w_k <- w_k - eta / (mu + h_k) dE/dw_k, with h_k >= 0 a Gauss-Newton
-  estimate of d2E/dw_k^2 that the engine computes (engine.Population.curvature).
+  Becker & LeCun 1988; LeCun et al. 1998, appendix C): w_k <- w_k - eta / (mu + h_k) dE/dw_k,
+  with h_k >= 0 a Gauss-Newton estimate of d2E/dw_k^2 that the engine computes (engine.Population.curvature).
 - `adamw`: the modern recipe's rule (decoupled weight decay), one step per example.
 """
 

@@ -5,7 +5,7 @@
     zipnet-train -m model.init=sqrt,linear loss.mse=mean,sum,half_sum   (a grid: one MLflow parent, 6 children)
     zipnet-train -m sweeps=paper_open_choices                          (an Optuna study: hydra/sweeper=zipnet_optuna)
 
-Every run is logged to MLflow (zipnet/tracking.py) unless tracking.enabled=false. The task
+Every run is logged to MLflow (zipnet/tracking/) unless tracking.enabled=false. The task
 function builds the job (config checked, watchers attached) and zipnet.runner trains it;
 hydra/launcher=population calls its `zipnet_job` instead, which builds the job untrained,
 and trains all of a batch's jobs together. main() opens the process's zipnet.session.

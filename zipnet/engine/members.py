@@ -10,7 +10,7 @@ from zipnet.net import InitSpec
 from zipnet.optim import OptimSpec
 
 BACKENDS = ("auto", "torch", "c")
-MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (REFERENCE.md §2)
+MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (LeCun et al. 1998, appendix C)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class Population:
             ("loss.name", {m.loss for m in members}),
         ):
             if len(values) > 1:
-                raise ConfigError(key, "members of one population must agree on it (population.group_key splits them)")
+                raise ConfigError(key, "members of one population must agree on it (runner.population_key splits them)")
         self.relu = members[0].activation == "relu"  # else f(a) = A tanh(S a), A and S per member
         self.linear_out = members[0].output == "linear"
         self.cross_entropy = members[0].loss == "cross_entropy"

@@ -167,7 +167,7 @@ class TorchOps:
         return (grads, self._curvature(acts, patches)) if curvature else grads
 
     def _curvature(self, acts, patches: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The SDLM second-derivative pass (REFERENCE.md §2): Gauss-Newton, so h >= 0.
+        """The SDLM second-derivative pass (LeCun et al. 1998, appendix C): Gauss-Newton, so h >= 0.
 
         s = d2E/da2 per unit: at an output s_k = E''(y_k) f'(a_k)^2, with E'' = c for the
         MSE and softmax's p (1 - p) for cross-entropy; at a hidden unit s_j = f'(a_j)^2

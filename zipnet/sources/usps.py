@@ -20,7 +20,7 @@ from zipnet.sources import Pools
 from zipnet.sources.formats import read_h5, read_usps_split, usps_format
 
 SHARED = False
-COUNTS = {  # class counts 0..9 (ESL's zip.info.txt; REFERENCE.md section 3)
+COUNTS = {  # class counts 0..9 (ESL's zip.info.txt)
     "train": [1194, 1005, 731, 658, 652, 556, 664, 645, 542, 644],
     "test": [359, 264, 198, 166, 200, 160, 170, 147, 166, 177],
 }

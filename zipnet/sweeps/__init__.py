@@ -14,6 +14,6 @@ The Hydra sweeper (hydra/sweeper=zipnet_optuna) and zipnet-sweep both drive `swe
 import warnings
 
 # Optuna marks heartbeats and the retry callback experimental, and warns that heartbeats are meant
-# for Study.optimize; zipnet drives them with ask/tell as Optuna's docs describe (REFERENCE.md §6)
+# for Study.optimize; zipnet drives them with ask/tell as Optuna's ask-and-tell docs describe
 warnings.filterwarnings("ignore", message=".*is experimental.*")
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
