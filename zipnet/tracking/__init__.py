@@ -14,10 +14,11 @@ A run holds
   rejection curve (PNG and CSV);
 - the model: the trained net as an MLflow model (`mlflow.pyfunc.load_model`), for finished runs.
 
-Two ways in. A single run streams: `start` before training, `log_pass` after every pass,
-`finish` at the end. A population trains K members first and then calls `log_result` once
-per member, optionally under a parent run (a study, or a Hydra multirun). Only opening the
-store is waited for; the rest is written by a background thread (zipnet/tracking/runs.py).
+Every run the harness trains streams, a population's members each as their own run: `start`
+before training, `log_pass` after every pass, `finish` at the end, optionally under a parent
+run (a study, or a Hydra multirun). `log_result` is the way in for a result trained outside
+the harness (`zipnet.engine.train` called from Python): one call logs it whole. Only opening
+the store is waited for; the rest is written by a background thread (zipnet/tracking/runs.py).
 
 Modules: store (URI, settings, the client, filters, search), runs (the Tracker), outputs
 (the run's files), datasets, models (the MLflow model and the registry), study (an Optuna
