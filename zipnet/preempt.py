@@ -23,6 +23,7 @@ class Preempted(KeyboardInterrupt):
         self.signum = signum
 
 
+# Signals are delivered to the process, so this state is the process's (main thread only).
 _held: list[int] = []  # signals that arrived inside `critical()`, raised at its end
 _depth = 0
 

@@ -74,7 +74,7 @@ def param_text(value: Any) -> str:
     return str(value)
 
 
-_GIT: dict[str, str] | None = None
+_GIT: dict[str, str] | None = None  # the checkout's state, read once: one per process, the same for every session
 
 
 def git_state() -> dict[str, str]:
@@ -198,6 +198,9 @@ def _metric_rows(history: list[dict], stamp: int | None = None) -> list[tuple[in
     return [(int(row["pass"]), {k: float(row[k]) for k in METRICS if k in row}, stamp) for row in history]
 
 
+# Process-wide by nature, not session state: a signal or the exit ends the process, so every run it
+# left open ends KILLED or FAILED (abort_open_runs) and every tracker flushes (atexit), whichever
+# session opened them. Keyed by run id and by tracker: two sessions never touch each other's entries.
 _OPEN: dict[str, Tracker] = {}  # runs started in this process and not yet ended
 _TRACKERS: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
