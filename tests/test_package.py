@@ -7,6 +7,7 @@ The wheel itself is installed with --no-deps.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,3 +182,25 @@ def test_the_submitit_launchers_come_with_the_package(launcher):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
     assert cfg.hydra.launcher._target_.endswith("LocalLauncher" if launcher == "submitit_local" else "SlurmLauncher")
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    """Every path the README's layout table names exists, and every module and folder of the
+    package is in it (a module moved or added without the table is a newcomer's wrong turn)."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Layout") :].split("\n## ", 1)[0]
+    named = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            named.update(re.findall(r"`([^`]+)`", row.split("|")[1]))
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"the layout names paths that do not exist: {missing}"
+    folders = {p.rstrip("/") for p in named if p.endswith("/")}
+    unlisted = []
+    for path in sorted((ROOT / "zipnet").iterdir()):
+        rel = path.relative_to(ROOT).as_posix()
+        if path.name.startswith("_") or path.name in ("assets", "__pycache__"):
+            continue
+        if path.is_dir() and rel not in folders or path.is_file() and path.suffix in (".py", ".c") and rel not in named:
+            unlisted.append(rel)
+    assert not unlisted, f"the layout leaves out: {unlisted}"
