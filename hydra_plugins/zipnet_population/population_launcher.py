@@ -70,6 +70,8 @@ class PopulationLauncher(Launcher):
             self.composer = Composer(self.hydra_context.config_loader, self.config)
         clock = session.current().clock
         build = getattr(self.task_function, "zipnet_job", None)
+        if build is None:
+            log.info(f"Running {len(job_overrides)} jobs one by one: the task function is not zipnet's trainer")
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             with clock.timing("hydra"):
