@@ -52,6 +52,25 @@ def test_the_grammar_becomes_optuna_distributions():
     ) == ["model.init=linear", "optim.lr=0.01", "data.seed=1", "trainer.passes=2", "targets=pm0.6", "loss.mse=sum"]
 
 
+def test_a_range_steps_below_its_stop_with_integer_or_float_bounds():
+    """Hydra's meaning of range (start, start + step, ... below stop), for ints and floats alike."""
+    params = {"k": "range(1, 10, 3)", "x": "range(-5.5, 5.5, step=0.5)", "y": "range(0, 1, 0.1)"}
+    d = {n: p.distribution for n, p in from_sweeper({**BASE, "params": params}, []).params.items()}
+    assert d["k"] == D.IntDistribution(1, 7, step=3)
+    assert d["x"] == D.FloatDistribution(-5.5, 5.0, step=0.5)
+    assert d["y"] == D.FloatDistribution(0.0, 0.9, step=0.1)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for name in ("k", "x", "y"):  # the values Hydra's basic sweeper walks are the distribution's grid
+        walked = list(parser.parse_override(f"{name}={params[name]}").sweep_iterator())
+        dist = d[name]
+        grid = [dist.low + i * dist.step for i in range(round((dist.high - dist.low) / dist.step) + 1)]
+        assert grid == pytest.approx(walked)
+    with pytest.raises(SweepError, match="positive step"):
+        from_sweeper({**BASE, "params": {"x": "range(1.5, 0.5)"}}, [])
+
+
 def test_a_file_in_the_first_schema_still_loads_as_it_did():
     spec = from_legacy(LEGACY, load_file(LEGACY))
     assert spec.study_name == "paper_open_choices" and spec.n_trials == 100 and spec.batch == 50

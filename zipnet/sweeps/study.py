@@ -301,12 +301,14 @@ def _grammar(spec: StudySpec, parser, name: str, text) -> Param:
         if not choices or len(set(map(repr, choices))) != len(choices):
             spec.fail(key, "give distinct choices")
         return Param(name, D.CategoricalDistribution(choices))
-    if isinstance(value, RangeSweep):
+    if isinstance(value, RangeSweep):  # Hydra's meaning: start, start + step, ..., below stop
         start, stop, step = value.start, value.stop, value.step
-        if not all(float(v).is_integer() for v in (start, stop, step)) or step <= 0 or stop <= start:
-            spec.fail(key, f"{text!r}: give range(start, stop[, step]) with integers, stop above start")
-        last = int(start + (stop - start - 1) // step * step)
-        return Param(name, D.IntDistribution(int(start), last, step=int(step)))
+        if step <= 0 or stop <= start:
+            spec.fail(key, f"{text!r}: give range(start, stop[, step]) with a positive step, stop above start")
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return Param(name, D.IntDistribution(start, start + (stop - start - 1) // step * step, step=step))
+        count = math.ceil(round((stop - start) / step, 9))  # float bounds or step: a stepped float
+        return Param(name, D.FloatDistribution(float(start), round(start + (count - 1) * step, 12), step=float(step)))
     if isinstance(value, IntervalSweep):
         low, high, tags = value.start, value.end, set(value.tags)
         if low >= high:
