@@ -71,6 +71,17 @@ def test_a_range_steps_below_its_stop_with_integer_or_float_bounds():
         from_sweeper({**BASE, "params": {"x": "range(1.5, 0.5)"}}, [])
 
 
+def test_n_jobs_is_hydra_optuna_sweepers_name_for_batch():
+    conf = {"study_name": "s", "n_trials": 6, "params": {"optim.lr": "interval(0.01, 0.1)"}}
+    assert from_sweeper({**conf, "n_jobs": 3}, []).batch == 3
+    assert from_sweeper({**conf, "batch": 4, "n_jobs": None}, []).batch == 4
+    assert from_sweeper({**conf, "batch": None, "n_jobs": None}, []).batch == 16  # neither: the default
+    with pytest.raises(SweepError) as both:
+        from_sweeper({**conf, "batch": 4, "n_jobs": 3}, [])
+    assert str(both.value).splitlines() == [str(both.value)] and "n_jobs" in str(both.value)
+    assert "not both" in str(both.value)
+
+
 def test_a_file_in_the_first_schema_still_loads_as_it_did():
     spec = from_legacy(LEGACY, load_file(LEGACY))
     assert spec.study_name == "paper_open_choices" and spec.n_trials == 100 and spec.batch == 50

@@ -38,7 +38,8 @@ class ZipnetOptunaSweeperConf:
     direction: str = "minimize"
     metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
     n_trials: int = 20  # the target in total: a rerun continues up to it, never past it
-    batch: int = 16  # trials asked at once (one population with hydra/launcher=population)
+    batch: int | None = None  # trials asked at once (one population with hydra/launcher=population); null: 16
+    n_jobs: int | None = None  # hydra-optuna-sweeper's name for batch (give one of the two)
     max_failure_rate: float = 0.2  # diverged or crashed trials allowed, as a share of n_trials
     sampler: Any = None  # {name: tpe, seed: 0, ...settings}; null: TPE, seed 0
     pruner: Any = None  # {name: median, ...settings}; null: the median pruner

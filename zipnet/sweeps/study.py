@@ -150,6 +150,7 @@ SETTINGS = (
     "metric",
     "n_trials",
     "batch",
+    "n_jobs",
     "max_failure_rate",
     "sampler",
     "pruner",
@@ -181,6 +182,11 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     if direction not in ("minimize", "maximize"):
         spec.fail("direction", f"{direction!r} is not allowed; choose one of minimize, maximize")
     spec.direction = direction
+    if raw.get("n_jobs") is not None:  # hydra-optuna-sweeper's name for the trials asked at once
+        if raw.get("batch") is not None:
+            spec.fail("n_jobs", "is hydra-optuna-sweeper's name for batch; give one of them, not both")
+        raw = {**raw, "batch": raw["n_jobs"]}
+    raw = {k: v for k, v in raw.items() if not (k == "batch" and v is None)}
     for key, minimum in (("n_trials", 1), ("batch", 1), ("heartbeat_interval", 1), ("max_retry", 0)):
         value = raw.get(key, getattr(spec, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
