@@ -62,12 +62,15 @@ class ZipnetOptunaSweeper(Sweeper):
         self.hydra_context: HydraContext | None = None
         self.launcher = None
         self.composer = None  # zipnet.composer.Composer: once per set of config-group choices
+        self.who = "hydra/sweeper=zipnet_optuna"  # what the user ran, as messages name it
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
         self.config = config
         self.hydra_context = hydra_context
+        if getattr(task_function, "zipnet_job", None) is not None:
+            self.who = "zipnet-train"
         _mask_storage(config)  # every job's .hydra/ files are written from this config
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -88,13 +91,13 @@ class ZipnetOptunaSweeper(Sweeper):
             spec = from_sweeper(settings, list(arguments))
             return Sweep(spec, self._launch, composer=self, log=log.info).run()
         except (SweepError, ConfigError, StoreError) as err:
-            print(f"zipnet-train: error: {err}", file=sys.stderr)
+            print(f"{self.who}: error: {err}", file=sys.stderr)
             sys.exit(2)
         except FailureBudgetExceeded as err:
-            print(f"zipnet-train: stopped: {err}", file=sys.stderr)
+            print(f"{self.who}: stopped: {err}", file=sys.stderr)
             sys.exit(3)
         except StillRunning as err:
-            print(f"zipnet-train: stopped: {err}", file=sys.stderr)
+            print(f"{self.who}: stopped: {err}", file=sys.stderr)
             sys.exit(4)
 
     def compose(self, overrides: list[str]) -> DictConfig:

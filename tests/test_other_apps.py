@@ -1,6 +1,7 @@
-"""hydra/launcher=population against Hydra's own launcher suites, as Hydra's launcher plugins
-(joblib, submitit, ray, rq) run them: any Hydra app may pick it, since Hydra loads every plugin
-in `hydra_plugins`. A task function that is not zipnet's trainer runs its jobs one by one."""
+"""zipnet's Hydra plugins from another Hydra app (Hydra loads every plugin in `hydra_plugins`):
+hydra/launcher=population against Hydra's own launcher suites, as Hydra's launcher plugins
+(joblib, submitit, ray, rq) run them, a task function that is not zipnet's trainer running its
+jobs one by one, and the sweeper's messages naming the sweeper, not zipnet-train."""
 
 import subprocess
 import sys
@@ -20,7 +21,7 @@ class TestPopulationLauncherIntegration(IntegrationTestSuite):
     pass
 
 
-def test_another_apps_jobs_run_one_by_one_and_say_so(tmp_path):
+def _sphere_app(tmp_path):
     app = tmp_path / "sphere.py"
     app.write_text(
         textwrap.dedent("""
@@ -36,6 +37,11 @@ def test_another_apps_jobs_run_one_by_one_and_say_so(tmp_path):
                 sphere()
         """)
     )
+    return app
+
+
+def test_another_apps_jobs_run_one_by_one_and_say_so(tmp_path):
+    app = _sphere_app(tmp_path)
     command = [sys.executable, str(app), "-m", "hydra/launcher=population", "+x=1,2,3"]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,3 +51,13 @@ def test_another_apps_jobs_run_one_by_one_and_say_so(tmp_path):
         "x=2 value=4.0",
         "x=3 value=9.0",
     ]
+
+
+def test_the_sweepers_errors_name_the_sweeper_in_another_app(tmp_path):
+    app = _sphere_app(tmp_path)
+    command = [sys.executable, str(app), "-m", "hydra/sweeper=zipnet_optuna", "hydra.sweeper.n_trials=0", "+x=1,2"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert line.startswith("hydra/sweeper=zipnet_optuna: error: hydra.sweeper: n_trials:"), line
+    assert "zipnet-train" not in proc.stderr and "Traceback" not in proc.stderr
