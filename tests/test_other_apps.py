@@ -61,3 +61,80 @@ def test_the_sweepers_errors_name_the_sweeper_in_another_app(tmp_path):
     (line,) = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert line.startswith("hydra/sweeper=zipnet_optuna: error: hydra.sweeper: n_trials:"), line
     assert "zipnet-train" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+SPHERE_CONFIG = """\
+defaults:
+  - override hydra/sweeper: zipnet_optuna
+  - _self_
+x: 1.0
+y: 1.0
+hydra:
+  sweeper:
+    n_trials: 8
+    n_jobs: 3
+    storage: sqlite:///{db}
+    study_name: sphere
+    sampler: {{name: random, seed: 0}}
+    params:
+      x: range(-5.5, 5.5, step=0.5)
+      y: interval(-5, 5)
+"""
+
+
+def _configured_sphere(tmp_path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(SPHERE_CONFIG.format(db=tmp_path / "optuna.db"))
+    app = tmp_path / "sphere.py"
+    app.write_text(
+        textwrap.dedent("""
+            import hydra
+
+            @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+            def sphere(cfg):
+                if cfg.x == 5.0:
+                    raise ValueError("x is at the edge")
+                return cfg.x**2 + cfg.y**2
+
+            if __name__ == "__main__":
+                sphere()
+        """)
+    )
+    return app
+
+
+def test_the_sweeper_optimises_another_apps_return_value(tmp_path):
+    """The sphere example of hydra-optuna-sweeper's documentation, written anew: the task
+    function's return value is each trial's value, and a job that raises fails its trial."""
+    import optuna
+    from optuna.trial import TrialState
+
+    app = _configured_sphere(tmp_path)
+    proc = subprocess.run([sys.executable, str(app), "-m"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 8
+    for t in study.trials:
+        assert -5.5 <= t.params["x"] <= 5.0 and (t.params["x"] * 2).is_integer() and -5 <= t.params["y"] <= 5
+        if t.params["x"] == 5.0:
+            assert t.state == TrialState.FAIL and "x is at the edge" in t.user_attrs["zipnet.fail_reason"]
+        else:
+            assert t.state == TrialState.COMPLETE and t.value == pytest.approx(t.params["x"] ** 2 + t.params["y"] ** 2)
+    assert "mlruns" not in {p.name for p in tmp_path.iterdir()}  # another app's study is not tracked in MLflow
+    assert "; best value " in proc.stderr + proc.stdout
+
+
+def test_two_workers_of_another_app_stop_at_exactly_n_trials(tmp_path):
+    import optuna
+
+    app = _configured_sphere(tmp_path)
+    command = [sys.executable, str(app), "-m", "hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=2"]
+    procs = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.trials) == 12  # nothing asked past the target
+    assert all(any("batch: trials" in line for line in o.splitlines()) for o in outs)  # both worked

@@ -27,13 +27,15 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from zipnet.errors import first_line
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ZipnetOptunaSweeperConf:
     _target_: str = "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper.ZipnetOptunaSweeper"
-    study_name: str | None = None  # null: the name of the sweeps preset, else "zipnet"
+    study_name: str | None = None  # null: the sweeps preset's name, else "zipnet" (another app: its job name)
     storage: str | None = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
     direction: str = "minimize"
     metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
@@ -84,12 +86,15 @@ class ZipnetOptunaSweeper(Sweeper):
         from zipnet.sweeps.sweep import StillRunning, Sweep
 
         settings = OmegaConf.to_container(OmegaConf.create(self.settings), resolve=True)
-        if settings.get("study_name") is None:
+        if settings.get("study_name") is None:  # zipnet's: the sweeps preset; another app's: its job name
             choice = OmegaConf.select(self.config, "hydra.runtime.choices.sweeps", default=None)
-            settings["study_name"] = choice or "zipnet"
+            own = "zipnet" if self.who == "zipnet-train" else OmegaConf.select(self.config, "hydra.job.name")
+            settings["study_name"] = choice or own
         try:
             spec = from_sweeper(settings, list(arguments))
-            return Sweep(spec, self._launch, composer=self, log=log.info).run()
+            app = self.who == "zipnet-train"
+            launch = self._launch if app else self._launch_values
+            return Sweep(spec, launch, composer=self, log=log.info, app=app).run()
         except (SweepError, ConfigError, StoreError) as err:
             print(f"{self.who}: error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -116,9 +121,23 @@ class ZipnetOptunaSweeper(Sweeper):
                 _ = ret.return_value  # raises what the job raised
                 reasons.append(None)
             except Exception as err:  # the job raised: its trial fails with this reason
-                text = str(err).strip().splitlines()
-                reasons.append(f"{type(err).__name__}: {text[0] if text else ''}")
+                reasons.append(f"{type(err).__name__}: {first_line(err)}")
         return reasons
+
+    def _launch_values(self, jobs: list[list[str]], first: int) -> list[str | float]:
+        """Another app's jobs: what each task function returned, as a float, or why it cannot be one."""
+        outcomes: list[str | float] = []
+        for ret in self.launcher.launch(jobs, initial_job_idx=first):
+            try:
+                value = ret.return_value  # raises what the job raised
+            except Exception as err:
+                outcomes.append(f"{type(err).__name__}: {first_line(err)}")
+                continue
+            try:
+                outcomes.append(float(value))
+            except (TypeError, ValueError):
+                outcomes.append(f"the task function returned {value!r}; the sweeper needs a float")
+        return outcomes
 
 
 def _mask_storage(config: DictConfig) -> None:

@@ -465,18 +465,26 @@ def load_file(path: str | Path) -> dict:
 # Checked before any trial runs
 
 
-def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
+def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True) -> DictConfig:
     """Compose the base config and every choice and bound once; returns the base config.
 
     Refuses a key or value that does not compose or is not allowed, a key both swept and
-    fixed, and a metric that a trial's loss cannot produce (paper/gap needs the MSE)."""
+    fixed, and a metric that a trial's loss cannot produce (paper/gap needs the MSE). Another
+    app's config (`zipnet_config=False`) is only composed: its values are its own to check."""
     base = list(spec.fixed)
+
+    def allowed(cfg: DictConfig, where: str) -> None:
+        if zipnet_config:
+            checks.check(cfg)
+            _check_metric(spec, cfg, where)
+
     try:
         cfg = composer.compose(base)
-        checks.check(cfg)
+        allowed(cfg, "fixed overrides")
+    except SweepError:
+        raise
     except Exception as err:
         raise SweepError(f"{spec.where}: fixed overrides {' '.join(base)}: {first_line(err)}") from err
-    _check_metric(spec, cfg, "fixed overrides")
     fixed = {checks.override_key(o) for o in base}
     for name, param in spec.params.items():
         for value in param.values():
@@ -489,10 +497,12 @@ def check(spec: StudySpec, composer: checks.Composer) -> DictConfig:
                     )
             try:
                 trial_cfg = composer.compose(base + overrides)
-                checks.check(trial_cfg)
+                if zipnet_config:
+                    checks.check(trial_cfg)
             except Exception as err:
                 spec.fail(f"params.{name}", f"value {value!r}: {first_line(err)}")
-            _check_metric(spec, trial_cfg, f"params.{name}={value!r}")
+            if zipnet_config:
+                _check_metric(spec, trial_cfg, f"params.{name}={value!r}")
     return cfg
 
 

@@ -19,8 +19,9 @@ from zipnet.sweeps import parent
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
 
-# job overrides, the first job's index -> for each job: None, or why it failed
-Launch = Callable[[list[list[str]], int], list[str | None]]
+# job overrides, the first job's index -> for each job: None (zipnet's job told its trial), the
+# value its task function returned (another app's job: the sweeper tells it), or why it failed
+Launch = Callable[[list[list[str]], int], list[str | float | None]]
 
 
 class StillRunning(RuntimeError):
@@ -55,10 +56,14 @@ def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
 
 
 class Sweep:
-    def __init__(self, spec: StudySpec, launch: Launch, composer, log=print, session=None):
+    """A study run to its target by one worker. With `app=False` the jobs belong to another
+    Hydra app: they carry no trial keys, the configs are only composed (not zipnet's checks),
+    nothing is tracked in MLflow, and each job's return value is told as its trial's value."""
+
+    def __init__(self, spec: StudySpec, launch: Launch, composer, log=print, session=None, app: bool = True):
         from zipnet import session as sessions
 
-        self.spec, self.launch, self.composer, self.log = spec, launch, composer, log
+        self.spec, self.launch, self.composer, self.log, self.app = spec, launch, composer, log, app
         self.session = session or sessions.current()  # its trackers, clock and parent run
         self.jobs_launched = 0
         self.seconds: dict[str, float] = {}  # this worker's time by kind, over its batches (session.Clock)
@@ -70,8 +75,8 @@ class Sweep:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec
-        base = check(spec, self.composer)
-        self.tracker = self.session.tracker_for(base)
+        base = check(spec, self.composer, zipnet_config=self.app)
+        self.tracker = self.session.tracker_for(base) if self.app else None
         self.url = spec.storage or default_storage(self.tracker)
         path = stores.local_file(self.url)
         if path is not None:
@@ -185,7 +190,8 @@ class Sweep:
     def _batch(self, trials: list) -> None:
         spec = self.spec
         numbers = [t.number for t in trials]
-        jobs = [spec.fixed + spec.trial_overrides(t.params) + trial_keys(spec, self.url, t.number) for t in trials]
+        keys = (lambda n: trial_keys(spec, self.url, n)) if self.app else (lambda n: [])
+        jobs = [spec.fixed + spec.trial_overrides(t.params) + keys(t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
             self.tracker.client.update_run(self.parent, status="RUNNING")
@@ -194,10 +200,13 @@ class Sweep:
         clock.reset()
         with clock.timing("optuna"):
             before = parent.best_trial(self.study, spec)
-        reasons = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
+        outcomes = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
         with clock.timing("optuna"):
-            self.coord.settle(numbers, {n: r for n, r in zip(numbers, reasons) if r})
+            for number, outcome in zip(numbers, outcomes):
+                if outcome is not None and not isinstance(outcome, str):  # another app's job: its value
+                    self.coord.finish(number, "COMPLETE", outcome)
+            self.coord.settle(numbers, {n: r for n, r in zip(numbers, outcomes) if isinstance(r, str)})
             now = self.coord.now()
         with clock.timing("tracking"):
             if self.tracker is not None:  # the study's best so far gets its figures and model
@@ -226,7 +235,7 @@ class Sweep:
         best = parent.best_trial(self.study, spec)
         if best is not None:
             line += (
-                f"; best {spec.metric} {best.value:.4g} (trial {best.number}: "
+                f"; best {spec.metric if self.app else 'value'} {best.value:.4g} (trial {best.number}: "
                 f"{' '.join(spec.trial_overrides(best.params))})"
             )
         self.log(line)
