@@ -24,9 +24,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from zipnet import kernel
 from zipnet.data import load_digits
-from zipnet.engine import Member, Population, train
+from zipnet.engine import Member, Population, kernel, train
 from zipnet.net import InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, train_pass

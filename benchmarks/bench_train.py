@@ -18,9 +18,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from zipnet import kernel
 from zipnet.data import load_digits
-from zipnet.engine import Member, Population, train
+from zipnet.engine import Member, Population, kernel, train
 from zipnet.net import connection_table
 from zipnet.reference import Net1989, train_pass
 from zipnet.train import CONF_DIR

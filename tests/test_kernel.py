@@ -11,8 +11,7 @@ import pytest
 import torch
 from stand_ins import close, data, digits
 
-from zipnet import kernel
-from zipnet.engine import Member, Population, kernel_ops, train
+from zipnet.engine import Member, Population, kernel, kernel_ops, train
 from zipnet.net import PARAM_NAMES, InitSpec
 from zipnet.optim import OptimSpec
 

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from zipnet import kernel
+from zipnet.engine import kernel
 
 # Seconds per pattern of one member alone ("one") or of one block of lanes, on 1 thread, measured
 # with the AVX-512 and the AVX2 build on a Xeon (Sapphire Rapids); only their ratios matter. An
@@ -32,7 +32,7 @@ def choose(K: int, threads: int, one_fits: bool, width: int | None = None) -> in
 
 
 class KernelOps:
-    """Drives zipnet.kernel for one Population."""
+    """Drives zipnet.engine.kernel for one Population."""
 
     def __init__(self, pop, found: kernel.Kernel):
         self.pop = pop

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from zipnet import kernel
+from zipnet.engine import kernel
 from zipnet.engine.kernel_ops import KernelOps
 from zipnet.engine.members import BACKENDS, MSE_C, Member
 from zipnet.engine.torch_ops import TorchOps

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zipnet import kernel
+from zipnet.engine import kernel
 
 
 @dataclass

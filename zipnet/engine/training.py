@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import torch
 
-from zipnet import kernel, paper
+from zipnet import paper
+from zipnet.engine import kernel
 from zipnet.engine.evaluation import evaluate
 from zipnet.engine.members import Member, RunResult
 from zipnet.engine.population import Population
