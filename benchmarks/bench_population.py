@@ -48,7 +48,7 @@ def machine(device: str, threads: int) -> str:
     found = kernel.load()
     build = f"kernel build {found.build}" if found else "no kernel (torch ops)"
     return (
-        f"CPU: {kernel.cpu_model()}; {kernel.vector_width()}-bit vectors; {os.cpu_count()} cores, "
+        f"CPU: {kernel.cpu_model()}; {kernel.vector_width(found)}-bit vectors; {os.cpu_count()} cores, "
         f"kernel threads {kernel_threads(threads)}; {build}"
     )
 

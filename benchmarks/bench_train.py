@@ -37,7 +37,7 @@ def main() -> None:
     n = len(digits.train_y)
     found = kernel.load()
     print(
-        f"CPU: {kernel.cpu_model()}; {kernel.vector_width()}-bit vectors; {os.cpu_count()} cores; "
+        f"CPU: {kernel.cpu_model()}; {kernel.vector_width(found)}-bit vectors; {os.cpu_count()} cores; "
         f"{'kernel build ' + found.build if found else 'no kernel'}; torch threads 1"
     )
 

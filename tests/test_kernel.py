@@ -62,7 +62,7 @@ def path(monkeypatch):
     """Force the kernel's training path: 0 (each member alone) or a block width."""
 
     def force(choice):
-        monkeypatch.setattr(kernel_ops, "choose", lambda K, threads, one_fits, width=None: choice)
+        monkeypatch.setattr(kernel_ops, "choose", lambda K, threads, one_fits, width: choice)
 
     return force
 
@@ -168,10 +168,8 @@ def test_an_avx2_build_computes_the_same_numbers_as_the_native_one(tmp_path):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty kernel cache for this test; the session's kernel comes back afterwards."""
-    monkeypatch.setenv("ZIPNET_CACHE", str(tmp_path))
-    kernel.forget()
-    yield tmp_path
-    kernel.forget()
+    monkeypatch.setenv("ZIPNET_CACHE", str(tmp_path))  # another cache: kernel.load() loads afresh
+    return tmp_path
 
 
 def _trains_correctly() -> None:

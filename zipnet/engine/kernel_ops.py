@@ -22,9 +22,10 @@ from zipnet.engine import kernel
 STEP_SECONDS = {512: {"one": 7.0e-6, 8: 34e-6, 16: 58e-6}, 256: {"one": 10e-6, 8: 51e-6}}
 
 
-def choose(K: int, threads: int, one_fits: bool, width: int | None = None) -> int:
-    """The training path for K members on `threads` threads: 0 (each member on its own) or a block width."""
-    seconds = STEP_SECONDS[512 if (width or kernel.vector_width()) >= 512 else 256]
+def choose(K: int, threads: int, one_fits: bool, width: int) -> int:
+    """The training path for K members on `threads` threads of a `width`-bit build: 0 (each member on
+    its own) or a block width."""
+    seconds = STEP_SECONDS[512 if width >= 512 else 256]
     costs = {blk: math.ceil(math.ceil(K / blk) / threads) * seconds[blk] for blk in kernel.LANES if blk in seconds}
     if one_fits:
         costs[0] = math.ceil(K / threads) * seconds["one"]
@@ -38,6 +39,7 @@ class KernelOps:
         self.pop = pop
         self.k = found
         self.build = found.build
+        self.width = kernel.vector_width(found)
         self._eval_inputs: dict[int, tuple] = {}  # id of a split's digits -> (digits, padded inputs, int32 labels)
         self._grids: tuple | None = None  # (training inputs, the same as 5x5 grids) for the one-member path
 
@@ -111,7 +113,7 @@ class KernelOps:
     def train_pass(self, inputs: torch.Tensor, labels: torch.Tensor, member_index: list[int]) -> None:
         """One pass in place: inputs (D, N, 20, 20), labels (D, N) int32, member_index (K,) into D."""
         pop = self.pop
-        path = choose(pop.K, pop.threads, self.one_fits())
+        path = choose(pop.K, pop.threads, self.one_fits(), self.width)
         rows = kernel.flat(pop.params)
         consts = self.consts()
         if path == 0:
@@ -159,7 +161,7 @@ class KernelOps:
     ) -> dict[str, torch.Tensor]:
         """SDLM: h summed over the sample's patterns of each member's own dataset (no dropout)."""
         pop = self.pop
-        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, pop.threads, False)
+        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, pop.threads, False, self.width)
         packed = kernel.blocks(kernel.flat(pop.params), blk)
         nblocks = packed.shape[0]
         dataset = torch.tensor(member_index + [member_index[0]] * (nblocks * blk - pop.K), dtype=torch.int32)
