@@ -55,7 +55,7 @@ def machine(device: str, threads: int) -> str:
 
 def time_reference(digits, passes: int) -> tuple[float, float, float]:
     member = Member()
-    pop = Population([member], backend="torch")
+    pop = Population([member])
     model = Net1989(pop.member_params(0), connection_table(member.table), member.activation)
     targets = pop.targets[0, digits.train_y]
     train_s = eval_s = 0.0

@@ -42,7 +42,7 @@ def main() -> None:
     )
 
     member = Member()
-    pop = Population([member], backend="torch")
+    pop = Population([member])
     model = Net1989(pop.member_params(0), connection_table(member.table), member.activation)
     targets = pop.targets[0, digits.train_y]
     ref_train = ref_eval = 0.0

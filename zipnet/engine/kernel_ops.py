@@ -10,6 +10,7 @@ same numbers, so the choice changes the time and nothing else.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -33,13 +34,16 @@ def choose(K: int, threads: int, one_fits: bool, width: int) -> int:
 
 
 class KernelOps:
-    """Drives zipnet.engine.kernel for one Population."""
+    """The kernel backend of one Population: drives zipnet.engine.kernel (the CPU only, one connection table)."""
 
-    def __init__(self, pop, found: kernel.Kernel):
+    name = "c"  # what a RunResult records
+
+    def __init__(self, pop, found: kernel.Kernel, threads: int = 0):
         self.pop = pop
         self.k = found
         self.build = found.build
         self.width = kernel.vector_width(found)
+        self.threads = threads or os.cpu_count() or 1  # the results do not depend on it
         self._eval_inputs: dict[int, tuple] = {}  # id of a split's digits -> (digits, padded inputs, int32 labels)
         self._grids: tuple | None = None  # (training inputs, the same as 5x5 grids) for the one-member path
 
@@ -110,17 +114,22 @@ class KernelOps:
             optim.m["flat"], optim.v["flat"] = rows[0], rows[1]
             optim.t += steps
 
-    def train_pass(self, inputs: torch.Tensor, labels: torch.Tensor, member_index: list[int]) -> None:
-        """One pass in place: inputs (D, N, 20, 20), labels (D, N) int32, member_index (K,) into D."""
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass's digits x (D, N, 1, 16, 16) as (D, N, 20, 20) padded inputs, with the (D, N) labels as int32."""
+        return torch.stack([kernel.padded_inputs(xd) for xd in x]), labels.to(torch.int32).contiguous()
+
+    def train_pass(self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int]) -> None:
+        """One pass in place over prepare()'s inputs; member_index (K,) into D."""
+        inputs, labels = prepared
         pop = self.pop
-        path = choose(pop.K, pop.threads, self.one_fits(), self.width)
+        path = choose(pop.K, self.threads, self.one_fits(), self.width)
         rows = kernel.flat(pop.params)
         consts = self.consts()
         if path == 0:
             if self._grids is None or self._grids[0] is not inputs:
                 self._grids = (inputs, kernel.grids(inputs))
             dataset = torch.tensor(member_index, dtype=torch.int32)
-            kernel.train_one(self.k, rows, consts, pop.table, inputs, self._grids[1], labels, dataset, pop.threads)
+            kernel.train_one(self.k, rows, consts, pop.table, inputs, self._grids[1], labels, dataset, self.threads)
             kernel.unflat(rows, pop.params)
             return
         blk = path
@@ -148,7 +157,7 @@ class KernelOps:
             labels,
             dataset,
             keep,
-            pop.threads,
+            self.threads,
         )
         kernel.unflat(kernel.unblocks(packed, pop.K), pop.params)
         if state:
@@ -156,12 +165,13 @@ class KernelOps:
                 [kernel.unblocks(packed_state[:, s], pop.K).contiguous() for s in range(len(state))], inputs.shape[1]
             )
 
-    def curvature_sum(
-        self, inputs: torch.Tensor, labels: torch.Tensor, member_index: list[int], sample: list[int]
+    def sample_curvature(
+        self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int], sample: list[int]
     ) -> dict[str, torch.Tensor]:
-        """SDLM: h summed over the sample's patterns of each member's own dataset (no dropout)."""
+        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        inputs, labels = prepared
         pop = self.pop
-        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, pop.threads, False, self.width)
+        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, self.threads, False, self.width)
         packed = kernel.blocks(kernel.flat(pop.params), blk)
         nblocks = packed.shape[0]
         dataset = torch.tensor(member_index + [member_index[0]] * (nblocks * blk - pop.K), dtype=torch.int32)
@@ -176,11 +186,11 @@ class KernelOps:
             labels,
             dataset,
             sample,
-            pop.threads,
+            self.threads,
         )
         out = {n: torch.empty_like(t) for n, t in pop.params.items()}
         kernel.unflat(kernel.unblocks(total, pop.K).contiguous(), out)
-        return out
+        return {name: t.div_(len(sample)) for name, t in out.items()}
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -199,7 +209,7 @@ class KernelOps:
             prepared.append((inputs, labels, want))
         dataset = torch.tensor(member_index, dtype=torch.int32)
         found = kernel.evaluate(
-            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, prepared, pop.threads
+            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, prepared, self.threads
         )
         out = []
         for (_, y), (loss_sum, misses, y_out) in zip(splits, found):

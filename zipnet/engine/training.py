@@ -15,10 +15,10 @@ import torch
 
 from zipnet import paper
 from zipnet.engine import kernel
-from zipnet.engine.evaluation import evaluate
+from zipnet.engine.backend import Backend, Prepared, backend_for
 from zipnet.engine.members import Member, RunResult
 from zipnet.engine.population import Population
-from zipnet.engine.streams import Streams, hessian_sample, training_pass
+from zipnet.engine.streams import Streams, hessian_sample, pass_digits
 from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
@@ -50,31 +50,28 @@ def train(
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
-    pop = Population(members, dev, backend=backend, threads=threads)
-    results = [
-        RunResult(member=m, backend=pop.backend, kernel_build=pop.kernel_build, cpu=kernel.cpu_model()) for m in members
-    ]
+    pop = Population(members, dev)
+    ops = backend_for(pop, backend, threads)
+    results = [RunResult(member=m, backend=ops.name, kernel_build=ops.build, cpu=kernel.cpu_model()) for m in members]
     active = list(range(len(members)))  # positions in `results` of the population's members
     splits = {split: streams.split(split, dev) for split in SPLITS}
     n_train, n_test = splits["train"][1].shape[1], splits["test"][1].shape[1]
-    tp = None  # what a training pass reads; made once, or per pass when shifted
+    prepared = None  # the training pass as the backend reads it; made once, or per pass when shifted
     with torch.no_grad():
         for pass_index in range(passes):
             pass_number = pass_index + 1
             lrs = pop.optim.start_pass(pass_index, passes)
             started = time.perf_counter()
-            if shift or tp is None:
-                tp = training_pass(*splits["train"], shift, shift_seed, pass_index, pop.kernel is not None)
+            if shift or prepared is None:
+                x, labels = splits["train"]
+                prepared = ops.prepare(pass_digits(x, shift, shift_seed, pass_index), labels)
             pop.draw_dropout(n_train, pass_index)
-            _curvature(pop, tp, streams, pass_index)
-            if pop.kernel is not None:
-                pop.kernel.train_pass(tp.inputs, tp.labels32, streams.index)
-            else:
-                pop.ops.train_pass(tp.patches, tp.labels, streams.member_index(dev))
+            _curvature(pop, ops, prepared, streams.index, n_train, pass_index)
+            ops.train_pass(prepared, streams.index)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            (train_loss, train_misses, _), (test_loss, test_misses, test_y) = evaluate(
-                pop, [splits["train"], splits["test"]], streams.index, outputs=(False, True)
+            (train_loss, train_misses, _), (test_loss, test_misses, test_y) = ops.evaluate(
+                [splits["train"], splits["test"]], streams.index, outputs=(False, True)
             )
             eval_seconds = time.perf_counter() - started
             metrics = {
@@ -130,22 +127,17 @@ def train(
     return results
 
 
-def _curvature(pop: Population, tp, streams: Streams, pass_index: int) -> None:
-    """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5), each member on its
-    own dataset at the same places; in "running" mode only before the first pass, then per pattern."""
+def _curvature(
+    pop: Population, ops: Backend, prepared: Prepared, member_index: list[int], n: int, pass_index: int
+) -> None:
+    """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5) of the pass's n, each
+    member on its own dataset at the same places; in "running" mode only before the first pass, then
+    per pattern."""
     mode = pop.optim.curvature
     if not (mode == "pass" or (mode == "running" and pass_index == 0)):
         return
-    sample = hessian_sample(tp.labels.shape[1], pop.optim.samples, pass_index)
-    if pop.kernel is not None:
-        total = pop.kernel.curvature_sum(tp.inputs, tp.labels32, streams.index, sample)
-        pop.optim.set_curvature({name: t.div_(len(sample)) for name, t in total.items()})
-        return
-    patches = tp.patches[:, sample]  # (D, S, 25, 64)
-    if streams.shared:
-        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[0]))
-    else:
-        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[streams.member_index(pop.device)].transpose(0, 1)))
+    sample = hessian_sample(n, pop.optim.samples, pass_index)
+    pop.optim.set_curvature(ops.sample_curvature(prepared, member_index, sample))
 
 
 def format_pass(result: RunResult, prefix: str = "") -> str:
