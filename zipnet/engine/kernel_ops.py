@@ -199,17 +199,17 @@ class KernelOps:
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Every member on its own dataset, all splits in one kernel call; per split (loss, misses, outputs)."""
         pop = self.pop
-        prepared = []
+        laid_out = []
         for (x, y), want in zip(splits, outputs):
             key = id(x)
             if key not in self._eval_inputs or self._eval_inputs[key][0] is not x:  # laid out once per split
                 inputs = kernel.tiles(self.k, torch.stack([kernel.padded_inputs(xd) for xd in x]))
                 self._eval_inputs[key] = (x, inputs, y.to(torch.int32).contiguous())
             _, inputs, labels = self._eval_inputs[key]
-            prepared.append((inputs, labels, want))
+            laid_out.append((inputs, labels, want))
         dataset = torch.tensor(member_index, dtype=torch.int32)
         found = kernel.evaluate(
-            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, prepared, self.threads
+            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, laid_out, self.threads
         )
         out = []
         for (_, y), (loss_sum, misses, y_out) in zip(splits, found):

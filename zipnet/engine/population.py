@@ -69,7 +69,8 @@ class Population:
         self.keep_masks = torch.stack(masks).to(self.device)
 
     def keep(self, index: list[int]) -> None:
-        """Continue with only the members at `index`; the others leave the population."""
+        """Continue with only the members at `index`; the others leave the population. The survivors get
+        new tensors: torch ops bind to them at their next step."""
         idx = torch.tensor(index, dtype=torch.long, device=self.device)
         self.members = [self.members[i] for i in index]
         self.params = {n: t.index_select(0, idx).contiguous() for n, t in self.params.items()}
