@@ -24,9 +24,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from zipnet import kernel
 from zipnet.data import load_digits
-from zipnet.engine import Member, Population, train
+from zipnet.engine import Member, Population, kernel, train
 from zipnet.net import InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, train_pass
@@ -49,14 +48,14 @@ def machine(device: str, threads: int) -> str:
     found = kernel.load()
     build = f"kernel build {found.build}" if found else "no kernel (torch ops)"
     return (
-        f"CPU: {kernel.cpu_model()}; {kernel.vector_width()}-bit vectors; {os.cpu_count()} cores, "
+        f"CPU: {kernel.cpu_model()}; {kernel.vector_width(found)}-bit vectors; {os.cpu_count()} cores, "
         f"kernel threads {kernel_threads(threads)}; {build}"
     )
 
 
 def time_reference(digits, passes: int) -> tuple[float, float, float]:
     member = Member()
-    pop = Population([member], backend="torch")
+    pop = Population([member])
     model = Net1989(pop.member_params(0), connection_table(member.table), member.activation)
     targets = pop.targets[0, digits.train_y]
     train_s = eval_s = 0.0

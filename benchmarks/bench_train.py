@@ -18,9 +18,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from zipnet import kernel
 from zipnet.data import load_digits
-from zipnet.engine import Member, Population, train
+from zipnet.engine import Member, Population, kernel, train
 from zipnet.net import connection_table
 from zipnet.reference import Net1989, train_pass
 from zipnet.train import CONF_DIR
@@ -38,12 +37,12 @@ def main() -> None:
     n = len(digits.train_y)
     found = kernel.load()
     print(
-        f"CPU: {kernel.cpu_model()}; {kernel.vector_width()}-bit vectors; {os.cpu_count()} cores; "
+        f"CPU: {kernel.cpu_model()}; {kernel.vector_width(found)}-bit vectors; {os.cpu_count()} cores; "
         f"{'kernel build ' + found.build if found else 'no kernel'}; torch threads 1"
     )
 
     member = Member()
-    pop = Population([member], backend="torch")
+    pop = Population([member])
     model = Net1989(pop.member_params(0), connection_table(member.table), member.activation)
     targets = pop.targets[0, digits.train_y]
     ref_train = ref_eval = 0.0

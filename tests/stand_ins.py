@@ -1,4 +1,5 @@
-"""Learnable stand-in digits for engine tests: fast, no data files."""
+"""Learnable stand-in digits for engine tests (fast, no data files), and a backend's pass and
+evaluation over one such set of digits, shared by every member."""
 
 from dataclasses import dataclass
 
@@ -31,3 +32,15 @@ def data(n_train=1000, n_test=200, seed=3):
     """Stand-in train and test digits; another seed draws other digits (another data.seed)."""
     x, y = digits(n_train + n_test, seed=seed)
     return Digits(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def one_pass(ops, x, y) -> None:
+    """One training pass of every member of the backend's population over the same (N, 1, 16, 16) digits."""
+    pop = ops.pop
+    ops.train_pass(ops.prepare(x.unsqueeze(0).to(pop.device), y.unsqueeze(0).to(pop.device)), [0] * pop.K)
+
+
+def evaluated(ops, x, y):
+    """Per member on the same digits: the loss (K,), misses (K,) and (K, N, 10) outputs."""
+    ((loss, misses, out),) = ops.evaluate([(x.unsqueeze(0), y.unsqueeze(0))], [0] * ops.pop.K, outputs=(True,))
+    return loss, misses, out

@@ -7,8 +7,10 @@ import torch
 from stand_ins import close as _close
 from stand_ins import data as _data
 from stand_ins import digits as _digits
+from stand_ins import evaluated, one_pass
 
-from zipnet.engine import Member, Population, input_patches, train
+from zipnet.engine import Member, Population, backend_for, input_patches, train
+from zipnet.engine.torch_ops import TorchOps
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_loss, train_pass
@@ -38,9 +40,10 @@ def _reference(pop: Population, k: int) -> Net1989:
 def test_gradients_match_autograd(members):
     x, y = _digits(4)
     pop = Population(members)
+    ops = TorchOps(pop)
     patches = input_patches(x)
     for i in range(4):
-        grads = pop.gradients(patches[i], int(y[i]))
+        grads = ops.gradients(patches[i], int(y[i]))
         for k, m in enumerate(members):
             ref = _reference(pop, k)
             example_loss(ref(x[i : i + 1])[0], pop.targets[k, y[i]], m.mse).backward()
@@ -55,7 +58,7 @@ def test_each_mse_gradient_equals_autograd_of_its_loss(mse):
     x, y = _digits(1, seed=5)
     member = Member(mse=mse)
     pop = Population([member])
-    grads = pop.gradients(input_patches(x)[0], int(y[0]))
+    grads = TorchOps(pop).gradients(input_patches(x)[0], int(y[0]))
     ref = _reference(pop, 0)
     out = ref(x)[0]
     t = pop.targets[0, y[0]]
@@ -69,13 +72,14 @@ def test_each_mse_gradient_equals_autograd_of_its_loss(mse):
 @pytest.mark.parametrize("members", [MEMBERS[:1], MEMBERS], ids=["K=1", "K=3"])
 def test_sgd_steps_match_the_reference_loop(members, fused):
     x, y = _digits(5, seed=1)
-    pop = Population(members, fused=fused)
+    pop = Population(members)
+    ops = TorchOps(pop, fused=fused)
     refs = [_reference(pop, k) for k in range(len(members))]
     pop.optim.start_pass(0)
     patches = input_patches(x)
     with torch.no_grad():
         for i in range(5):
-            pop.step(patches[i], int(y[i]))
+            ops.step(patches[i], int(y[i]))
     for k, (m, ref) in enumerate(zip(members, refs)):
         train_pass(ref, x, pop.targets[k, y], lr=m.optim.lr, mse=m.mse)
         want = ref.engine_params()
@@ -86,7 +90,7 @@ def test_sgd_steps_match_the_reference_loop(members, fused):
 def test_evaluation_matches_the_reference_forward():
     x, y = _digits(50, seed=2)
     pop = Population(MEMBERS)
-    loss, misses, out = pop.evaluate(x, y)
+    loss, misses, out = evaluated(TorchOps(pop), x, y)
     for k in range(len(MEMBERS)):
         with torch.no_grad():
             ref_out = _reference(pop, k)(x)
@@ -162,16 +166,16 @@ def test_compiled_kernel_matches_the_torch_path():
     """The C kernel (members in SIMD lanes) against the torch ops, over 300 updates and an evaluation."""
     x, y = _digits(300, seed=6)
     members = KERNEL_MEMBERS + [Member(init=InitSpec(seed=s)) for s in range(10, 25)]  # 18: two kernel blocks
-    ops, comp = Population(members, backend="torch"), Population(members, backend="c")
-    assert ops.kernel is None and comp.kernel is not None
-    for pop in (ops, comp):
-        pop.optim.start_pass(0)
+    ops, comp = backend_for(Population(members), "torch"), backend_for(Population(members), "c")
+    assert (ops.name, comp.name) == ("torch", "c")
+    for backend in (ops, comp):
+        backend.pop.optim.start_pass(0)
         with torch.no_grad():
-            pop.train_pass(x, y)
+            one_pass(backend, x, y)
     for name in PARAM_NAMES:
-        _close(comp.params[name], ops.params[name], tol=1e-5)
-    loss_ops, misses_ops, out_ops = ops.evaluate(x, y)
-    loss_c, misses_c, out_c = comp.evaluate(x, y)
+        _close(comp.pop.params[name], ops.pop.params[name], tol=1e-5)
+    loss_ops, misses_ops, out_ops = evaluated(ops, x, y)
+    loss_c, misses_c, out_c = evaluated(comp, x, y)
     _close(out_c, out_ops, tol=1e-5)
     torch.testing.assert_close(loss_c.float(), loss_ops, rtol=1e-4, atol=0)
 

@@ -9,10 +9,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from stand_ins import close, data, digits
+from stand_ins import close, data, digits, evaluated, one_pass
 
-from zipnet import kernel
-from zipnet.engine import Member, Population, kernel_ops, train
+from zipnet.engine import Member, Population, backend_for, kernel, kernel_ops, train
 from zipnet.net import PARAM_NAMES, InitSpec
 from zipnet.optim import OptimSpec
 
@@ -63,7 +62,7 @@ def path(monkeypatch):
     """Force the kernel's training path: 0 (each member alone) or a block width."""
 
     def force(choice):
-        monkeypatch.setattr(kernel_ops, "choose", lambda K, threads, one_fits, width=None: choice)
+        monkeypatch.setattr(kernel_ops, "choose", lambda K, threads, one_fits, width: choice)
 
     return force
 
@@ -122,8 +121,7 @@ def test_the_kernel_matches_torch_ops_to_float_rounding(rule):
 @pytest.mark.parametrize("K", range(1, 10))
 def test_every_population_size_trains_on_the_kernel(K):
     members = [replace(PAPER[0], init=InitSpec(seed=s)) for s in range(K)]
-    pop = Population(members, backend="auto")
-    assert pop.kernel is not None
+    assert backend_for(Population(members), "auto").name == "c"
     (result, *_) = train(members, data(100, 50), passes=1, log=None)
     assert result.backend == "c"
 
@@ -151,12 +149,12 @@ def test_an_avx2_build_computes_the_same_numbers_as_the_native_one(tmp_path):
     results = []
     for found in (native, avx2):
         for members in (PAPER[:1], PAPER, RULES["adamw-modern"]):
-            pop = Population(members, backend="c")
-            pop.kernel.k = found
+            pop = Population(members)
+            ops = kernel_ops.KernelOps(pop, found)
             pop.optim.start_pass(0)
             pop.draw_dropout(200, 0)
-            pop.train_pass(x, y)
-            results.append((kernel.flat(pop.params), pop.evaluate(x, y)))
+            one_pass(ops, x, y)
+            results.append((kernel.flat(pop.params), evaluated(ops, x, y)))
     half = len(results) // 2
     for (p_native, e_native), (p_avx2, e_avx2) in zip(results[:half], results[half:]):
         assert torch.equal(p_native, p_avx2)
@@ -169,10 +167,8 @@ def test_an_avx2_build_computes_the_same_numbers_as_the_native_one(tmp_path):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     """An empty kernel cache for this test; the session's kernel comes back afterwards."""
-    monkeypatch.setenv("ZIPNET_CACHE", str(tmp_path))
-    kernel.forget()
-    yield tmp_path
-    kernel.forget()
+    monkeypatch.setenv("ZIPNET_CACHE", str(tmp_path))  # another cache: kernel.load() loads afresh
+    return tmp_path
 
 
 def _trains_correctly() -> None:

@@ -19,6 +19,7 @@ from zipnet import config as checks
 from zipnet import tracking
 from zipnet.data import load_digits
 from zipnet.engine import MSE_C, Population, input_patches, train
+from zipnet.engine.torch_ops import TorchOps
 from zipnet.model import ZipNet
 from zipnet.train import CONF_DIR
 
@@ -70,7 +71,7 @@ def test_autograd_through_the_module_equals_the_engines_hand_written_backprop():
     member = checks.member(cfg)
     population = Population([member])
     x, label = digits.train_x[:1], int(digits.train_y[0])
-    grads = population.gradients(input_patches(x)[0], label)
+    grads = TorchOps(population).gradients(input_patches(x)[0], label)
     net = ZipNet.from_member(population.member_params(0), member)
     target = torch.full((10,), member.target_negative)
     target[label] = member.target_positive

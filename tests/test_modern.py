@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from stand_ins import close, data, digits
+from stand_ins import close, data, digits, evaluated
 
 from zipnet import config as checks
 from zipnet.engine import Member, Population, input_patches, shifted, train
+from zipnet.engine.torch_ops import TorchOps
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_cross_entropy
@@ -55,10 +56,11 @@ def test_cross_entropy_gradients_with_dropout_match_autograd(activation):
     x, y = digits(4, seed=21)
     members = [replace(m, activation=activation) for m in MODERN]
     pop = Population(members)
+    ops = TorchOps(pop)
     pop.draw_dropout(4, pass_index=0)
     patches = input_patches(x)
     for i in range(4):
-        grads = pop.gradients(patches[i], int(y[i]), i)
+        grads = ops.gradients(patches[i], int(y[i]), i)
         for k in range(pop.K):
             ref = _reference(pop, k)
             ref.keep = pop.keep_masks[k, i].float().view(1, 192) / (1 - members[k].dropout)
@@ -72,6 +74,7 @@ def test_adamw_steps_match_torch_adamw():
     x, y = digits(6, seed=22)
     members = [replace(m, dropout=0.0) for m in MODERN]
     pop = Population(members)
+    ops = TorchOps(pop)
     refs = [_reference(pop, k) for k in range(pop.K)]
     opts = [
         torch.optim.AdamW(
@@ -87,7 +90,7 @@ def test_adamw_steps_match_torch_adamw():
     patches = input_patches(x)
     for i in range(6):
         with torch.no_grad():
-            pop.step(patches[i], int(y[i]), i)
+            ops.step(patches[i], int(y[i]), i)
         for ref, opt in zip(refs, opts):
             opt.zero_grad()
             example_cross_entropy(ref(x[i : i + 1])[0], int(y[i])).backward()
@@ -101,7 +104,7 @@ def test_adamw_steps_match_torch_adamw():
 def test_cross_entropy_loss_is_computed_on_the_split_evaluated():
     x, y = digits(50, seed=23)
     pop = Population(MODERN)
-    loss, misses, out = pop.evaluate(x, y)
+    loss, misses, out = evaluated(TorchOps(pop), x, y)
     for k in range(pop.K):
         with torch.no_grad():
             logits = _reference(pop, k)(x)  # dropout is off in evaluation

@@ -94,7 +94,8 @@ def test_the_wheel_carries_configs_studies_and_kernel(fresh_venv, tmp_path):
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
         import zipnet
-        from zipnet import kernel, resources
+        from zipnet import resources
+        from zipnet.engine import kernel
         print(zipnet.__file__)
         print(resources.checkout_root())
         print(resources.conf_dir())

@@ -17,7 +17,7 @@ def _run(cwd, *args, **env):
 
 
 def test_a_kernel_run_rerun_on_torch_ops_is_reproduced_within_tolerance(tmp_path):
-    from zipnet import kernel
+    from zipnet.engine import kernel
 
     if kernel.load() is None:
         pytest.skip("no compiled kernel here: nothing to compare torch ops against")

@@ -1,9 +1,9 @@
 """Where zipnet's own files are: the Hydra configs, the study definitions and the kernel source.
 
 In a checkout (an editable install) they stay where the repository keeps them: `conf/` and
-`sweeps/` at the top, `zipnet/kernel.c` beside the code. A wheel or `pip install .` carries
-them inside the package (setup.py's build step): `zipnet/conf/`, with the studies as the config
-group `zipnet/conf/sweeps/`, and `zipnet/kernel.c`.
+`sweeps/` at the top, `zipnet/engine/kernel.c` beside the engine's code. A wheel or `pip install .`
+carries them inside the package (setup.py's build step): `zipnet/conf/`, with the studies as the
+config group `zipnet/conf/sweeps/`, and `zipnet/engine/kernel.c`.
 """
 
 from __future__ import annotations
@@ -38,4 +38,4 @@ def sweeps_dir() -> Path:
 
 def kernel_source() -> Path:
     """kernel.c, the CPU kernel's source, compiled on first use."""
-    return PACKAGE / "kernel.c"
+    return PACKAGE / "engine" / "kernel.c"

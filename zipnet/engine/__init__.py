@@ -5,16 +5,21 @@ and backward passes are one batched computation. A single run is a population of
 
     members.py      Member (what may differ between members), RunResult (one member's outcome)
     streams.py      each member's dataset, the pass's (shifted) digits, SDLM's curvature sample
-    population.py   the stacked parameters and per-member constants; which backend computes them
-    torch_ops.py    the torch backend: the batched per-pattern step, backprop and curvature by hand
-    kernel_ops.py   the kernel backend: passes, curvature and evaluation on the compiled C kernel
-    evaluation.py   loss and misses on train and test after every pass
-    training.py     train(): the loop over passes, divergence, pruning, logging
+    population.py   the stacked parameters, per-member constants, optimiser and dropout masks
+    backend.py      the backend contract (prepare a pass, train it, curvature, evaluate) and the
+                    one place that picks a population's backend
+    torch_ops.py    the torch backend: the batched per-pattern step, backprop and curvature by
+                    hand, evaluation
+    kernel_ops.py   the kernel backend: passes, curvature and evaluation on the compiled kernel
+    kernel.py       the compiled CPU kernel (kernel.c): built, verified, cached, called by ctypes
+    training.py     train(): the loop over passes, each member's rows, divergence, pruning
 """
 
+from zipnet.engine.backend import Backend, backend_for
 from zipnet.engine.members import BACKENDS, MSE_C, Member, RunResult
 from zipnet.engine.population import Population
-from zipnet.engine.streams import hessian_sample, input_patches, shifted
+from zipnet.engine.streams import hessian_sample, shifted
+from zipnet.engine.torch_ops import input_patches
 from zipnet.engine.training import PassHook, format_pass, train
 from zipnet.metrics import SPLITS
 
@@ -25,6 +30,8 @@ __all__ = [
     "Member",
     "RunResult",
     "Population",
+    "Backend",
+    "backend_for",
     "PassHook",
     "format_pass",
     "train",

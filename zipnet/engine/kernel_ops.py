@@ -10,11 +10,12 @@ same numbers, so the choice changes the time and nothing else.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
-from zipnet import kernel
+from zipnet.engine import kernel
 
 # Seconds per pattern of one member alone ("one") or of one block of lanes, on 1 thread, measured
 # with the AVX-512 and the AVX2 build on a Xeon (Sapphire Rapids); only their ratios matter. An
@@ -22,9 +23,10 @@ from zipnet import kernel
 STEP_SECONDS = {512: {"one": 7.0e-6, 8: 34e-6, 16: 58e-6}, 256: {"one": 10e-6, 8: 51e-6}}
 
 
-def choose(K: int, threads: int, one_fits: bool, width: int | None = None) -> int:
-    """The training path for K members on `threads` threads: 0 (each member on its own) or a block width."""
-    seconds = STEP_SECONDS[512 if (width or kernel.vector_width()) >= 512 else 256]
+def choose(K: int, threads: int, one_fits: bool, width: int) -> int:
+    """The training path for K members on `threads` threads of a `width`-bit build: 0 (each member on
+    its own) or a block width."""
+    seconds = STEP_SECONDS[512 if width >= 512 else 256]
     costs = {blk: math.ceil(math.ceil(K / blk) / threads) * seconds[blk] for blk in kernel.LANES if blk in seconds}
     if one_fits:
         costs[0] = math.ceil(K / threads) * seconds["one"]
@@ -32,12 +34,16 @@ def choose(K: int, threads: int, one_fits: bool, width: int | None = None) -> in
 
 
 class KernelOps:
-    """Drives zipnet.kernel for one Population."""
+    """The kernel backend of one Population: drives zipnet.engine.kernel (the CPU only, one connection table)."""
 
-    def __init__(self, pop, found: kernel.Kernel):
+    name = "c"  # what a RunResult records
+
+    def __init__(self, pop, found: kernel.Kernel, threads: int = 0):
         self.pop = pop
         self.k = found
         self.build = found.build
+        self.width = kernel.vector_width(found)
+        self.threads = threads or os.cpu_count() or 1  # the results do not depend on it
         self._eval_inputs: dict[int, tuple] = {}  # id of a split's digits -> (digits, padded inputs, int32 labels)
         self._grids: tuple | None = None  # (training inputs, the same as 5x5 grids) for the one-member path
 
@@ -108,17 +114,22 @@ class KernelOps:
             optim.m["flat"], optim.v["flat"] = rows[0], rows[1]
             optim.t += steps
 
-    def train_pass(self, inputs: torch.Tensor, labels: torch.Tensor, member_index: list[int]) -> None:
-        """One pass in place: inputs (D, N, 20, 20), labels (D, N) int32, member_index (K,) into D."""
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass's digits x (D, N, 1, 16, 16) as (D, N, 20, 20) padded inputs, with the (D, N) labels as int32."""
+        return torch.stack([kernel.padded_inputs(xd) for xd in x]), labels.to(torch.int32).contiguous()
+
+    def train_pass(self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int]) -> None:
+        """One pass in place over prepare()'s inputs; member_index (K,) into D."""
+        inputs, labels = prepared
         pop = self.pop
-        path = choose(pop.K, pop.threads, self.one_fits())
+        path = choose(pop.K, self.threads, self.one_fits(), self.width)
         rows = kernel.flat(pop.params)
         consts = self.consts()
         if path == 0:
             if self._grids is None or self._grids[0] is not inputs:
                 self._grids = (inputs, kernel.grids(inputs))
             dataset = torch.tensor(member_index, dtype=torch.int32)
-            kernel.train_one(self.k, rows, consts, pop.table, inputs, self._grids[1], labels, dataset, pop.threads)
+            kernel.train_one(self.k, rows, consts, pop.table, inputs, self._grids[1], labels, dataset, self.threads)
             kernel.unflat(rows, pop.params)
             return
         blk = path
@@ -146,7 +157,7 @@ class KernelOps:
             labels,
             dataset,
             keep,
-            pop.threads,
+            self.threads,
         )
         kernel.unflat(kernel.unblocks(packed, pop.K), pop.params)
         if state:
@@ -154,12 +165,13 @@ class KernelOps:
                 [kernel.unblocks(packed_state[:, s], pop.K).contiguous() for s in range(len(state))], inputs.shape[1]
             )
 
-    def curvature_sum(
-        self, inputs: torch.Tensor, labels: torch.Tensor, member_index: list[int], sample: list[int]
+    def sample_curvature(
+        self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int], sample: list[int]
     ) -> dict[str, torch.Tensor]:
-        """SDLM: h summed over the sample's patterns of each member's own dataset (no dropout)."""
+        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        inputs, labels = prepared
         pop = self.pop
-        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, pop.threads, False)
+        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, self.threads, False, self.width)
         packed = kernel.blocks(kernel.flat(pop.params), blk)
         nblocks = packed.shape[0]
         dataset = torch.tensor(member_index + [member_index[0]] * (nblocks * blk - pop.K), dtype=torch.int32)
@@ -174,11 +186,11 @@ class KernelOps:
             labels,
             dataset,
             sample,
-            pop.threads,
+            self.threads,
         )
         out = {n: torch.empty_like(t) for n, t in pop.params.items()}
         kernel.unflat(kernel.unblocks(total, pop.K).contiguous(), out)
-        return out
+        return {name: t.div_(len(sample)) for name, t in out.items()}
 
     # --- evaluation -------------------------------------------------------------------------
 
@@ -187,17 +199,17 @@ class KernelOps:
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Every member on its own dataset, all splits in one kernel call; per split (loss, misses, outputs)."""
         pop = self.pop
-        prepared = []
+        laid_out = []
         for (x, y), want in zip(splits, outputs):
             key = id(x)
             if key not in self._eval_inputs or self._eval_inputs[key][0] is not x:  # laid out once per split
                 inputs = kernel.tiles(self.k, torch.stack([kernel.padded_inputs(xd) for xd in x]))
                 self._eval_inputs[key] = (x, inputs, y.to(torch.int32).contiguous())
             _, inputs, labels = self._eval_inputs[key]
-            prepared.append((inputs, labels, want))
+            laid_out.append((inputs, labels, want))
         dataset = torch.tensor(member_index, dtype=torch.int32)
         found = kernel.evaluate(
-            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, prepared, pop.threads
+            self.k, kernel.flat(pop.params), self.consts(), self.setup(), pop.table, dataset, laid_out, self.threads
         )
         out = []
         for (_, y), (loss_sum, misses, y_out) in zip(splits, found):

@@ -14,8 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zipnet import kernel
-
 
 @dataclass
 class Streams:
@@ -45,16 +43,9 @@ class Streams:
             )
         return cls(datasets, index)
 
-    @property
-    def shared(self) -> bool:
-        return len(self.datasets) == 1
-
     def keep(self, positions: list[int]) -> None:
         """Only the members at `positions` go on (datasets no one reads any more stay; they cost no steps)."""
         self.index = [self.index[k] for k in positions]
-
-    def member_index(self, device) -> torch.Tensor:
-        return torch.tensor(self.index, dtype=torch.long, device=device)
 
     def split(self, name: str, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(D, N, 1, 16, 16) digits and (D, N) labels of one split, every dataset stacked."""
@@ -63,35 +54,12 @@ class Streams:
         return xs, ys
 
 
-@dataclass
-class TrainingPass:
-    """What one training pass reads: per dataset, the (shifted) digits as the chosen backend wants them."""
-
-    labels: torch.Tensor  # (D, N) int64
-    patches: torch.Tensor | None = None  # (D, N, 25, 64) H1 receptive fields (torch ops)
-    inputs: torch.Tensor | None = None  # (D, N, 20, 20) padded digits (the kernel)
-    labels32: torch.Tensor | None = None  # (D, N) int32 (the kernel)
-
-
-def training_pass(
-    x: torch.Tensor, labels: torch.Tensor, shift: int, shift_seed: int, pass_index: int, for_kernel: bool
-) -> TrainingPass:
-    """The pass's training digits: x (D, N, 1, 16, 16), each dataset moved by the same seeded shifts."""
-    if shift:
-        x = torch.stack([shifted(xd, shift, np.random.default_rng([shift_seed, pass_index])) for xd in x])
-    if for_kernel:
-        inputs = torch.stack([kernel.padded_inputs(xd) for xd in x])
-        return TrainingPass(labels, inputs=inputs, labels32=labels.to(torch.int32).contiguous())
-    return TrainingPass(labels, patches=torch.stack([input_patches(xd) for xd in x]))
-
-
-def input_patches(x: torch.Tensor) -> torch.Tensor:
-    """(N, 1, 16, 16) digits -> (N, 25, 64) H1 receptive fields, edges reading -1.
-
-    "The input is surrounded by a constant background of -1": pad by 2, 5x5 windows, stride 2.
-    """
-    padded = F.pad(x, (2, 2, 2, 2), "constant", -1.0)
-    return F.unfold(padded, kernel_size=5, stride=2)
+def pass_digits(x: torch.Tensor, shift: int, shift_seed: int, pass_index: int) -> torch.Tensor:
+    """A pass's training digits x (D, N, 1, 16, 16): each dataset moved by the same seeded shifts, or as
+    they are without a shift."""
+    if not shift:
+        return x
+    return torch.stack([shifted(xd, shift, np.random.default_rng([shift_seed, pass_index])) for xd in x])
 
 
 def hessian_sample(n: int, samples: int, pass_index: int) -> list[int]:

@@ -4,7 +4,7 @@ Every member takes its pattern at the same step, so the K forward and backward p
 one batched computation. Backprop is written out by hand (no autograd graph); tests check it
 against the autograd reference in reference.py. A pattern is either shared by all members
 ((25, 64) receptive fields and an int label) or one per member ((K, 25, 64) and a (K,) label
-tensor), when members read their own datasets.
+tensor), when members read their own datasets. Runs on any device, with any settings.
 """
 
 from __future__ import annotations
@@ -31,11 +31,32 @@ def h2_field_index() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(fields.reshape(-1)), torch.from_numpy(units.reshape(-1))
 
 
-class TorchOps:
-    """The batched step of one Population (built again whenever its members change)."""
+def input_patches(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 16, 16) digits -> (N, 25, 64) H1 receptive fields, edges reading -1.
 
-    def __init__(self, pop):
+    "The input is surrounded by a constant background of -1": pad by 2, 5x5 windows, stride 2.
+    """
+    padded = F.pad(x, (2, 2, 2, 2), "constant", -1.0)
+    return F.unfold(padded, kernel_size=5, stride=2)
+
+
+class TorchOps:
+    """The torch backend of one Population: its batched step, curvature and evaluation."""
+
+    name = "torch"  # what a RunResult records
+    build = ""  # no compiled kernel
+
+    def __init__(self, pop, fused: bool = True):
         self.pop = pop
+        self.fused = fused  # False: always through optim.step with explicit gradients (tests check both)
+        self._h2_fields, self._h1_units = (t.to(pop.device) for t in h2_field_index())
+        self._bind()
+
+    def _bind(self) -> None:
+        """What the step reads of the population's members, made from them; made again when they
+        change (Population.keep gives the survivors new parameter tensors)."""
+        pop = self.pop
+        self._bound = pop.params
         p, K, dev = pop.params, pop.K, pop.device
         self.SA, self.S_over_A = pop.S * pop.A, pop.S / pop.A
         self.cSA, self.cS_over_A = pop.c * self.SA, pop.c * self.S_over_A
@@ -53,8 +74,12 @@ class TorchOps:
             "H2w_t": p["H2w"].transpose(1, 2),
             "targets": pop.targets.unsqueeze(3),  # (K, label, 10, 1)
         }
-        self._h2_fields, self._h1_units = (t.to(dev) for t in h2_field_index())
         self._rows = torch.arange(K, device=dev)
+
+    def _follow(self) -> None:
+        """Bind again if the population's members changed since (every step and evaluation starts here)."""
+        if self._bound is not self.pop.params:
+            self._bind()
 
     @property
     def K(self) -> int:
@@ -98,6 +123,7 @@ class TorchOps:
 
     def forward_one(self, patches: torch.Tensor, i: int | None = None):
         """One pattern through every member; `i` (its place in the pass) picks the dropout masks."""
+        self._follow()
         pop, v, K = self.pop, self.views, self.K
         p = pop.params
         x1 = self._f(torch.baddbmm(p["H1b"], p["H1w"], self._patches(patches)), (K, 1, 1))  # (K, 12, 64)
@@ -216,7 +242,7 @@ class TorchOps:
     def step(self, patches: torch.Tensor, label, i: int | None = None) -> None:
         """One per-pattern update of every member (`i`: the pattern's place in the pass)."""
         pop = self.pop
-        if not (pop.fused and pop.optim.fused):
+        if not (self.fused and pop.optim.fused):
             if pop.optim.curvature == "running":
                 grads, h = self.gradients(patches, label, i, curvature=True)
                 pop.optim.observe(h)
@@ -225,8 +251,8 @@ class TorchOps:
             pop.optim.step(pop.params, grads)
             return
         # SGD: w <- w - lr dE/dw, with lr folded into the deltas and the outer products fused into the update
-        p, v, K = pop.params, self.views, self.K
         acts = self.forward_one(patches, i)
+        p, v, K = pop.params, self.views, self.K
         x1, p2, x2, keep, h3_in, x3, y = acts
         lr = pop.optim.lr.view(K, 1, 1)
         d1, d2, d3, d4 = (d.mul_(lr) for d in self._deltas(acts, label))
@@ -241,14 +267,64 @@ class TorchOps:
         p["outw"].baddbmm_(d4, x3.view(K, 1, 30), alpha=-1.0)
         v["outb"].sub_(d4)
 
-    def train_pass(self, patches: torch.Tensor, labels: torch.Tensor, member_index: torch.Tensor) -> None:
-        """One pass of per-pattern updates: patches (D, N, 25, 64), labels (D, N), member_index (K,) into D."""
+    # --- the backend's contract (backend.py) --------------------------------------------------
+
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pass's digits x (D, N, 1, 16, 16) as (D, N, 25, 64) receptive fields, with the (D, N) labels."""
+        return torch.stack([input_patches(xd) for xd in x]), labels
+
+    def train_pass(self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int]) -> None:
+        """One pass of per-pattern updates over prepare()'s patterns; member_index (K,) into D."""
+        patches, labels = prepared
         if patches.shape[0] == 1:  # one dataset: every member takes the same pattern
             for i, label in enumerate(labels[0].tolist()):
                 self.step(patches[0, i], label, i)
             return
+        index = torch.tensor(member_index, dtype=torch.long, device=self.pop.device)
         for i in range(patches.shape[1]):
-            self.step(patches[member_index, i], labels[member_index, i], i)
+            self.step(patches[index, i], labels[index, i], i)
+
+    def sample_curvature(
+        self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int], sample: list[int]
+    ) -> dict[str, torch.Tensor]:
+        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        patches = prepared[0][:, sample]  # (D, S, 25, 64)
+        if patches.shape[0] == 1:
+            return self.estimate_curvature(patches[0])
+        index = torch.tensor(member_index, dtype=torch.long, device=self.pop.device)
+        return self.estimate_curvature(patches[index].transpose(0, 1))
+
+    def evaluate(
+        self, splits: list[tuple[torch.Tensor, torch.Tensor]], member_index: list[int], outputs: tuple[bool, ...]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Every member on its own dataset: per split (x (D, N, 1, 16, 16), labels (D, N)) the loss (K,),
+        misses (K,), and the (K, N, 10) outputs where asked for; convolutions and batched matrix products
+        per dataset."""
+        return [self._evaluate_split(x, y, member_index, want) for (x, y), want in zip(splits, outputs)]
+
+    def _evaluate_split(self, x: torch.Tensor, labels: torch.Tensor, member_index: list[int], want: bool):
+        """The loss is the MSE "averaged over the patterns and over the output units", or for cross-entropy
+        members the mean cross-entropy; either way computed from the split's own outputs (the seed's
+        modern.py reported the last training example's loss)."""
+        pop = self.pop
+        K, N = pop.K, x.shape[1]
+        if x.shape[0] == 1:
+            y = self.outputs(x[0])
+        else:
+            y = torch.empty(K, N, 10, device=pop.device)
+            index = torch.tensor(member_index, device=pop.device)
+            for d in sorted(set(member_index)):
+                rows = (index == d).nonzero().view(-1)
+                y[rows] = self.outputs(x[d], index=rows)
+        per_member = labels[torch.tensor(member_index, device=labels.device)]  # (K, N)
+        if pop.cross_entropy:
+            per_pattern = -torch.log_softmax(y, dim=2).gather(2, per_member.unsqueeze(2))
+        else:
+            rows = torch.arange(K, device=pop.device).view(K, 1)
+            per_pattern = (y - pop.targets[rows, per_member]) ** 2  # (K, N, 10), contiguous like y
+        loss = per_pattern.mean(dim=(1, 2))
+        misses = (y.argmax(dim=2) != per_member).sum(dim=1)
+        return loss, misses, y if want else None
 
     def outputs(self, x: torch.Tensor, index: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
         """Forward a batch of (N, 1, 16, 16) digits through the members at `index` (all by default): (k, N, 10).
@@ -256,6 +332,7 @@ class TorchOps:
         H1 and H2 run as convolutions over all those members at once (H2 grouped by member).
         Dropout is off: evaluation sees the whole net.
         """
+        self._follow()
         pop = self.pop
         p = pop.params if index is None else {n: t.index_select(0, index) for n, t in pop.params.items()}
         K, N = p["H1w"].shape[0], x.shape[0]

@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 import torch
 
-from zipnet import kernel, paper
-from zipnet.engine.evaluation import evaluate
+from zipnet import paper
+from zipnet.engine import kernel
+from zipnet.engine.backend import Backend, Prepared, Scores, backend_for
 from zipnet.engine.members import Member, RunResult
 from zipnet.engine.population import Population
-from zipnet.engine.streams import Streams, hessian_sample, training_pass
+from zipnet.engine.streams import Streams, hessian_sample, pass_digits
 from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
@@ -49,69 +50,36 @@ def train(
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
-    pop = Population(members, dev, backend=backend, threads=threads)
-    results = [
-        RunResult(member=m, backend=pop.backend, kernel_build=pop.kernel_build, cpu=kernel.cpu_model()) for m in members
-    ]
+    pop = Population(members, dev)
+    ops = backend_for(pop, backend, threads)
+    results = [RunResult(member=m, backend=ops.name, kernel_build=ops.build, cpu=kernel.cpu_model()) for m in members]
     active = list(range(len(members)))  # positions in `results` of the population's members
     splits = {split: streams.split(split, dev) for split in SPLITS}
-    n_train, n_test = splits["train"][1].shape[1], splits["test"][1].shape[1]
-    tp = None  # what a training pass reads; made once, or per pass when shifted
+    sizes = {split: y.shape[1] for split, (_, y) in splits.items()}
+    prepared = None  # the training pass as the backend reads it; made once, or per pass when shifted
     with torch.no_grad():
         for pass_index in range(passes):
             pass_number = pass_index + 1
             lrs = pop.optim.start_pass(pass_index, passes)
             started = time.perf_counter()
-            if shift or tp is None:
-                tp = training_pass(*splits["train"], shift, shift_seed, pass_index, pop.kernel is not None)
-            pop.draw_dropout(n_train, pass_index)
-            _curvature(pop, tp, streams, pass_index)
-            if pop.kernel is not None:
-                pop.kernel.train_pass(tp.inputs, tp.labels32, streams.index)
-            else:
-                pop.ops.train_pass(tp.patches, tp.labels, streams.member_index(dev))
+            if shift or prepared is None:
+                x, labels = splits["train"]
+                prepared = ops.prepare(pass_digits(x, shift, shift_seed, pass_index), labels)
+            pop.draw_dropout(sizes["train"], pass_index)
+            _curvature(pop, ops, prepared, streams.index, sizes["train"], pass_index)
+            ops.train_pass(prepared, streams.index)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            (train_loss, train_misses, _), (test_loss, test_misses, test_y) = evaluate(
-                pop, [splits["train"], splits["test"]], streams.index, outputs=(False, True)
-            )
-            eval_seconds = time.perf_counter() - started
-            metrics = {
-                "train": (train_loss.tolist(), train_misses.tolist()),
-                "test": (test_loss.tolist(), test_misses.tolist()),
-            }
-            finite = pop.finite().tolist()
-            gone: list[int] = []
-            for k, pos in enumerate(active):
-                row: dict[str, float] = {"pass": pass_number}
-                for split, n in (("train", n_train), ("test", n_test)):
-                    loss, misses = metrics[split]
-                    row[f"{split}/loss"] = float(loss[k])
-                    row[f"{split}/misses"] = int(misses[k])
-                    row[f"{split}/error"] = 100.0 * int(misses[k]) / n
-                row["lr"] = lrs[k]
-                row["seconds"] = seconds
-                row["eval_seconds"] = eval_seconds
-                if not pop.cross_entropy:  # the paper's figures are MSEs: no gap for a cross-entropy run
-                    row[paper.GAP] = paper.gap(row, n_train, n_test)
-                result = results[pos]
-                result.history.append(row)
-                result.population_sizes.append(len(active))
-                result.population_positions.append(k)
-                result.test_outputs = test_y[k].cpu()
-                if not (finite[k] and math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
-                    result.status, result.diverged_at_pass = "diverged", pass_number
-                    gone.append(k)
+            evaluated = ops.evaluate([splits[split] for split in SPLITS], streams.index, outputs=(False, True))
+            timing = {"seconds": seconds, "eval_seconds": time.perf_counter() - started}
+            scores = dict(zip(SPLITS, evaluated))  # the outputs of the test split only
+            rows = _rows(pass_number, scores, sizes, lrs, timing, pop.cross_entropy)
+            gone = _record(results, active, rows, scores["test"][2], pop.finite().tolist())
             if log is not None:
                 for pos in active:
                     log(format_pass(results[pos], prefix=f"member {pos}: " if len(members) > 1 else ""))
             if on_pass is not None:
-                live = [results[pos] for k, pos in enumerate(active) if k not in gone]
-                for pos in on_pass(pass_number, live) or ():
-                    k = active.index(pos)
-                    if k not in gone:
-                        results[pos].status = "pruned"
-                        gone.append(k)
+                _prune(on_pass, pass_number, results, active, gone)
             for k in gone:
                 results[active[k]].params = pop.member_params(k)
             if progress is not None:
@@ -129,22 +97,74 @@ def train(
     return results
 
 
-def _curvature(pop: Population, tp, streams: Streams, pass_index: int) -> None:
-    """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5), each member on its
-    own dataset at the same places; in "running" mode only before the first pass, then per pattern."""
+def _curvature(
+    pop: Population, ops: Backend, prepared: Prepared, member_index: list[int], n: int, pass_index: int
+) -> None:
+    """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5) of the pass's n, each
+    member on its own dataset at the same places; in "running" mode only before the first pass, then
+    per pattern."""
     mode = pop.optim.curvature
     if not (mode == "pass" or (mode == "running" and pass_index == 0)):
         return
-    sample = hessian_sample(tp.labels.shape[1], pop.optim.samples, pass_index)
-    if pop.kernel is not None:
-        total = pop.kernel.curvature_sum(tp.inputs, tp.labels32, streams.index, sample)
-        pop.optim.set_curvature({name: t.div_(len(sample)) for name, t in total.items()})
-        return
-    patches = tp.patches[:, sample]  # (D, S, 25, 64)
-    if streams.shared:
-        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[0]))
-    else:
-        pop.optim.set_curvature(pop.ops.estimate_curvature(patches[streams.member_index(pop.device)].transpose(0, 1)))
+    sample = hessian_sample(n, pop.optim.samples, pass_index)
+    pop.optim.set_curvature(ops.sample_curvature(prepared, member_index, sample))
+
+
+def _rows(
+    pass_number: int,
+    scores: dict[str, Scores],
+    sizes: dict[str, int],
+    lrs: list[float],
+    timing: dict[str, float],
+    cross_entropy: bool,
+) -> list[dict[str, float]]:
+    """Each member's metric row for the pass: per split its loss, misses and error in %, then its lr
+    and the pass's wall times."""
+    per_split = {split: (loss.tolist(), misses.tolist()) for split, (loss, misses, _) in scores.items()}
+    rows = []
+    for k, lr in enumerate(lrs):
+        row: dict[str, float] = {"pass": pass_number}
+        for split, (loss, misses) in per_split.items():
+            row[f"{split}/loss"] = float(loss[k])
+            row[f"{split}/misses"] = int(misses[k])
+            row[f"{split}/error"] = 100.0 * int(misses[k]) / sizes[split]
+        row["lr"] = lr
+        row.update(timing)
+        if not cross_entropy:  # the paper's figures are MSEs: no gap for a cross-entropy run
+            row[paper.GAP] = paper.gap(row, sizes["train"], sizes["test"])
+        rows.append(row)
+    return rows
+
+
+def _record(
+    results: list[RunResult],
+    active: list[int],
+    rows: list[dict[str, float]],
+    test_outputs: torch.Tensor,
+    finite: list[bool],
+) -> list[int]:
+    """Each member's row into its result; returns the places (in the population) of those that diverged."""
+    diverged = []
+    for k, (pos, row) in enumerate(zip(active, rows)):
+        result = results[pos]
+        result.history.append(row)
+        result.population_sizes.append(len(active))
+        result.population_positions.append(k)
+        result.test_outputs = test_outputs[k].cpu()
+        if not (finite[k] and math.isfinite(row["train/loss"]) and math.isfinite(row["test/loss"])):
+            result.status, result.diverged_at_pass = "diverged", row["pass"]
+            diverged.append(k)
+    return diverged
+
+
+def _prune(on_pass: PassHook, pass_number: int, results: list[RunResult], active: list[int], gone: list[int]) -> None:
+    """The hook sees the live members' results; those it names stop as pruned (their places join `gone`)."""
+    live = [results[pos] for k, pos in enumerate(active) if k not in gone]
+    for pos in on_pass(pass_number, live) or ():
+        k = active.index(pos)
+        if k not in gone:
+            results[pos].status = "pruned"
+            gone.append(k)
 
 
 def format_pass(result: RunResult, prefix: str = "") -> str:

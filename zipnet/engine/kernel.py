@@ -83,6 +83,10 @@ def cache_dir() -> Path:
     return Path(root) / "kernel"
 
 
+# cpu_model and cpu_flags read the machine once per process (functools.cache, no arguments): facts
+# of the machine, immutable, safe to share between threads and populations.
+
+
 @cache
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo), or the platform's word for it."""
@@ -108,9 +112,8 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def vector_width() -> int:
-    """Bits per SIMD register the kernel runs with: 512 (AVX-512), 256 (AVX2) or 128; the CPU's without a kernel."""
-    found = _loaded[0] if _loaded else None
+def vector_width(found: Kernel | None) -> int:
+    """Bits per SIMD register `found` runs with: 512 (AVX-512), 256 (AVX2) or 128; the CPU's without a kernel."""
     if found is not None:
         return int(found.lib.zn_simd_bits())
     flags = cpu_flags()
@@ -200,15 +203,21 @@ def _load() -> Kernel:
     return Kernel(lib, key)
 
 
-_loaded: list[Kernel | None] = []
+# What load() found, keyed by what decides it: the ZIPNET_KERNEL switch, the cache folder and the
+# compiler. A Kernel is immutable and every call into it allocates its own scratch memory, so all
+# populations and threads of a process share it; None records one that could not be built (warned
+# once per key). Threads that race on a new key both build into their own temporary file and
+# either result serves. Another key (a test's own ZIPNET_CACHE) loads afresh.
+_loaded: dict[tuple[bool, str, str | None], Kernel | None] = {}
 
 
 def load() -> Kernel | None:
-    """The kernel, built and verified once per process; None (after one warning) where it cannot be built."""
-    if _loaded:
-        return _loaded[0]
+    """The kernel, built and verified once per process and cache; None (after one warning) where it cannot be built."""
+    key = (os.environ.get("ZIPNET_KERNEL", "1") != "0", str(cache_dir()), _compiler())
+    if key in _loaded:
+        return _loaded[key]
     found = None
-    if os.environ.get("ZIPNET_KERNEL", "1") != "0":
+    if key[0]:
         try:
             found = _load()
         except (OSError, subprocess.SubprocessError) as err:
@@ -218,13 +227,8 @@ def load() -> Kernel | None:
             warnings.warn(
                 f"zipnet: the compiled CPU kernel is unavailable ({why}); training with torch ops instead", stacklevel=2
             )
-    _loaded.append(found)
+    _loaded[key] = found
     return found
-
-
-def forget() -> None:
-    """Load afresh on next use (tests that change the cache)."""
-    _loaded.clear()
 
 
 # --- layouts ---------------------------------------------------------------------------------
