@@ -40,7 +40,7 @@ def command(args) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         "-m",
         "sweeps=paper_open_choices",
         f"hydra.sweeper.study_name=harness-{args.trials}",

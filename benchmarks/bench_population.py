@@ -24,12 +24,12 @@ import time
 import torch
 from omegaconf import OmegaConf
 
+from zipnet.cli.train import CONF_DIR
 from zipnet.data import load_digits
 from zipnet.engine import Member, Population, kernel, train
 from zipnet.net import InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, train_pass
-from zipnet.train import CONF_DIR
 
 PASSES_PER_TRIAL = 23
 

@@ -46,7 +46,7 @@ FIXED = [
 
 def sweep(folder: Path, name: str, sampler: dict, batch: int, trials: int) -> list[float]:
     """Run one study; the best value after each trial number (in trial order)."""
-    from zipnet.sweep import local_launch
+    from zipnet.cli.sweep import local_launch
 
     settings = {
         "study_name": name,

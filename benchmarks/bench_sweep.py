@@ -52,7 +52,7 @@ def main() -> None:
     command = [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         "-m",
         "hydra/sweeper=zipnet_optuna",
         "hydra/launcher=population",

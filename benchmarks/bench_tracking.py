@@ -38,7 +38,7 @@ def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, 
     cmd = [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         f"trainer.passes={passes}",
         "trainer.progress=off",
         f"tracking.enabled={str(tracked).lower()}",

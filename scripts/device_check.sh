@@ -32,7 +32,7 @@ echo "== bench_population on CUDA, K = 1 .. 4096"
 echo "== a 1,000-trial sweep on the GPU"
 work=$(mktemp -d)
 SECONDS=0
-(cd "$work" && "$PY" -m zipnet.train -m hydra/sweeper=zipnet_optuna hydra/launcher=population \
+(cd "$work" && "$PY" -m zipnet.cli.train -m hydra/sweeper=zipnet_optuna hydra/launcher=population \
     hydra.sweeper.study_name=gpu1000 hydra.sweeper.n_trials=1000 hydra.sweeper.batch=1000 \
     'hydra.sweeper.pruner={name:none}' 'hydra.sweeper.sampler={name:random,seed:0}' \
     trainer.device=cuda tracking.enabled=false trainer.progress=off \

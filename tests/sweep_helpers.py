@@ -55,7 +55,9 @@ def env_for(cwd: Path) -> dict:
     return env
 
 
-def zipnet(cwd: Path, *args: str, timeout: float = 300, module: str = "zipnet.train") -> subprocess.CompletedProcess:
+def zipnet(
+    cwd: Path, *args: str, timeout: float = 300, module: str = "zipnet.cli.train"
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -66,7 +68,7 @@ def zipnet(cwd: Path, *args: str, timeout: float = 300, module: str = "zipnet.tr
     )
 
 
-def popen(cwd: Path, *args: str, module: str = "zipnet.train") -> subprocess.Popen:
+def popen(cwd: Path, *args: str, module: str = "zipnet.cli.train") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zipnet import config as checks
+from zipnet.cli.train import CONF_DIR, run
 from zipnet.errors import ConfigError
-from zipnet.train import CONF_DIR, run
 
 SMALL = ["data.n_train=500", "data.n_test=500", "trainer.passes=1"]
 
@@ -84,7 +84,7 @@ def test_invalid_values_name_the_key_and_what_is_allowed(override, key, allowed)
 
 def _cli(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "zipnet.cli.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
     )
 
 

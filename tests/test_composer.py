@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 import hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper  # noqa: F401  (its config, as Hydra's plugin scan loads it)
 import hydra_plugins.zipnet_population.population_launcher  # noqa: F401
+from zipnet.cli.train import CONF_DIR
 from zipnet.composer import Composer
-from zipnet.train import CONF_DIR
 
 JOBS = [
     ["model.init=linear", "loss.mse=sum", "targets=pm0.6", "optim.lr=0.2438", "data.seed=1", "trial.number=0"],

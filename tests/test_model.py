@@ -17,11 +17,11 @@ from servers import free_port, wait_for
 
 from zipnet import config as checks
 from zipnet import tracking
+from zipnet.cli.train import CONF_DIR
 from zipnet.data import load_digits
 from zipnet.engine import MSE_C, Population, input_patches, train
 from zipnet.engine.torch_ops import TorchOps
 from zipnet.model import ZipNet
-from zipnet.train import CONF_DIR
 
 TINY = ["data.n_train=200", "data.n_test=300", "trainer.progress=off"]
 VARIANTS = {

@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from stand_ins import close, data, digits, evaluated
 
 from zipnet import config as checks
+from zipnet.cli.train import CONF_DIR
 from zipnet.engine import Member, Population, input_patches, shifted, train
 from zipnet.engine.torch_ops import TorchOps
 from zipnet.net import PARAM_NAMES, InitSpec, connection_table
 from zipnet.optim import OptimSpec
 from zipnet.reference import Net1989, example_cross_entropy
-from zipnet.train import CONF_DIR
 
 ADAMW = OptimSpec(name="adamw", lr=3e-3, weight_decay=0.01)
 MODERN = [
@@ -183,7 +183,7 @@ def test_a_preset_trains_from_the_command_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             "experiment=modern/4_relu_dropout",
             "trainer.passes=2",
             "data.n_train=300",

@@ -24,7 +24,7 @@ def _worker_args(storage: str, name: str, n_trials: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         *study_args(name, n_trials=n_trials, batch=2, storage=storage, heartbeat_interval=1, grace_period=3),
         "data.n_train=3000",
         "data.n_test=200",
@@ -129,7 +129,7 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
     assert http_status(f"{cluster.mlflow.url}/api/2.0/mlflow/experiments/search?max_results=1") == 401
 
     report = subprocess.run(
-        [sys.executable, "-m", "zipnet.report", "--study", name],
+        [sys.executable, "-m", "zipnet.cli.report", "--study", name],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -139,7 +139,7 @@ def test_workers_on_three_hosts_reach_exactly_n_trials_through_a_kill_and_a_pree
     assert report.returncode == 0, report.stderr[-3000:]
     assert (tmp_path / "reports" / name / "leaderboard.csv").is_file()
     again = subprocess.run(
-        [sys.executable, "-m", "zipnet.reproduce", "--best", name],
+        [sys.executable, "-m", "zipnet.cli.reproduce", "--best", name],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -159,7 +159,7 @@ def test_a_server_tracking_store_without_a_study_storage_is_refused(cluster, tmp
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             *study_args("nostorage"),
             "optim.lr=choice(0.01,0.03)",
             "data.n_train=200",
@@ -202,7 +202,7 @@ def test_a_grid_through_the_submitit_local_launcher(tmp_path):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             "-m",
             "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=10",
@@ -235,7 +235,7 @@ def test_a_password_in_the_storage_url_reaches_no_log_param_tag_or_artifact(post
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             *study_args("inline", n_trials=2, batch=2, storage=url),
             "data.n_train=200",
             "data.n_test=100",

@@ -141,7 +141,7 @@ def _multirun(tmp_path, name, *extra, expect=0):
     args = [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         "-m",
         *SMALL,
         "optim.lr=0.01,0.03",
@@ -173,7 +173,7 @@ def _grid(tmp_path, *extra):
     args = [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         "-m",
         "data.n_train=200",
         "data.n_test=100",

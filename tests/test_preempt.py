@@ -16,7 +16,7 @@ def test_a_stop_signal_ends_the_run_killed(tmp_path, sig, code):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             "data.n_train=1000",
             "data.n_test=100",
             "trainer.passes=200",

@@ -141,7 +141,7 @@ def test_cli_lines_start_at_column_0_with_a_bar_on_a_terminal(tmp_path):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             "data.n_train=200",
             "data.n_test=100",
             "trainer.passes=3",

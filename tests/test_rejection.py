@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from zipnet import figures, rejection, report, tracking
+from zipnet import figures, rejection, tracking
+from zipnet.cli import report
+from zipnet.cli.train import CONF_DIR, tracked_run
 from zipnet.data import load_digits
-from zipnet.train import CONF_DIR, tracked_run
 
 
 def _digits(rows):

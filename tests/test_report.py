@@ -10,9 +10,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from zipnet import report, tracking
-from zipnet.reproduce import COMPARED, ReproduceError, rebuild_overrides, reproduce
-from zipnet.sweep import run_sweep
+from zipnet import tracking
+from zipnet.cli import report
+from zipnet.cli.reproduce import COMPARED, ReproduceError, rebuild_overrides, reproduce
+from zipnet.cli.sweep import run_sweep
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.passes=2"]
 
@@ -43,7 +44,7 @@ def store(tmp_path_factory):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             *TINY,
             "trainer.progress=off",
             "seed=3",
@@ -142,7 +143,7 @@ def test_the_cli_writes_csv_and_markdown_and_filters_by_tag(store, tmp_path):
         [
             sys.executable,
             "-m",
-            "zipnet.report",
+            "zipnet.cli.report",
             "--tracking-uri",
             store["uri"],
             "--tag",
@@ -173,7 +174,7 @@ def test_reproduce_the_best_trial_of_a_study_exactly(store):
 
 def test_reproduce_a_single_run_by_its_command_exactly(store):
     proc = subprocess.run(
-        [sys.executable, "-m", "zipnet.reproduce", store["single"], "--tracking-uri", store["uri"]],
+        [sys.executable, "-m", "zipnet.cli.reproduce", store["single"], "--tracking-uri", store["uri"]],
         capture_output=True,
         text=True,
         timeout=300,
@@ -311,7 +312,17 @@ def quoted(tmp_path_factory):
 def test_a_study_named_with_a_quote_is_reported_with_linked_keys_quartiles_and_plots(quoted, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run(
-        [sys.executable, "-m", "zipnet.report", "--study", "it's", "--tracking-uri", quoted["uri"], "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "zipnet.cli.report",
+            "--study",
+            "it's",
+            "--tracking-uri",
+            quoted["uri"],
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -353,7 +364,7 @@ def test_the_best_trial_of_a_study_named_with_a_quote_reproduces_and_registers(q
         [
             sys.executable,
             "-m",
-            "zipnet.reproduce",
+            "zipnet.cli.reproduce",
             "--best",
             "it's",
             "--register",
@@ -379,7 +390,7 @@ def test_the_best_trial_of_a_study_named_with_a_quote_reproduces_and_registers(q
 
 def test_a_name_no_filter_can_hold_is_one_line(quoted):
     proc = subprocess.run(
-        [sys.executable, "-m", "zipnet.report", "--study", 'it\'s "quoted"', "--tracking-uri", quoted["uri"]],
+        [sys.executable, "-m", "zipnet.cli.report", "--study", 'it\'s "quoted"', "--tracking-uri", quoted["uri"]],
         capture_output=True,
         text=True,
         timeout=120,

@@ -23,7 +23,7 @@ def test_a_kernel_run_rerun_on_torch_ops_is_reproduced_within_tolerance(tmp_path
         pytest.skip("no compiled kernel here: nothing to compare torch ops against")
     trained = _run(
         tmp_path,
-        "zipnet.train",
+        "zipnet.cli.train",
         "data.n_train=300",
         "data.n_test=100",
         "trainer.passes=2",
@@ -38,10 +38,10 @@ def test_a_kernel_run_rerun_on_torch_ops_is_reproduced_within_tolerance(tmp_path
     tags = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").get_run(run_id).data.tags
     assert tags["zipnet.backend"] == "c" and tags["zipnet.kernel_build"] and tags["zipnet.cpu"]
 
-    same = _run(tmp_path, "zipnet.reproduce", run_id)
+    same = _run(tmp_path, "zipnet.cli.reproduce", run_id)
     assert same.returncode == 0 and f"run {run_id}: reproduced exactly" in same.stdout, same.stdout + same.stderr
 
-    other = _run(tmp_path, "zipnet.reproduce", run_id, ZIPNET_KERNEL="0")
+    other = _run(tmp_path, "zipnet.cli.reproduce", run_id, ZIPNET_KERNEL="0")
     out = other.stdout + other.stderr
     assert other.returncode == 0, out
     assert "another backend or CPU: backend c -> torch" in out and "kernel_build" in out

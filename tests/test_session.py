@@ -7,7 +7,8 @@ import sys
 from mlflow import MlflowClient
 from sweep_helpers import TINY
 
-from zipnet import session, train
+from zipnet import session
+from zipnet.cli import train
 
 
 def _main(monkeypatch, *args: str) -> int:

@@ -98,7 +98,7 @@ def test_the_cli_runs_a_file_in_the_first_schema(tmp_path):
         [
             sys.executable,
             "-m",
-            "zipnet.sweep",
+            "zipnet.cli.sweep",
             str(LEGACY),
             "data.n_train=200",
             "data.n_test=100",
@@ -259,12 +259,12 @@ def test_a_converted_first_schema_file_runs_as_a_sweeps_preset(tmp_path):
     runs the same study (its space, and its fixed overrides folded into the preset)."""
     import optuna
 
-    convert = [sys.executable, "-m", "zipnet.sweep", "--convert", str(LEGACY)]
+    convert = [sys.executable, "-m", "zipnet.cli.sweep", "--convert", str(LEGACY)]
     out = subprocess.run(convert, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     (tmp_path / "conf" / "sweeps").mkdir(parents=True)
     (tmp_path / "conf" / "sweeps" / "old.yaml").write_text(out.stdout)
-    run = [sys.executable, "-m", "zipnet.train", "--config-dir", str(tmp_path / "conf"), "-m", "sweeps=old"]
+    run = [sys.executable, "-m", "zipnet.cli.train", "--config-dir", str(tmp_path / "conf"), "-m", "sweeps=old"]
     run += ["hydra.sweeper.n_trials=2", "hydra.sweeper.batch=2", "hydra.sweeper.study_name=converted"]
     run += ["data.n_train=200", "data.n_test=100", "trainer.passes=1", "tracking.figures=false"]
     proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -272,7 +272,7 @@ def test_two_studies_that_share_a_name_are_never_merged_silently(tmp_path):
         ]
         proc = zipnet(tmp_path, *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    report = zipnet(tmp_path, "--study", "twin", module="zipnet.report")
+    report = zipnet(tmp_path, "--study", "twin", module="zipnet.cli.report")
     assert report.returncode == 0, report.stderr[-3000:]
     assert "warning: 2 studies are named 'twin'" in report.stderr and "a.db" in report.stderr
     assert "b.db" in report.stderr and "--parent RUN_ID" in report.stderr

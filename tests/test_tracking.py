@@ -18,11 +18,11 @@ from mlflow import MlflowClient
 
 from zipnet import config as checks
 from zipnet import tracking
+from zipnet.cli.train import CONF_DIR, tracked_run
 from zipnet.data import load_digits
 from zipnet.engine import Member, RunResult, train
 from zipnet.errors import StoreError
 from zipnet.tracking import runs as tracked_runs
-from zipnet.train import CONF_DIR, tracked_run
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.progress=off"]
 ARTIFACTS = {
@@ -45,7 +45,7 @@ def _compose(overrides):
 
 def _cli(*args, cwd, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "zipnet.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "zipnet.cli.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
     )
 
 
@@ -323,7 +323,7 @@ def test_a_process_that_exits_at_once_still_ends_its_run_after_the_artifacts(tmp
         from zipnet import config as checks, tracking
         from zipnet.data import load_digits
         from zipnet.engine import train
-        from zipnet.train import CONF_DIR
+        from zipnet.cli.train import CONF_DIR
         torch.set_num_threads(1)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides={TINY + ["trainer.passes=1"]!r})

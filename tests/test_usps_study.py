@@ -42,7 +42,7 @@ def test_usps_best_configuration_matches_its_documented_figures(tmp_path, seed):
         [
             sys.executable,
             "-m",
-            "zipnet.train",
+            "zipnet.cli.train",
             "data=usps",
             f"data.path={SHARED_USPS}",
             f"seed={seed}",

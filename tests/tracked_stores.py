@@ -5,9 +5,9 @@ from hydra import compose, initialize_config_dir
 
 from zipnet import config as checks
 from zipnet import tracking
+from zipnet.cli.train import CONF_DIR
 from zipnet.data import load_digits
 from zipnet.engine import train
-from zipnet.train import CONF_DIR
 
 TINY = ["data.n_train=200", "data.n_test=100", "trainer.passes=2", "trainer.progress=off"]
 

@@ -121,7 +121,8 @@ def run_sweep(path: str | Path, overrides: list[str] = (), log=print, **settings
 
 def local_launch(composer, log=print):
     """A batch's jobs composed here and trained as populations in this process."""
-    from zipnet import runner, train
+    from zipnet import runner
+    from zipnet.cli import train
     from zipnet.errors import ConfigError, DataError
     from zipnet.sweeps import trial as trials
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", help="Optuna storage URL, or journal:PATH (overrides the file)")
     parser.add_argument("--study", help="study name (overrides the file)")
     args = parser.parse_intermixed_args(argv)
-    from zipnet import train
+    from zipnet.cli import train
 
     try:
         path = study_file(args.study_file)

@@ -124,7 +124,7 @@ def rerun_command(overrides: list[str], workdir: Path) -> tuple[list[dict], dict
     cmd = [
         sys.executable,
         "-m",
-        "zipnet.train",
+        "zipnet.cli.train",
         *overrides,
         "tracking.enabled=false",
         "trainer.progress=off",
