@@ -82,6 +82,17 @@ def test_n_jobs_is_hydra_optuna_sweepers_name_for_batch():
     assert "not both" in str(both.value)
 
 
+def test_a_sampler_given_by_target_as_hydra_optuna_sweeper_writes_it():
+    conf = {"study_name": "s", "n_trials": 6, "params": {"optim.lr": "interval(0.01, 0.1)"}}
+    target = {"_target_": "optuna.samplers.TPESampler", "seed": 123, "n_startup_trials": 5}
+    spec = from_sweeper({**conf, "sampler": target}, [])
+    assert spec.sampler == {"name": "tpe", "seed": 123, "n_startup_trials": 5}
+    with pytest.raises(SweepError, match=r"sampler\._target_: 'optuna.samplers.GridSampler' is not allowed"):
+        from_sweeper({**conf, "sampler": {"_target_": "optuna.samplers.GridSampler"}}, [])
+    with pytest.raises(SweepError, match=r"sampler\.n_startup: unknown setting of the tpe sampler"):
+        from_sweeper({**conf, "sampler": {"_target_": "optuna.samplers.TPESampler", "n_startup": 5}}, [])
+
+
 def test_a_file_in_the_first_schema_still_loads_as_it_did():
     spec = from_legacy(LEGACY, load_file(LEGACY))
     assert spec.study_name == "paper_open_choices" and spec.n_trials == 100 and spec.batch == 50

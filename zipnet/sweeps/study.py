@@ -206,11 +206,25 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     if not (_is_number(timeout) and timeout > 0):
         spec.fail("storage_timeout", f"{timeout!r} is not allowed; give seconds > 0")
     spec.storage_timeout = float(timeout)
-    spec.sampler = _named(spec, "sampler", raw.get("sampler") or spec.sampler, "tpe")
-    spec.pruner = _named(spec, "pruner", raw.get("pruner") or spec.pruner, "median")
+    sampler = _by_target(spec, "sampler", raw.get("sampler"), SAMPLERS, "optuna.samplers")
+    spec.sampler = _named(spec, "sampler", sampler or spec.sampler, "tpe")
+    pruner = _by_target(spec, "pruner", raw.get("pruner"), PRUNERS, "optuna.pruners")
+    spec.pruner = _named(spec, "pruner", pruner or spec.pruner, "median")
     make_sampler(spec, 0)  # unknown names and settings fail here, naming the key
     make_pruner(spec)
     return spec
+
+
+def _by_target(spec: StudySpec, key: str, node, table: dict, module: str):
+    """hydra-optuna-sweeper's form, `{_target_: optuna.samplers.TPESampler, seed: 0, ...}`, as
+    zipnet's `{name: tpe, seed: 0, ...}` (the name is what lets the seed move on per batch)."""
+    if not (isinstance(node, dict) and "_target_" in node):
+        return node
+    names = {f"{module}.{cls}": name for name, cls in table.items()}
+    target = node["_target_"]
+    if target not in names:
+        spec.fail(f"{key}._target_", f"{target!r} is not allowed; choose one of {', '.join(names)}")
+    return {"name": names[target], **{k: v for k, v in node.items() if k != "_target_"}}
 
 
 def _named(spec: StudySpec, key: str, node, default: str) -> dict:
