@@ -138,3 +138,67 @@ def test_two_workers_of_another_app_stop_at_exactly_n_trials(tmp_path):
     study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert len(study.trials) == 12  # nothing asked past the target
     assert all(any("batch: trials" in line for line in o.splitlines()) for o in outs)  # both worked
+
+
+def test_another_app_reports_per_step_and_is_pruned_through_current_trial(tmp_path):
+    """A plain app's task function reports a curve per step through `current_trial()` (Optuna's
+    own Trial) and raises TrialPruned when told: the study keeps its intermediate values, and
+    the median pruner stops the trials whose curves run above the others'."""
+    import optuna
+    from optuna.trial import TrialState
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        textwrap.dedent(f"""\
+            defaults:
+              - override hydra/sweeper: zipnet_optuna
+              - _self_
+            level: 0.0
+            hydra:
+              sweeper:
+                n_trials: 12
+                n_jobs: 4
+                storage: sqlite:///{tmp_path / "optuna.db"}
+                study_name: curves
+                sampler: {{name: random, seed: 0}}
+                pruner: {{name: median, n_startup_trials: 4, n_warmup_steps: 1}}
+                params:
+                  level: interval(0, 10)
+        """)
+    )
+    app = tmp_path / "curves.py"
+    app.write_text(
+        textwrap.dedent("""
+            import hydra
+            import optuna
+
+            from zipnet.sweeps import current_trial
+
+            @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+            def curves(cfg):
+                trial = current_trial()
+                for step in range(5):
+                    value = cfg.level + 1.0 / (step + 1)
+                    trial.report(value, step)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+                return value
+
+            if __name__ == "__main__":
+                curves()
+        """)
+    )
+    proc = subprocess.run([sys.executable, str(app), "-m"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="curves", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    trials = study.trials
+    assert len(trials) == 12 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete and all(len(t.intermediate_values) == 5 for t in complete)
+    for t in pruned:  # stopped after its warm-up, at a step where it ran above the median before it
+        last = max(t.intermediate_values)
+        assert 1 <= last <= 4 and len(t.intermediate_values) == last + 1
+        assert t.intermediate_values[last] == pytest.approx(t.params["level"] + 1.0 / (last + 1))
+    for t in complete:
+        assert t.value == pytest.approx(t.params["level"] + 0.2)

@@ -124,12 +124,18 @@ class ZipnetOptunaSweeper(Sweeper):
                 reasons.append(f"{type(err).__name__}: {first_line(err)}")
         return reasons
 
-    def _launch_values(self, jobs: list[list[str]], first: int) -> list[str | float]:
-        """Another app's jobs: what each task function returned, as a float, or why it cannot be one."""
-        outcomes: list[str | float] = []
+    def _launch_values(self, jobs: list[list[str]], first: int) -> list:
+        """Another app's jobs: what each task function returned, as a float, the optuna.TrialPruned
+        it raised, or why it has no value."""
+        import optuna
+
+        outcomes: list = []
         for ret in self.launcher.launch(jobs, initial_job_idx=first):
             try:
                 value = ret.return_value  # raises what the job raised
+            except optuna.TrialPruned as pruned:
+                outcomes.append(pruned)
+                continue
             except Exception as err:
                 outcomes.append(f"{type(err).__name__}: {first_line(err)}")
                 continue

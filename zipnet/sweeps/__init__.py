@@ -6,12 +6,17 @@
 - `parent`: the study's MLflow parent run, one per study whoever starts first;
 - `trial`: the job side: a job that carries its trial in its config reports every pass,
   prunes itself and tells its result, wherever it runs;
-- `sweep`: the loop that asks batches and hands them to a launcher.
+- `sweep`: the loop that asks batches and hands them to a launcher;
+- `app_trial`: another Hydra app's job reaches its trial (`current_trial()`) to report and prune.
 
 The Hydra sweeper (hydra/sweeper=zipnet_optuna) and zipnet-sweep both drive `sweep.Sweep`.
 """
 
 import warnings
+
+from zipnet.sweeps.app_trial import current_trial
+
+__all__ = ["current_trial"]
 
 # Optuna marks heartbeats and the retry callback experimental, and warns that heartbeats are meant
 # for Study.optimize; zipnet drives them with ask/tell as Optuna's ask-and-tell docs describe

@@ -143,6 +143,8 @@ def _is_number(v) -> bool:
 # Settings shared by both forms
 
 
+SPEC = "zipnet.spec"  # the study's settings, stored with the study by its first worker
+
 SETTINGS = (
     "study_name",
     "storage",

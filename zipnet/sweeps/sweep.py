@@ -15,13 +15,14 @@ from collections.abc import Callable
 
 from zipnet import config as checks
 from zipnet.errors import first_line
-from zipnet.sweeps import parent
+from zipnet.sweeps import app_trial, parent
 from zipnet.sweeps import storage as stores
-from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
+from zipnet.sweeps.study import SPEC, FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
 
 # job overrides, the first job's index -> for each job: None (zipnet's job told its trial), the
-# value its task function returned (another app's job: the sweeper tells it), or why it failed
-Launch = Callable[[list[list[str]], int], list[str | float | None]]
+# value its task function returned or the optuna.TrialPruned it raised (another app's job: the
+# sweeper tells it), or why it failed
+Launch = Callable[[list[list[str]], int], list[str | float | BaseException | None]]
 
 
 class StillRunning(RuntimeError):
@@ -122,8 +123,6 @@ class Sweep:
                     f"{spec.where}: direction: study {spec.study_name!r} in {stores.masked(self.url)} was "
                     f"created to {self.study.direction.name.lower()}; this says {spec.direction}"
                 )
-            from zipnet.sweeps.trial import SPEC
-
             if SPEC not in self.study.user_attrs:
                 self.study.set_user_attr(SPEC, spec.as_dict())
             self.parent = parent.ensure(self.tracker, self.study, spec, self.url) if self.tracker else None
@@ -187,11 +186,17 @@ class Sweep:
             parent.complete(self.tracker, self.parent, self.study)
         return now
 
+    def _keys(self, number: int) -> list[str]:
+        """How a job finds its trial: zipnet's through its config, another app's through its
+        environment (app_trial.current_trial)."""
+        if self.app:
+            return trial_keys(self.spec, self.url, number)
+        return [app_trial.env_override(stores.without_password(self.url), self.spec.study_name, number)]
+
     def _batch(self, trials: list) -> None:
         spec = self.spec
         numbers = [t.number for t in trials]
-        keys = (lambda n: trial_keys(spec, self.url, n)) if self.app else (lambda n: [])
-        jobs = [spec.fixed + spec.trial_overrides(t.params) + keys(t.number) for t in trials]
+        jobs = [spec.fixed + spec.trial_overrides(t.params) + self._keys(t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
             self.tracker.client.update_run(self.parent, status="RUNNING")
@@ -203,9 +208,11 @@ class Sweep:
         outcomes = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
         with clock.timing("optuna"):
-            for number, outcome in zip(numbers, outcomes):
-                if outcome is not None and not isinstance(outcome, str):  # another app's job: its value
+            for number, outcome in zip(numbers, outcomes):  # another app's job: its value, or pruned
+                if isinstance(outcome, float):
                     self.coord.finish(number, "COMPLETE", outcome)
+                elif isinstance(outcome, BaseException):
+                    self.coord.finish(number, "PRUNED")
             self.coord.settle(numbers, {n: r for n, r in zip(numbers, outcomes) if isinstance(r, str)})
             now = self.coord.now()
         with clock.timing("tracking"):

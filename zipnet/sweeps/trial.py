@@ -15,9 +15,7 @@ from zipnet import session
 from zipnet.errors import first_line
 from zipnet.runner import Job, Watcher
 from zipnet.sweeps import storage as stores
-from zipnet.sweeps.study import StudySpec, make_pruner
-
-SPEC = "zipnet.spec"  # the study's settings, stored with the study by its first worker
+from zipnet.sweeps.study import SPEC, StudySpec, make_pruner
 
 
 @dataclass
