@@ -202,3 +202,57 @@ def test_another_app_reports_per_step_and_is_pruned_through_current_trial(tmp_pa
         assert t.intermediate_values[last] == pytest.approx(t.params["level"] + 1.0 / (last + 1))
     for t in complete:
         assert t.value == pytest.approx(t.params["level"] + 0.2)
+
+
+def test_several_objectives_from_another_app(tmp_path):
+    """A task that returns two values, one per direction: each trial keeps both, and the study
+    a Pareto front."""
+    import optuna
+    from optuna.trial import TrialState
+
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        textwrap.dedent(f"""\
+            defaults:
+              - override hydra/sweeper: zipnet_optuna
+              - _self_
+            x: 0.0
+            y: 0.0
+            hydra:
+              sweeper:
+                direction: [minimize, minimize]
+                n_trials: 10
+                n_jobs: 5
+                storage: sqlite:///{tmp_path / "optuna.db"}
+                study_name: two
+                sampler: {{_target_: optuna.samplers.NSGAIISampler, seed: 0}}
+                params:
+                  x: interval(0, 5)
+                  y: interval(0, 3)
+        """)
+    )
+    app = tmp_path / "binh_korn.py"
+    app.write_text(
+        textwrap.dedent("""
+            import hydra
+
+            @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+            def binh_korn(cfg):
+                return 4 * cfg.x**2 + 4 * cfg.y**2, (cfg.x - 5) ** 2 + (cfg.y - 5) ** 2
+
+            if __name__ == "__main__":
+                binh_korn()
+        """)
+    )
+    proc = subprocess.run([sys.executable, str(app), "-m"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert len(study.trials) == 10 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    for t in study.trials:
+        x, y = t.params["x"], t.params["y"]
+        assert t.values == pytest.approx([4 * x**2 + 4 * y**2, (x - 5) ** 2 + (y - 5) ** 2])
+    front = study.best_trials
+    assert front and f"{len(front)} trials on the Pareto front" in proc.stdout + proc.stderr
+    for t in front:  # no trial is better on both objectives
+        assert not any(o.values[0] < t.values[0] and o.values[1] < t.values[1] for o in study.trials)

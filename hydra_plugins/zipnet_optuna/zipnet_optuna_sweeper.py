@@ -16,6 +16,7 @@ trains as one population. A rerun resumes to exactly `n_trials`; several workers
 machines with a server storage, share one study (zipnet/sweeps/).
 """
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class ZipnetOptunaSweeperConf:
     _target_: str = "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper.ZipnetOptunaSweeper"
+    _recursive_: bool = False  # a sampler given by _target_ reaches the sweeper as settings, not built by Hydra
     study_name: str | None = None  # null: the sweeps preset's name, else "zipnet" (another app: its job name)
     storage: str | None = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
-    direction: str = "minimize"
+    direction: Any = "minimize"  # or a list, one per objective (another app's task returning several)
     metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
     n_trials: int = 20  # the target in total: a rerun continues up to it, never past it
     batch: int | None = None  # trials asked at once (one population with hydra/launcher=population); null: 16
@@ -93,7 +95,7 @@ class ZipnetOptunaSweeper(Sweeper):
         try:
             spec = from_sweeper(settings, list(arguments))
             app = self.who == "zipnet-train"
-            launch = self._launch if app else self._launch_values
+            launch = self._launch if app else functools.partial(self._launch_values, objectives=len(spec.directions))
             return Sweep(spec, launch, composer=self, log=log.info, app=app).run()
         except (SweepError, ConfigError, StoreError) as err:
             print(f"{self.who}: error: {err}", file=sys.stderr)
@@ -124,7 +126,7 @@ class ZipnetOptunaSweeper(Sweeper):
                 reasons.append(f"{type(err).__name__}: {first_line(err)}")
         return reasons
 
-    def _launch_values(self, jobs: list[list[str]], first: int) -> list:
+    def _launch_values(self, jobs: list[list[str]], first: int, objectives: int = 1) -> list:
         """Another app's jobs: what each task function returned, as a float, the optuna.TrialPruned
         it raised, or why it has no value."""
         import optuna
@@ -140,9 +142,15 @@ class ZipnetOptunaSweeper(Sweeper):
                 outcomes.append(f"{type(err).__name__}: {first_line(err)}")
                 continue
             try:
-                outcomes.append(float(value))
+                if objectives == 1:
+                    outcomes.append(float(value))
+                elif len(value) == objectives:
+                    outcomes.append([float(v) for v in value])
+                else:
+                    raise ValueError
             except (TypeError, ValueError):
-                outcomes.append(f"the task function returned {value!r}; the sweeper needs a float")
+                wanted = "a float" if objectives == 1 else f"a list of {objectives} floats, one per direction"
+                outcomes.append(f"the task function returned {value!r}; the sweeper needs {wanted}")
         return outcomes
 
 

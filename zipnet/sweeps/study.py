@@ -91,7 +91,7 @@ class StudySpec:
     where: str  # for messages: the file, or `hydra.sweeper`
     study_name: str
     storage: str | None = None
-    direction: str = "minimize"
+    direction: str | list[str] = "minimize"  # a list: several objectives (another app only)
     metric: str = "test/error"
     n_trials: int = 20
     batch: int = 16
@@ -108,6 +108,11 @@ class StudySpec:
     @property
     def failure_budget(self) -> int:
         return math.floor(self.max_failure_rate * self.n_trials + 1e-9)
+
+    @property
+    def directions(self) -> list[str]:
+        """One direction per objective (several only for another app's task that returns a list)."""
+        return list(self.direction) if isinstance(self.direction, list) else [self.direction]
 
     @property
     def grace(self) -> int:
@@ -181,9 +186,13 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
         spec.fail("metric", f"{metric!r} is not allowed; choose one of {', '.join(metrics.OBJECTIVES)}")
     spec.metric = metric
     direction = raw.get("direction", spec.direction)
-    if direction not in ("minimize", "maximize"):
-        spec.fail("direction", f"{direction!r} is not allowed; choose one of minimize, maximize")
-    spec.direction = direction
+    several = isinstance(direction, (list, tuple))  # several objectives: one direction each
+    for each in direction if several else [direction]:
+        if each not in ("minimize", "maximize"):
+            spec.fail("direction", f"{each!r} is not allowed; choose minimize or maximize, or a list of them")
+    if several and not direction:
+        spec.fail("direction", "is an empty list; give one direction per objective")
+    spec.direction = list(direction) if several else direction
     if raw.get("n_jobs") is not None:  # hydra-optuna-sweeper's name for the trials asked at once
         if raw.get("batch") is not None:
             spec.fail("n_jobs", "is hydra-optuna-sweeper's name for batch; give one of them, not both")
@@ -283,7 +292,7 @@ def from_sweeper(conf: dict, arguments: list[str], where: str = "hydra.sweeper")
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     spec = StudySpec(where=where, study_name="")
-    unknown = [k for k in conf if k not in SETTINGS and k != "_target_"]
+    unknown = [k for k in conf if k not in SETTINGS and k not in ("_target_", "_recursive_")]  # Hydra's keys
     if unknown:
         spec.fail(unknown[0], f"unknown key; use {', '.join(SETTINGS)}")
     _settings(spec, conf)

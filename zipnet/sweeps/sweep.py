@@ -76,6 +76,8 @@ class Sweep:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         spec = self.spec
+        if self.app and len(spec.directions) > 1:
+            spec.fail("direction", "zipnet's trainer has one objective (metric); give one direction")
         base = check(spec, self.composer, zipnet_config=self.app)
         self.tracker = self.session.tracker_for(base) if self.app else None
         self.url = spec.storage or default_storage(self.tracker)
@@ -114,14 +116,15 @@ class Sweep:
                 study_name=spec.study_name,
                 storage=self.storage,
                 load_if_exists=True,
-                direction=spec.direction,
+                directions=spec.directions,
                 sampler=make_sampler(spec, 0),
                 pruner=make_pruner(spec),
             )
-            if self.study.direction.name.lower() != spec.direction:
+            made = [d.name.lower() for d in self.study.directions]
+            if made != spec.directions:
                 raise SweepError(
                     f"{spec.where}: direction: study {spec.study_name!r} in {stores.masked(self.url)} was "
-                    f"created to {self.study.direction.name.lower()}; this says {spec.direction}"
+                    f"created to {', '.join(made)}; this says {', '.join(spec.directions)}"
                 )
             if SPEC not in self.study.user_attrs:
                 self.study.set_user_attr(SPEC, spec.as_dict())
@@ -204,12 +207,12 @@ class Sweep:
         clock = self.session.clock
         clock.reset()
         with clock.timing("optuna"):
-            before = parent.best_trial(self.study, spec)
+            before = parent.best_trial(self.study, spec) if self.tracker is not None else None
         outcomes = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
         self.jobs_launched += len(jobs)
         with clock.timing("optuna"):
             for number, outcome in zip(numbers, outcomes):  # another app's job: its value, or pruned
-                if isinstance(outcome, float):
+                if isinstance(outcome, (float, list)):
                     self.coord.finish(number, "COMPLETE", outcome)
                 elif isinstance(outcome, BaseException):
                     self.coord.finish(number, "PRUNED")
@@ -239,6 +242,10 @@ class Sweep:
             + (f", {now.running} still running elsewhere" if now.running else "")
             + ")"
         )
+        if len(spec.directions) > 1:  # several objectives: no one best, a front
+            front = self.study.best_trials if now.complete else []
+            self.log(line + f"; {len(front)} trials on the Pareto front")
+            return
         best = parent.best_trial(self.study, spec)
         if best is not None:
             line += (
