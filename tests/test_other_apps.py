@@ -11,6 +11,19 @@ import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 
+@pytest.fixture(autouse=True)
+def unspecified_version_base():
+    """Hydra's suites run their apps with no version_base given (Hydra 1.1's defaults: a job
+    changes into its folder). A zipnet app run earlier in this process set Hydra's process-wide
+    version base to 1.3; each test here starts without it and puts it back."""
+    from hydra import version
+
+    base = version.VersionBase.instance()
+    before, base.version_base = base.version_base, version._UNSPECIFIED_
+    yield
+    base.version_base = before
+
+
 @pytest.mark.parametrize("launcher_name, overrides", [("population", [])])
 class TestPopulationLauncher(LauncherTestSuite):
     pass
