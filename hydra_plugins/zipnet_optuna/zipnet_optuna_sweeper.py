@@ -5,15 +5,19 @@
 
 The search space is written in Hydra's override grammar under `hydra.sweeper.params`
 (`choice(...)`, `range(...)`, `interval(...)`, `tag(log, ...)`), or as sweep overrides on the
-command line. The settings keep the official optuna sweeper's names where they exist
-(`study_name`, `storage`, `direction`, `n_trials`, `sampler`, `params`), plus zipnet's
-(`metric`, `batch`, `pruner`, `max_failure_rate`, heartbeat and retry settings).
+command line. The settings keep hydra-optuna-sweeper's names and meanings where they exist
+(`study_name`, `storage`, `direction`, `n_trials`, `n_jobs`, `sampler` by `_target_`,
+`max_failure_rate`, `params`), plus zipnet's (`metric`, `batch`, `pruner`, heartbeat and retry
+settings).
 
 It asks `batch` trials at once and hands their jobs to Hydra's launcher. Each job carries its
 trial in its config, so it reports its metric after every pass and prunes itself wherever it
 runs; with hydra/launcher=population (what the study presets in sweeps/ choose) the batch
 trains as one population. A rerun resumes to exactly `n_trials`; several workers, on several
 machines with a server storage, share one study (zipnet/sweeps/).
+
+Another Hydra app's task function is optimised by what it returns (a float, or one per
+direction); it reports and prunes through `zipnet.sweeps.current_trial()`.
 """
 
 import functools
