@@ -99,6 +99,7 @@ class Postgres:
     password: str
     pgpass: Path
     log: Path
+    pid: int = 0  # the postmaster's
 
     def url(self, database: str, *, password: bool = False, host: str | None = None) -> str:
         """`postgresql://zipnet@HOST:PORT/database`; with `password=True` the password is in it (never log that)."""
@@ -171,10 +172,12 @@ def start_postgres(
     clients: tuple[str, ...] = ("127.0.0.1/32",),
     databases: tuple[str, ...] = DATABASES,
     durable: bool = False,
+    settings: tuple[str, ...] = (),
 ) -> Iterator[Postgres]:
     """A PostgreSQL server on `listen` (the first is what URLs name) that admits `clients` (CIDRs) by password.
 
     Creates the role `zipnet` owning `databases`. `durable=False` turns fsync off, for tests.
+    `settings` are more `name=value` server settings (a benchmark's `log_statement=all`).
     """
     reason = postgres_missing()
     if reason:
@@ -223,6 +226,7 @@ def start_postgres(
         ]
         if not durable:
             options += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        options += list(settings)
         for attempt in range(STARTUP_TRIES):
             port = free_port(listen[0])
             cmd = [
@@ -257,8 +261,16 @@ def start_postgres(
             "".join(f"{_pgpass_field(addr)}:{port}:*:{CLIENT_ROLE}:{_pgpass_field(password)}\n" for addr in listen)
         )
         pgpass.chmod(0o600)  # libpq ignores a password file that others can read
+        pid = int((data / "postmaster.pid").read_text().split()[0])
         yield Postgres(
-            host=listen[0], port=port, listen=tuple(listen), user=CLIENT_ROLE, password=password, pgpass=pgpass, log=log
+            host=listen[0],
+            port=port,
+            listen=tuple(listen),
+            user=CLIENT_ROLE,
+            password=password,
+            pgpass=pgpass,
+            log=log,
+            pid=pid,
         )
     finally:
         if started:
@@ -280,6 +292,7 @@ class Mlflow:
     admin_password: str
     artifacts: Path  # --artifacts-destination: only the server touches it
     log: Path
+    pid: int = 0  # the `mlflow server` process (its workers are its children)
 
     @property
     def env(self) -> dict[str, str]:
@@ -419,6 +432,7 @@ def start_mlflow(
             admin_password=admin_password,
             artifacts=artifacts,
             log=log,
+            pid=proc.pid,
         )
     finally:
         if proc is not None:
