@@ -64,6 +64,7 @@ QUESTIONS = {
         ("0.022", [f"optim.lr={LR / 2}"]),
         ("0.087", [f"optim.lr={LR * 2}"]),
         ("0.043 falling to 0.0043", [f"optim.lr_end={LR / 10}"]),
+        ("0.022 falling to 0.0022", [f"optim.lr={LR / 2}", f"optim.lr_end={LR / 20}"]),
     ],
     "init": [("2.4/F", []), ("2.4/sqrt(F)", ["model.init=sqrt"])],
     "targets": [
@@ -74,6 +75,7 @@ QUESTIONS = {
     "output squashing": [
         ("tanh", []),
         ("1.7159 tanh(2a/3)", ["model.activation=scaled_tanh"]),
+        ("1.7159 tanh(2a/3), lr 0.011", ["model.activation=scaled_tanh", f"optim.lr={LR / 4}"]),
         ("linear outputs", ["model.output=linear"]),
     ],
     "SGD or SDLM": [
@@ -104,6 +106,15 @@ GAP_CONFIGS = {
     ],
 }
 BEST_OF = (1, 5, 20)
+# head to head, paired by seed, neither side the base: (name, a, b), each a level above
+HEAD_TO_HEAD = [
+    ("SDLM against SGD 0.022 falling to 0.0022", SDLM, [f"optim.lr={LR / 2}", f"optim.lr_end={LR / 20}"]),
+    (
+        "scaled tanh at lr 0.011 against tanh at 0.022",
+        ["model.activation=scaled_tanh", f"optim.lr={LR / 4}"],
+        [f"optim.lr={LR / 2}"],
+    ),
+]
 
 
 def merged(overrides: list[str]) -> list[str]:
@@ -239,6 +250,27 @@ def question_tables(store: Store, passes: int, seeds: range) -> list[str]:
     return out
 
 
+def head_to_head(store: Store, passes: int, seeds: range) -> list[str]:
+    out = [
+        "| comparison | runs | Δ error, points [95%] | Δ MSE ×1e-3 [95%] | McNemar: b only / a only, p | error | MSE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, a_over, b_over in HEAD_TO_HEAD:
+        a, b = store.get(merged(a_over), passes, seeds), store.get(merged(b_over), passes, seeds)
+        ok = [k for k in range(len(seeds)) if a[k]["status"] == "finished" and b[k]["status"] == "finished"]
+        if len(ok) < 2:
+            out.append(f"| {name} | {len(ok)}/{len(seeds)} | too few finished runs | | | | |")
+            continue
+        d_err = stats.paired_difference(pct([a[k]["test_misses"] for k in ok]), pct([b[k]["test_misses"] for k in ok]))
+        d_mse = stats.paired_difference([1e3 * a[k]["test_mse"] for k in ok], [1e3 * b[k]["test_mse"] for k in ok])
+        test = stats.mcnemar(correctness(b, ok), correctness(a, ok))
+        out.append(
+            f"| {name} | {len(ok)}/{len(seeds)} | {interval(d_err, '+.2f')} | {interval(d_mse, '+.2f')} "
+            f"| {test.a_only} / {test.b_only}, p = {test.p:.2g} | {verdict(d_err)} | {verdict(d_mse)} |"
+        )
+    return out
+
+
 def correctness(rows: list[dict], ok: list[int]) -> np.ndarray:
     return np.array([[c == "1" for c in rows[k]["correct"]] for k in ok])
 
@@ -347,6 +379,10 @@ def main() -> None:
         f"## The open questions on {args.data} (Δ = level - base, paired by {pairing})",
         "",
         *question_tables(store, args.passes, seeds),
+        "",
+        "Head to head (Δ = a - b, paired by seed):",
+        "",
+        *head_to_head(store, args.passes, seeds),
         "",
     ]
     if not sample:
