@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from servers import free_port, start_storage_proxy
 from sweep_helpers import SPACE, TINY, Output, assert_study_and_runs_agree, popen, states, study_args, zipnet
 
-from zipnet.sweeps.storage import SURPLUS
+from zipnet.sweeps.storage import SURPLUS, WORKER
 
 
 def _backend(kind: str, tmp_path, request) -> tuple[str, dict, object]:
@@ -80,6 +80,34 @@ def test_a_killed_worker_behind_the_proxy_falls_silent_and_its_trials_are_asked_
         assert t.params.items() <= retry.params.items()
     killed = [c for c in children if int(c.data.tags["zipnet.trial"]) in {t.number for t in stale}]
     assert all(c.info.status == "KILLED" for c in killed)
+
+
+def test_a_live_worker_fails_a_killed_workers_trials_through_the_proxy_and_ends_at_n_trials(tmp_path, request):
+    """Two workers at once; one is SIGKILLed holding its first batch. The other, beating, sees those
+    trials fall silent, fails them once and asks them again, and the study still counts n_trials."""
+    backend, env, reader = _backend("sqlite", tmp_path, request)
+    name = "grpc_live"
+    with start_storage_proxy(backend, env) as proxy:
+        args = [
+            *study_args(name, n_trials=8, batch=2, storage=proxy.url, heartbeat_interval=1, grace_period=2),
+            "data.n_train=1000",
+            "data.n_test=100",
+            "trainer.passes=3",
+            "tracking.figures=false",
+            *SPACE,
+        ]
+        doomed, survivor = popen(tmp_path, *args), popen(tmp_path, *args)
+        Output(doomed).wait_for(lambda line: "batch: trials" in line)  # asked, not yet told
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        out = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode == 0, out[-3000:]
+    assert "its worker stopped beating for 2 s; asked again" in out
+    study, parent, children = assert_study_and_runs_agree(tmp_path, name, 8, reader)
+    trials = study.get_trials()
+    held = [t for t in trials if str(t.user_attrs.get(WORKER, "")).endswith(f":{doomed.pid}")]
+    stale = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS)]
+    assert held and {t.number for t in held} == {t.number for t in stale}, [(t.number, t.state) for t in trials]
 
 
 def _proxy(*args: str) -> subprocess.CompletedProcess:
