@@ -152,3 +152,18 @@ def test_a_worker_without_a_proxy_to_reach_says_so_before_any_trial(tmp_path, st
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert text in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_grpc_error_reads_in_one_line_as_its_status_and_details():
+    """What a heartbeat or a storage error logs when the proxy is gone: not gRPC's multi-line repr."""
+    import warnings
+
+    from zipnet.errors import first_line
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # marked experimental
+        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=free_port())  # nothing listens there
+    with pytest.raises(Exception) as caught:
+        client.get_all_studies()
+    client.close()
+    assert first_line(caught.value).startswith("gRPC UNAVAILABLE: failed to connect"), first_line(caught.value)
