@@ -163,7 +163,8 @@ def assert_study_and_runs_agree(cwd: Path, name: str, n_trials: int, storage: st
     by_run = {c.info.run_id: c for c in children}
     for t in done:
         run = by_run[t.user_attrs[RUN_ID]]
-        assert run.info.status == "FINISHED" and run.data.tags["zipnet.trial"] == str(t.number)
+        seen = (t.number, t.state.name, run.info.status, run.data.tags.get("zipnet.trial"), t.user_attrs)
+        assert run.info.status == "FINISHED" and run.data.tags["zipnet.trial"] == str(t.number), (seen, trials)
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     return study, parents[0], children
 

@@ -329,6 +329,35 @@ def test_a_trial_keeps_beating_from_its_ask_until_it_is_told(tmp_path):
         other.close()
 
 
+def test_a_trial_told_while_another_worker_recovers_is_not_taken_for_stale(tmp_path, monkeypatch):
+    """The race that ended finished trials' runs KILLED under load: worker A tells its trial just
+    as worker B looks for stale ones. B must neither ask it again nor end its run."""
+    import optuna
+
+    from zipnet.sweeps.storage import Coordinator
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    spec, storage, study = _study_in(url, "told", n_trials=2, grace_period=30)
+    ended = []
+    worker = Coordinator(study, storage, url, spec, log=lambda line: None)
+    other = Coordinator(study, storage, url, spec, log=lambda line: None, on_stale=ended.append)
+    try:
+        (trial,) = worker.ask()
+        real = optuna.storages.fail_stale_trials
+
+        def told_meanwhile(s):  # A's tell lands between B's reads of the running trials
+            worker.finish(trial.number, "COMPLETE", 1.0)
+            real(s)
+
+        monkeypatch.setattr(optuna.storages, "fail_stale_trials", told_meanwhile)
+        other.recover()
+        assert ended == []
+        assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]  # nothing asked again
+    finally:
+        worker.close()
+        other.close()
+
+
 def test_a_heartbeat_that_fails_is_logged_and_recovers(tmp_path):
     """The storage stops taking beats (its heartbeat table is gone for a while): the worker says
     so once, keeps beating, and says when the storage answers again."""

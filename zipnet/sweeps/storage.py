@@ -125,9 +125,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
                     engine_kwargs=kwargs,
                     heartbeat_interval=spec.heartbeat_interval,
                     grace_period=spec.grace,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=spec.max_retry
-                    ),
+                    heartbeat_stale_trial_callback=StaleTrials(spec.max_retry),
                 )
             storage = optuna.storages.get_storage(rdb)
     except Exception as err:
@@ -153,6 +151,31 @@ def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
             f"zipnet-storage-proxy --storage URL --host {address[0]} --port {address[1]}"
         ) from None
     return storage
+
+
+class StaleTrials:
+    """The storage's stale-trial callback: asks a stale trial again (Optuna's
+    RetryHeartbeatStaleTrialCallback) and records its number, so that the coordinator knows
+    exactly which trials `fail_stale_trials` failed. A trial that merely finished between two
+    reads of the running ones is not among them: its worker told it, and its run is its own."""
+
+    def __init__(self, max_retry: int):
+        import optuna
+
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.failed: list[int] = []
+        self._guard = threading.Lock()
+
+    def __call__(self, study, trial) -> None:
+        self.retry(study, trial)
+        with self._guard:
+            self.failed.append(trial.number)
+
+    def take(self) -> set[int]:
+        """The trials failed as stale since the last call."""
+        with self._guard:
+            failed, self.failed = set(self.failed), []
+        return failed
 
 
 def storage_error(url: str, err: BaseException) -> SweepError:
@@ -318,22 +341,10 @@ class Coordinator:
 
     def _silent(self) -> set[int]:
         """Trials whose `zipnet.beat` stayed the same for the grace period fail, each once (the
-        storage refuses to finish a trial twice: the worker whose FAIL it took asks it again)."""
-        import optuna
-        from optuna.trial import TrialState
-
-        failed = set()
-        for t in self.silence.silent([t for t in self._running() if t.number not in self.mine]):
-            try:
-                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    continue
-            except optuna.exceptions.UpdateFinishedTrialError:  # told, or failed by another worker, meanwhile
-                continue
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)(
-                self.study, self.storage.get_trial(t._trial_id)
-            )
-            failed.add(t.number)
-        return failed
+        storage refuses to finish a trial twice: the worker whose FAIL it took asks it again; a
+        trial told, or failed by another worker, meanwhile is left as it is)."""
+        silent = self.silence.silent([t for t in self._running() if t.number not in self.mine])
+        return {t.number for t in silent if self._fail_and_retry(t.number)}
 
     def _optuna_stale(self) -> set[int]:
         """Optuna's stale trials (fail_stale_trials), and a trial whose worker died between asking
@@ -341,11 +352,11 @@ class Coordinator:
         import optuna
 
         running = self._running()
-        before = {t.number for t in running}
+        callback = self.storage.get_heartbeat_stale_trial_callback()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(self.study)
-        stale = before - {t.number for t in self._running()}
+        stale = callback.take() if isinstance(callback, StaleTrials) else set()
         cutoff = time.time() - self.spec.grace
         for t in running:
             if (
@@ -353,24 +364,31 @@ class Coordinator:
                 and t.number not in stale
                 and WORKER not in t.user_attrs
                 and t.datetime_start.timestamp() < cutoff
+                and self._fail_and_retry(t.number)
             ):
-                self._fail_and_retry(t.number)
                 stale.add(t.number)
         return stale
 
-    def _fail_and_retry(self, number: int, attr: str | None = None) -> None:
-        """FAIL the trial, then ask its parameters again (at most max_retry times), as
-        RetryHeartbeatStaleTrialCallback does for a stale one."""
+    def _fail_and_retry(self, number: int, attr: str | None = None) -> bool:
+        """FAIL the trial if it is still running, then ask its parameters again (at most
+        max_retry times), as RetryHeartbeatStaleTrialCallback does for a stale one. False when
+        the trial had ended meanwhile (its worker told it): then nothing is changed."""
         import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         tid = self.trial_id(number)
-        if attr is not None:
-            self.storage.set_trial_user_attr(tid, attr, True)
-        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        try:
+            if attr is not None:  # a finished trial takes no attribute: set it while it runs
+                self.storage.set_trial_user_attr(tid, attr, True)
+            if not self.storage.set_trial_state_values(tid, state=TrialState.FAIL):
+                return False
+        except UpdateFinishedTrialError:
+            return False
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.spec.max_retry)(
             self.study, self.storage.get_trial(tid)
         )
+        return True
 
     def _running(self):
         from optuna.trial import TrialState
@@ -472,12 +490,9 @@ class Coordinator:
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
-        from optuna.trial import TrialState
-
         for number in sorted(self.mine):
             try:
-                if self.storage.get_trial(self.trial_id(number)).state == TrialState.RUNNING:
-                    self._fail_and_retry(number, INTERRUPTED)
+                self._fail_and_retry(number, INTERRUPTED)
             except Exception as err:  # the storage itself may be what failed
                 self.log(f"trial {number}: could not give it back ({first_line(err)})")
             self._release(number)
