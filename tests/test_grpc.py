@@ -110,6 +110,31 @@ def test_a_live_worker_fails_a_killed_workers_trials_through_the_proxy_and_ends_
     assert held and {t.number for t in held} == {t.number for t in stale}, [(t.number, t.state) for t in trials]
 
 
+def test_sigterm_behind_the_proxy_gives_the_trials_back_and_a_rerun_completes(tmp_path, request):
+    backend, env, reader = _backend("sqlite", tmp_path, request)
+    with start_storage_proxy(backend, env) as proxy:
+        args = [
+            *study_args("grpc_term", n_trials=4, batch=2, storage=proxy.url),
+            "data.n_train=2000",
+            "data.n_test=100",
+            "trainer.passes=6",
+            "tracking.figures=false",
+            *SPACE,
+        ]
+        proc = popen(tmp_path, *args)
+        output = Output(proc)
+        output.wait_for(lambda line: ": eval: split test" in line, count=2)  # both members past pass 1
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        out = output.text()
+        assert proc.returncode == 143 and "given back" in out, out[-3000:]
+        at_stop = states(tmp_path / "mlruns" / "optuna.db")
+        assert at_stop.get("RUNNING", 0) == 0 and at_stop["WAITING"] == 2, at_stop  # asked again at once
+        again = zipnet(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_study_and_runs_agree(tmp_path, "grpc_term", 4, reader)
+
+
 def _proxy(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "zipnet.cli.storage_proxy", *args], capture_output=True, text=True, timeout=120
