@@ -39,6 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +435,65 @@ def start_mlflow(
             log=log,
             pid=proc.pid,
         )
+    finally:
+        if proc is not None:
+            _stop_group(proc)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class StorageProxy:
+    """A running `zipnet-storage-proxy`: workers use `url` (grpc://HOST:PORT) as their storage."""
+
+    url: str
+    backend: str  # the storage it serves
+    proc: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def start_storage_proxy(
+    backend: str, env: dict[str, str] | None = None, host: str = "127.0.0.1", timeout: float = 60
+) -> Iterator[StorageProxy]:
+    """`zipnet-storage-proxy --storage BACKEND` on a free port of `host`, answering before this yields;
+    `env` carries the backend's credentials (the workers need none). Stopped with SIGTERM at the end."""
+    import optuna
+
+    root = Path(tempfile.mkdtemp(prefix="zipnet-proxy-"))
+    log = root / "proxy.log"
+    proc = None
+    try:
+        for attempt in range(STARTUP_TRIES):
+            port = free_port(host)
+            with log.open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "zipnet.cli.storage_proxy", "--storage", backend]
+                    + ["--host", host, "--port", str(port)],
+                    cwd=root,
+                    env={**os.environ, **(env or {})},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # marked experimental
+                client = optuna.storages.GrpcStorageProxy(host=host, port=port)
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:  # until it answers, or exits (a taken port)
+                try:
+                    client.wait_server_ready(timeout=1)
+                    break
+                except ConnectionError:
+                    continue
+            client.close()
+            if proc.poll() is None:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"zipnet-storage-proxy did not answer in {timeout:.0f} s\n{_tail(log)}")
+                break
+            if attempt == STARTUP_TRIES - 1:
+                raise RuntimeError(f"zipnet-storage-proxy exited with {proc.returncode}\n{_tail(log)}")
+        yield StorageProxy(url=f"grpc://{host}:{port}", backend=backend, proc=proc, log=log)
     finally:
         if proc is not None:
             _stop_group(proc)

@@ -116,8 +116,9 @@ class Output:
         return "\n".join(self.lines)
 
 
-def load(cwd: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd}/mlruns/optuna.db")
+def load(cwd: Path, name: str, storage: str | None = None) -> optuna.Study:
+    """The study in `storage`, by default the sqlite file beside the MLflow store under cwd."""
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{cwd}/mlruns/optuna.db")
 
 
 def runs(cwd: Path, name: str, experiment: str = "zipnet"):
@@ -148,10 +149,10 @@ def states(db: Path) -> dict[str, int]:
         return {}
 
 
-def assert_study_and_runs_agree(cwd: Path, name: str, n_trials: int):
+def assert_study_and_runs_agree(cwd: Path, name: str, n_trials: int, storage: str | None = None):
     """Exactly n_trials counted; nothing left RUNNING or WAITING; one FINISHED parent; a
     FINISHED child run per COMPLETE or PRUNED trial, linked both ways."""
-    study = load(cwd, name)
+    study = load(cwd, name, storage)
     trials = study.get_trials()
     assert counted(study) == n_trials, [(t.number, t.state) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

@@ -18,6 +18,10 @@ class StoreError(RuntimeError):
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type's name if it has none)."""
+    """The first line of an error's message (its type's name if it has none). A gRPC error (a
+    storage behind zipnet-storage-proxy) says its status and details, not its wrapper's first line."""
+    code, details = getattr(err, "code", None), getattr(err, "details", None)
+    if callable(code) and callable(details) and details():
+        return f"gRPC {getattr(code(), 'name', code())}: {details().strip().splitlines()[0]}"
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__

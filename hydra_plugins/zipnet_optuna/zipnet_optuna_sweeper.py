@@ -42,7 +42,7 @@ class ZipnetOptunaSweeperConf:
     _target_: str = "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper.ZipnetOptunaSweeper"
     _recursive_: bool = False  # a sampler given by _target_ reaches the sweeper as settings, not built by Hydra
     study_name: str | None = None  # null: the sweeps preset's name, else "zipnet" (another app: its job name)
-    storage: str | None = None  # null: optuna.db beside a local MLflow store; any Optuna URL; journal:PATH
+    storage: str | None = None  # null: optuna.db beside the MLflow store; an Optuna URL; journal:PATH; grpc://HOST:PORT
     direction: Any = "minimize"  # or a list, one per objective (another app's task returning several)
     metric: str = "test/error"  # reported after every pass (pruning) and after the last (the objective)
     n_trials: int = 20  # the target in total: a rerun continues up to it, never past it

@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides for every trial, e.g. trainer.passes=5")
     parser.add_argument("--n-trials", type=int, help="target number of trials (overrides the file)")
     parser.add_argument("--batch", type=int, help="trials trained together as one population (overrides the file)")
-    parser.add_argument("--storage", help="Optuna storage URL, or journal:PATH (overrides the file)")
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL, journal:PATH, or grpc://HOST:PORT (a zipnet-storage-proxy; overrides the file)",
+    )
     parser.add_argument("--study", help="study name (overrides the file)")
     args = parser.parse_intermixed_args(argv)
     from zipnet.cli import train

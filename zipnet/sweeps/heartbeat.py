@@ -10,6 +10,12 @@ A beat that fails (the storage restarting, the network gone) is logged once, wit
 and again when the storage answers; the thread keeps beating every interval meanwhile. Trials
 silent past the grace period are failed by whichever worker next recovers, so a long outage
 costs this worker its trials, never the study its count.
+
+A storage without Optuna's heartbeat (GrpcStorageProxy: the proxy's API has no heartbeat call)
+gets a beat of zipnet's own through calls every storage has: each beat writes the trial's
+system attribute `zipnet.beat`, and `Silence` judges a trial stale when that attribute has not
+changed for the grace period, as the judging worker saw it on its own monotonic clock (no
+host's wall clock is compared with another's).
 """
 
 from __future__ import annotations
@@ -20,10 +26,51 @@ from collections.abc import Callable
 
 from zipnet.errors import first_line
 
+BEAT = "zipnet.beat"  # the trial system attribute a beat rewrites where the storage has no heartbeat of its own
+
+
+def attribute_beat(storage) -> Callable[[int], None]:
+    """A beat through any storage: the trial's `zipnet.beat` attribute, set to a new value."""
+
+    def record(trial_id: int) -> None:
+        storage.set_trial_system_attr(trial_id, BEAT, time.time())  # only its change is read, never the time
+
+    return record
+
+
+class Silence:
+    """Which running trials have stopped beating (the `zipnet.beat` attribute): those whose
+    attribute stayed the same for `grace` seconds of this process's clock. A trial that never
+    beat (its worker died right after asking it) is silent from when it was first seen."""
+
+    def __init__(self, grace: float):
+        self.grace = grace
+        self.seen: dict[int, tuple[object, float]] = {}  # trial number -> (its beat, when this value was first seen)
+
+    def silent(self, running) -> list:
+        """The trials of `running` (other workers' RUNNING trials) silent for the grace period."""
+        now, seen, out = time.monotonic(), {}, []
+        for t in running:
+            beat = t.system_attrs.get(BEAT)
+            last = self.seen.get(t.number)
+            seen[t.number] = last if last is not None and last[0] == beat else (beat, now)
+            if now - seen[t.number][1] >= self.grace:
+                out.append(t)
+        self.seen = seen  # trials that ended are forgotten
+        return out
+
 
 class Heartbeat:
-    def __init__(self, storage, interval: float, log: Callable[[str], None], on_beat: Callable[[], None] | None = None):
-        self.storage, self.interval, self.log, self.on_beat = storage, interval, log, on_beat
+    """Beats with `record(trial_id)`: Optuna's `storage.record_heartbeat`, or `attribute_beat(storage)`."""
+
+    def __init__(
+        self,
+        record: Callable[[int], None],
+        interval: float,
+        log: Callable[[str], None],
+        on_beat: Callable[[], None] | None = None,
+    ):
+        self.record, self.interval, self.log, self.on_beat = record, interval, log, on_beat
         self.covered: dict[int, int] = {}  # trial number -> trial id
         self.failing_since: float | None = None  # when the first beat of the current outage failed
         self._guard = threading.Lock()
@@ -32,7 +79,7 @@ class Heartbeat:
 
     def cover(self, number: int, trial_id: int) -> None:
         """Beat for the trial now and every interval until it is released."""
-        self.storage.record_heartbeat(trial_id)
+        self.record(trial_id)
         with self._guard:
             self.covered[number] = trial_id
             if self._thread is None:
@@ -56,7 +103,7 @@ class Heartbeat:
                 ids = list(self.covered.values())
             try:
                 for trial_id in ids:
-                    self.storage.record_heartbeat(trial_id)
+                    self.record(trial_id)
                 if self.on_beat is not None:
                     self.on_beat()
             except Exception as err:

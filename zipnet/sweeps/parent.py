@@ -1,7 +1,8 @@
 """A study's MLflow parent run: one per study, whoever starts first.
 
 Its id is stored with the study (a study user attribute), under the storage's lock, so
-workers that start together on any hosts find one parent. Trials log their runs as its
+workers that start together on any hosts find one parent (on a storage without a lock, the
+worker that created the study makes it and the others wait for it). Trials log their runs as its
 children. It holds the study's settings as params, the counts and the best trial as they
 come, and, once the study is complete, the study's views (history, importances, slices,
 parallel coordinates, trials.csv); then it ends FINISHED.
@@ -10,6 +11,7 @@ parallel coordinates, trials.csv); then it ends FINISHED.
 from __future__ import annotations
 
 import json
+import time
 
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import StudySpec
@@ -46,6 +48,15 @@ def ensure(tracker, study, spec: StudySpec, url: str) -> str:
     tracker.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     study.set_user_attr(PARENT, run_id)
     return run_id
+
+
+def made_by_creator(tracker, study, spec: StudySpec, url: str) -> str:
+    """On a storage without a lock (grpc://), a worker that did not create the study waits, up to
+    storage_timeout, for the parent run its creator makes; then it makes one (the creator died first)."""
+    deadline = time.monotonic() + spec.storage_timeout
+    while PARENT not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ensure(tracker, study, spec, url)
 
 
 def update(tracker, run_id: str, study, spec: StudySpec, tally: stores.Tally) -> None:

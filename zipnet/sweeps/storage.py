@@ -4,12 +4,16 @@ Workers on any hosts share one Optuna storage and coordinate only through it (no
 coordinator of zipnet's own):
 - count, then ask: under the storage's lock (a file lock beside a local sqlite or journal
   file; a PostgreSQL advisory lock on a server), so that together they ask exactly
-  `n_trials`. Storages without a lock give back what went past the target, by trial number.
+  `n_trials`. Storages without a lock (grpc://, mysql) give back what went past the target,
+  by trial number, and the worker that created the study makes its MLflow parent run.
 - heartbeats (Optuna's RDB heartbeat, zipnet.sweeps.heartbeat): a worker records one for each
   of its running trials, from the ask on, every `heartbeat_interval` seconds. A trial silent
   for `grace_period` is failed by `optuna.storages.fail_stale_trials`, and
   `RetryHeartbeatStaleTrialCallback` asks its parameters again, at most `max_retry` times.
   Liveness is never judged by host name or pid, so a live worker's trials are never taken from it.
+  Through a gRPC proxy (`grpc://HOST:PORT`, `zipnet-storage-proxy`), whose API has no heartbeat,
+  the beat is a trial attribute and a trial is stale once it stopped changing
+  (zipnet.sweeps.heartbeat.Silence); the retry is the same.
 - give back: on Ctrl-C or a preemption signal a worker fails its running trials and asks
   them again at once, without waiting for the heartbeat to go stale.
 
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from zipnet import session
 from zipnet.errors import first_line
-from zipnet.sweeps.heartbeat import Heartbeat
+from zipnet.sweeps.heartbeat import Heartbeat, Silence, attribute_beat
 from zipnet.sweeps.snapshot import Snapshot
 from zipnet.sweeps.study import FailureBudgetExceeded, StudySpec, SweepError, make_sampler
 from zipnet.tracking.store import sqlite_path
@@ -68,6 +72,16 @@ def without_password(url: str) -> str:
     )
 
 
+def grpc_address(url: str) -> tuple[str, int] | None:
+    """(host, port) of a `grpc://HOST:PORT` storage (a zipnet-storage-proxy), else None."""
+    if not url.startswith("grpc://"):
+        return None
+    host, colon, port = url[len("grpc://") :].rstrip("/").rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SweepError(f"storage {url}: give grpc://HOST:PORT, where a zipnet-storage-proxy listens")
+    return host.strip("[]"), int(port)
+
+
 def local_file(url: str) -> Path | None:
     """The local file behind a sqlite or journal storage URL, else None (a server)."""
     if url.startswith("journal:"):
@@ -87,6 +101,11 @@ def open_storage(url: str, spec: StudySpec | None = None):
     import optuna
 
     path = local_file(url)
+    address = grpc_address(url)
+    if address is not None:
+        storage = _open_proxy(url, address, spec)
+        storages[url] = storage
+        return storage
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
@@ -112,6 +131,25 @@ def open_storage(url: str, spec: StudySpec | None = None):
     except Exception as err:
         raise storage_error(url, err) from err
     storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
+    return storage
+
+
+def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
+    """A GrpcStorageProxy to a proxy that answers within storage_timeout."""
+    import optuna
+
+    timeout = (spec or StudySpec(where="storage", study_name="")).storage_timeout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gRPC proxy is marked experimental
+        storage = optuna.storages.GrpcStorageProxy(host=address[0], port=address[1])
+    try:
+        storage.wait_server_ready(timeout=timeout)
+    except ConnectionError:
+        storage.close()
+        raise SweepError(
+            f"storage {url}: no proxy answered there within storage_timeout ({timeout:g} s); start one with "
+            f"zipnet-storage-proxy --storage URL --host {address[0]} --port {address[1]}"
+        ) from None
     return storage
 
 
@@ -150,10 +188,16 @@ def storage_error(url: str, err: BaseException) -> SweepError:
     return SweepError(f"storage {masked(url)}: cannot open it: {first_line(err)}")
 
 
+def locked(url: str) -> bool:
+    """Whether `lock(url)` excludes other workers. Not through a gRPC proxy: its API has no
+    lock, and the PostgreSQL behind it is what the proxy spares the workers from reaching."""
+    return local_file(url) is not None or url.startswith("postgresql")
+
+
 @contextlib.contextmanager
 def lock(url: str):
     """Exclusive across workers: a file lock beside a local file; a PostgreSQL advisory lock
-    (held by one connection, released if its worker dies); no lock elsewhere."""
+    (held by one connection, released if its worker dies); no lock elsewhere (see `locked`)."""
     path = local_file(url)
     if path is not None:
         from filelock import FileLock
@@ -188,8 +232,15 @@ def _lock_engine(url: str):
 
 
 def heartbeats(storage) -> bool:
-    """Whether the storage keeps heartbeats (RDB storages here do; journal storages cannot)."""
+    """Whether the storage keeps Optuna's heartbeats (RDB storages here do; journal storages cannot)."""
     return hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() is not None
+
+
+def proxied(storage) -> bool:
+    """Whether the storage is a gRPC proxy's client: zipnet beats through a trial attribute."""
+    import optuna
+
+    return isinstance(storage, optuna.storages.GrpcStorageProxy)
 
 
 def worker_id() -> str:
@@ -258,12 +309,13 @@ class Coordinator:
         self.worker = worker_id()
         self.study_id = storage.get_study_id_from_name(spec.study_name)
         self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
-        self.beating = heartbeats(storage)
+        optuna_beats = heartbeats(storage)
+        self.silence = Silence(spec.grace) if not optuna_beats and proxied(storage) else None  # zipnet's own beat
+        self.beating = optuna_beats or self.silence is not None
         self._recovering = threading.Lock()  # the main thread and the beating thread both recover
         # another worker's silence is noticed within a beat, not at the next batch
-        self.heartbeat = (
-            Heartbeat(storage, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
-        )
+        record = storage.record_heartbeat if optuna_beats else attribute_beat(storage)
+        self.heartbeat = Heartbeat(record, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -281,6 +333,22 @@ class Coordinator:
             self._recover()
 
     def _recover(self) -> None:
+        stale = self._optuna_stale() if self.silence is None else self._silent()
+        for number in sorted(stale - set(self.mine)):
+            self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
+            if self.on_stale is not None:
+                self.on_stale(self.storage.get_trial(self.trial_id(number)))
+
+    def _silent(self) -> set[int]:
+        """Trials whose `zipnet.beat` stayed the same for the grace period fail, each once (the
+        storage refuses to finish a trial twice: the worker whose FAIL it took asks it again; a
+        trial told, or failed by another worker, meanwhile is left as it is)."""
+        silent = self.silence.silent([t for t in self._running() if t.number not in self.mine])
+        return {t.number for t in silent if self._fail_and_retry(t.number)}
+
+    def _optuna_stale(self) -> set[int]:
+        """Optuna's stale trials (fail_stale_trials), and a trial whose worker died between asking
+        it and its first heartbeat (it has no worker)."""
         import optuna
 
         running = self._running()
@@ -299,10 +367,7 @@ class Coordinator:
                 and self._fail_and_retry(t.number)
             ):
                 stale.add(t.number)
-        for number in sorted(stale - set(self.mine)):
-            self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
-            if self.on_stale is not None:
-                self.on_stale(self.storage.get_trial(self.trial_id(number)))
+        return stale
 
     def _fail_and_retry(self, number: int, attr: str | None = None) -> bool:
         """FAIL the trial if it is still running, then ask its parameters again (at most
@@ -362,7 +427,7 @@ class Coordinator:
     def _past_target(self, asked: list) -> list:
         """Without a lock two workers may both ask the last slots: the trials numbered past
         the target are given back as surplus (not counted, not asked again)."""
-        if local_file(self.url) is not None or self.url.startswith("postgresql"):
+        if locked(self.url):
             return asked
         from optuna.trial import TrialState
 

@@ -108,15 +108,20 @@ class Sweep:
 
     def _open(self) -> None:
         import optuna
+        from optuna.exceptions import DuplicatedStudyError
+        from optuna.study import StudyDirection
 
         spec = self.spec
         with stores.lock(self.url):  # workers starting together: one set of tables, one study, one parent
             self.storage = stores.open_storage(self.url, spec)
-            self.study = optuna.create_study(
+            try:
+                self.storage.create_new_study([StudyDirection[d.upper()] for d in spec.directions], spec.study_name)
+                created = True
+            except DuplicatedStudyError:
+                created = False
+            self.study = optuna.load_study(
                 study_name=spec.study_name,
                 storage=self.storage,
-                load_if_exists=True,
-                directions=spec.directions,
                 sampler=make_sampler(spec, 0),
                 pruner=make_pruner(spec),
             )
@@ -128,7 +133,12 @@ class Sweep:
                 )
             if SPEC not in self.study.user_attrs:
                 self.study.set_user_attr(SPEC, spec.as_dict())
-            self.parent = parent.ensure(self.tracker, self.study, spec, self.url) if self.tracker else None
+            if self.tracker is None:
+                self.parent = None
+            elif created or stores.locked(self.url):
+                self.parent = parent.ensure(self.tracker, self.study, spec, self.url)
+            else:  # no lock: the worker that created the study makes its parent
+                self.parent = parent.made_by_creator(self.tracker, self.study, spec, self.url)
         self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log, on_stale=self._stale)
 
     def _stale(self, frozen) -> None:
