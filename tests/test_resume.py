@@ -41,7 +41,8 @@ def _train(members, digits, backend, **kw):
 def _interrupted(members, digits, backend, path) -> Checkpoint:
     """Train until the STOP-th pass's checkpoint is on disk, then stop; that checkpoint, read back."""
 
-    def save(checkpoint: Checkpoint) -> None:
+    def save(checkpoint: Checkpoint, positions: list[int]) -> None:
+        assert positions == list(range(len(members)))
         checkpoint.save(path)
         if checkpoint.passes_done == STOP:
             raise Stopped
@@ -135,3 +136,46 @@ def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path):
         Checkpoint.load(junk)
     with pytest.raises(ConfigError, match="missing.pt: no such checkpoint"):
         Checkpoint.load(tmp_path / "missing.pt")
+
+
+def _cli(*args, cwd):
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "zipnet.cli.train", *args]
+    return subprocess.run(run, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_resumed_from_k_passes_to_n_ends_where_an_n_pass_run_ends(tmp_path):
+    import json
+
+    args = ["data.n_train=200", "data.n_test=100", "trainer.progress=off", "tracking.enabled=false"]
+    args += ["trainer.shift=1", "model.dropout=0.1", "optim=adamw", "optim.lr=0.001"]
+    stamped = "hydra.run.dir=out/${now:%H-%M-%S-%f}"  # a new folder per run, as Hydra's default
+    first = _cli(*args, "trainer.passes=2", stamped, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = _cli(*args, "trainer.passes=4", "trainer.resume=true", stamped, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "checkpoint.pt: 2 of 4 passes done" in resumed.stdout
+    whole = _cli(*args, "trainer.passes=4", "hydra.run.dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    (last,) = [
+        d
+        for d in (tmp_path / "out").iterdir()
+        if json.loads((d / "metrics.json").read_text())["history"][-1]["pass"] == 4
+    ]
+
+    def rows(folder):
+        history = json.loads((folder / "metrics.json").read_text())["history"]
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in history]
+
+    assert rows(last) == rows(tmp_path / "whole") and len(rows(last)) == 4
+    got, want = Checkpoint.load(last / "checkpoint.pt"), Checkpoint.load(tmp_path / "whole" / "checkpoint.pt")
+    for name in PARAM_NAMES:
+        assert torch.equal(got.members[0].params[name], want.members[0].params[name])
+    other = _cli(*args, "trainer.passes=4", "optim.lr=0.002", "trainer.resume=true", stamped, cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert (
+        "trainer.resume: " in other.stderr
+        and "another config: member 0 optim.lr (0.001 there, 0.002 here)" in other.stderr
+    )

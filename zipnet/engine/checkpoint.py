@@ -142,11 +142,16 @@ class Checkpoint:
         members = [m for part in parts for m in part.members]
         return dataclasses.replace(first, members=members, source=", ".join(p.source for p in parts if p.source))
 
+    def fits(self, configs: list[dict], shared: dict) -> bool:
+        """Whether it was written for members of these configs, in this order, and these shifts."""
+        here = {"members": configs, **shared}
+        return hashlib.sha256(json.dumps(here, sort_keys=True).encode()).hexdigest() == self.config_hash
+
     def check(self, configs: list[dict], shared: dict) -> None:
         """Refuse, in one line, a checkpoint written for another config than the population's."""
-        here = {"members": configs, **shared}
-        if hashlib.sha256(json.dumps(here, sort_keys=True).encode()).hexdigest() == self.config_hash:
+        if self.fits(configs, shared):
             return
+        here = {"members": configs, **shared}
         where = self.source or "the checkpoint"
         if len(configs) != len(self.members):
             raise ConfigError(KEY, f"{where} holds {len(self.members)} members; this population has {len(configs)}")

@@ -24,7 +24,7 @@ from zipnet.errors import ConfigError
 from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
-CheckpointHook = Callable[[Checkpoint], None]
+CheckpointHook = Callable[[Checkpoint, list[int]], None]
 
 
 def train(
@@ -55,8 +55,8 @@ def train(
     recipe), drawn from `shift_seed` and the pass.
 
     `start`: a checkpoint of these members (in order) to go on from; the results then hold its
-    passes too. `on_checkpoint(checkpoint)` gets the live members' state every `checkpoint_every`
-    passes and after the last one.
+    passes too. `on_checkpoint(checkpoint, positions)` gets the live members' state (their
+    positions in `members`) every `checkpoint_every` passes and after the last one.
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
@@ -122,7 +122,8 @@ def train(
                 and (pass_number % checkpoint_every == 0 or pass_number == passes)
             ):
                 live = [results[pos] for pos in active]
-                on_checkpoint(Checkpoint.of(pop, live, [configs[pos] for pos in active], shared, pass_number))
+                state = Checkpoint.of(pop, live, [configs[pos] for pos in active], shared, pass_number)
+                on_checkpoint(state, list(active))
     for k, pos in enumerate(active):
         results[pos].status = "finished"
         results[pos].params = pop.member_params(k)
