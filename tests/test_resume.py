@@ -179,3 +179,18 @@ def test_the_cli_resumed_from_k_passes_to_n_ends_where_an_n_pass_run_ends(tmp_pa
         "trainer.resume: " in other.stderr
         and "another config: member 0 optim.lr (0.001 there, 0.002 here)" in other.stderr
     )
+
+
+def test_a_tracked_resumed_run_goes_on_in_its_mlflow_run_with_every_pass_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["data.n_train=200", "data.n_test=100", "trainer.progress=off", f"tracking.uri={uri}"]
+    args += ["tracking.figures=false", "tracking.system_metrics=false", "hydra.run.dir=run"]
+    assert _cli(*args, "trainer.passes=2", cwd=tmp_path).returncode == 0
+    resumed = _cli(*args, "trainer.passes=3", "trainer.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("zipnet").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["zipnet.resumed_from_pass"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test/error")] == [1, 2, 3]
