@@ -148,7 +148,7 @@ def optim(cfg: DictConfig) -> OptimSpec:
 
 
 def trainer(cfg: DictConfig) -> dict:
-    """The trainer group, checked: passes, device, threads, progress, backend, shifts."""
+    """The trainer group, checked: passes, device, threads, progress, backend, shifts, checkpoints."""
     device = _get(cfg, "trainer.device")
     if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError("trainer.device", f"{device!r} is not allowed; choose one of cpu, cuda, cuda:N")
@@ -165,7 +165,17 @@ def trainer(cfg: DictConfig) -> dict:
         "backend": choice(cfg, "trainer.backend", BACKENDS),
         "shift": integer(cfg, "trainer.shift", minimum=0),
         "shift_seed": integer(cfg, "trainer.shift_seed", minimum=0),
+        "checkpoint_every": integer(cfg, "trainer.checkpoint_every", minimum=0),
+        "resume": resume(cfg, "trainer.resume"),
     }
+
+
+def resume(cfg: DictConfig, key: str) -> bool | str:
+    """false, true (the newest checkpoint of the same config), or a checkpoint file or its folder."""
+    value = _get(cfg, key)
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+        return value
+    raise ConfigError(key, f"{value!r} is not allowed; choose one of true, false, or give a checkpoint's path")
 
 
 def engine_options(opts: dict) -> dict:

@@ -60,6 +60,7 @@ class SGD:
 
     fused = True  # the engine may fold lr into the deltas and fuse the outer products
     curvature: str | None = None  # what second-order information the engine must supply
+    carried: tuple[str, ...] = ()  # what a pass hands the next: dicts of (K, ...) tensors (lr is set per pass)
 
     def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
         self.specs = list(specs)
@@ -74,6 +75,21 @@ class SGD:
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         for name, p in params.items():
             p.addcmul_(_expand(self.lr, p), grads[name], value=-1.0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What the next pass reads besides the parameters, every tensor (K, ...) on the CPU: a checkpoint's."""
+        return {
+            f"{name}.{part}": t.detach().cpu().clone()
+            for name in self.carried
+            for part, t in getattr(self, name).items()
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The state() of a population of the same size, as the next pass will read it."""
+        for name in self.carried:
+            prefix = f"{name}."
+            parts = {k[len(prefix) :]: t.to(self.device).clone() for k, t in state.items() if k.startswith(prefix)}
+            setattr(self, name, parts)
 
     def keep(self, index: torch.Tensor) -> None:
         """Drop members: keep only those at `index` (diverged or pruned ones leave)."""
@@ -95,6 +111,7 @@ class SDLM(SGD):
     """
 
     fused = False
+    carried = ("h", "step_size")  # "running" mode carries h over; "pass" mode estimates it again
 
     def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
         super().__init__(specs, device)
@@ -131,6 +148,7 @@ class AdamW(SGD):
     """Adam with decoupled weight decay, one step per example (the seed's modern.py rule)."""
 
     fused = False
+    carried = ("m", "v")
 
     def __init__(self, specs: list[OptimSpec], device: torch.device | str = "cpu"):
         super().__init__(specs, device)
@@ -141,6 +159,17 @@ class AdamW(SGD):
         self.t = 0
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The moments, and the step count once per member (every member has taken the same steps)."""
+        return {**super().state(), "t": torch.full((len(self.specs),), self.t, dtype=torch.int64)}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state(state)
+        steps = set(state["t"].tolist())
+        if len(steps) != 1:
+            raise ValueError(f"one population's members take the same steps; the state has {sorted(steps)}")
+        self.t = steps.pop()
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         # one flat (K, P) vector per state: a handful of tensor ops per pattern, not eight times as many

@@ -21,11 +21,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
-from zipnet.engine import Member, RunResult, format_pass, train
+from zipnet.engine import Checkpoint, Member, RunResult, format_pass, train
+from zipnet.engine import checkpoint as checkpoints
 from zipnet.errors import first_line
 from zipnet.session import Clock
 
 Log = Callable[[str], None]
+CHECKPOINT = "checkpoint.pt"  # a job's last checkpoint, in its output folder (trainer.checkpoint_every)
 SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
 
 
@@ -70,6 +72,15 @@ class Job:
     error: BaseException | None = None  # why it did not train, if it did not
     run_id: str | None = None  # its MLflow run, when tracked
     metric: str = "test/error"  # what its task function returns (a sweep's trial: the study's metric)
+    resume: list[Path] = field(default_factory=list)  # checkpoints it may go on from, the newest first
+    start: Checkpoint | None = None  # the one it goes on from: the newest of `resume` written for its config
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """Where its checkpoints go: its output folder, unless trainer.checkpoint_every is 0."""
+        if self.out_dir is None or not (self.opts or {}).get("checkpoint_every"):
+            return None
+        return self.out_dir / CHECKPOINT
 
     def check(self) -> Job:
         """Check every value (ConfigError names the key); nothing has run yet."""
@@ -112,7 +123,7 @@ def population_key(job: Job) -> str:
     model, optim = tree["model"], tree["optim"]
     shared = {
         "data": data,
-        "trainer": {k: v for k, v in tree["trainer"].items() if k != "progress"},
+        "trainer": {k: v for k, v in tree["trainer"].items() if k not in ("progress", "resume")},
         "table": [model["table"], model["table_seed"]],
         "relu": model.get("activation") == "relu",
         "output": model.get("output"),
@@ -197,21 +208,33 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                         f"fingerprint {d.fingerprint[:12]}"
                     )
             job.digits = loaded[key]
-        digits = group[0].digits if len(loaded) == 1 else [job.digits for job in group]
+        for job in group:
+            job.start = _start(job)
+            if job.start is not None and say is not None:
+                name = f"{job.name}: " if len(group) > 1 else ""
+                say(f"{name}resumed from {job.start.source}: {job.start.passes_done} of {opts['passes']} passes done")
         for job in group:
             started.append(job)  # aborted if anything below raises, however far its watchers got
             for watcher in job.watchers:
                 with clock.timing(watcher.kind):
                     watcher.start(job)
-        # a single run prints the seed's lines itself (the engine's log); a population, each job's
-        results = train(
-            [job.member for job in group],
-            digits,
-            log=say if len(group) == 1 else None,
-            on_pass=on_pass,
-            progress=bar,
-            **engine_options(group[0].opts),
-        )
+        results = {}
+        for part in _by_passes_done(group):  # lockstep: only members at the same pass train together
+            digits = part[0].digits if len({id(job.digits) for job in part}) == 1 else [job.digits for job in part]
+            # a single run prints the seed's lines itself (the engine's log); a population, each job's
+            trained = train(
+                [job.member for job in part],
+                digits,
+                log=say if len(group) == 1 else None,
+                on_pass=on_pass,
+                progress=bar,
+                start=Checkpoint.stack([job.start for job in part]) if part[0].start is not None else None,
+                checkpoint_every=opts["checkpoint_every"],
+                on_checkpoint=_saver(part, clock),
+                **engine_options(opts),
+            )
+            results.update(zip(map(id, part), trained))
+        results = [results[id(job)] for job in group]
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         for job in group:
@@ -234,6 +257,48 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
         for watcher in job.watchers:
             with clock.timing(watcher.kind):
                 watcher.end(job, result)
+
+
+def _start(job: Job) -> Checkpoint | None:
+    """The newest of the job's checkpoints written for its config; None when it has none. Where
+    every one of them is another config's, the newest is refused, in one line naming what differs."""
+    if not job.resume:
+        return None
+    opts = job.opts
+    configs = [checkpoints.member_config(job.member, checkpoints.fingerprint(job.digits))]
+    shared = checkpoints.shared_config([job.member], opts["passes"], opts["shift"], opts["shift_seed"])
+    found = [Checkpoint.load(path) for path in job.resume]
+    for candidate in found:
+        if candidate.fits(configs, shared):
+            return candidate
+    found[0].check(configs, shared)  # raises
+    return None
+
+
+def _by_passes_done(group: list[Job]) -> list[list[Job]]:
+    """The group's jobs by how many passes their checkpoints have done (none: 0), in order."""
+    parts: dict[int, list[Job]] = {}
+    for job in group:
+        parts.setdefault(job.start.passes_done if job.start is not None else 0, []).append(job)
+    return list(parts.values())
+
+
+def _saver(part: list[Job], clock: Clock):
+    """The engine's checkpoint hook for these jobs: each live member's state into its job's
+    folder, replacing the one before, with its MLflow run id."""
+
+    def save(state: Checkpoint, positions: list[int]) -> None:
+        with clock.timing("checkpoint"):
+            for k, pos in enumerate(positions):
+                job = part[pos]
+                if job.checkpoint is None:
+                    continue
+                mine = state.member(k)
+                mine.members[0].meta = {"mlflow_run_id": job.run_id} if job.run_id else {}
+                job.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                mine.save(job.checkpoint)
+
+    return save
 
 
 def _recoverable(err: BaseException) -> bool:
@@ -294,24 +359,44 @@ class Tracked(Watcher):
         self, tracker, tags: dict[str, str] | None = None, parent_run_id: str | None = None, role: str = "run"
     ):
         self.tracker, self.tags, self.parent, self.role = tracker, dict(tags or {}), parent_run_id, role
-        self.logged = 0
+        self.logged = 0  # rows of the job's history handed to the tracker
+        self.stored = 0  # the last pass the run had in the store before this process (a resumed run)
 
     def start(self, job: Job) -> None:
+        """A new run; or, for a job resumed from a checkpoint, the run the checkpoint names, where
+        this store has it (else a new one), tagged with the pass it resumes from. Either way its
+        passes so far are logged once."""
         from zipnet import preempt
 
-        with preempt.critical():  # a run is created and recorded whole, or not at all
-            job.run_id = self.tracker.start(job.name or None, self.tags, role=self.role, parent_run_id=self.parent)
-        self.tracker.log_config(job.run_id, job.cfg, job.overrides, job.digits)
+        tags, done, carried = dict(self.tags), None, []
+        if job.start is not None:
+            tags["zipnet.resumed_from_pass"] = str(job.start.passes_done)
+            carried = job.start.members[0].history
+            run_id = job.start.members[0].meta.get("mlflow_run_id")
+            if run_id:
+                with preempt.critical():
+                    done = self.tracker.reopen(run_id, tags, role=self.role, parent_run_id=self.parent)
+            if done is not None:
+                job.run_id, self.stored = run_id, done
+        if done is None:
+            with preempt.critical():  # a run is created and recorded whole, or not at all
+                job.run_id = self.tracker.start(job.name or None, tags, role=self.role, parent_run_id=self.parent)
+            self.tracker.log_config(job.run_id, job.cfg, job.overrides, job.digits)
+        self._log(job, carried)
+
+    def _log(self, job: Job, history: list[dict]) -> None:
+        """The rows from self.logged on, less the passes the run had already."""
+        self.tracker.log_history(job.run_id, [row for row in history[self.logged :] if row["pass"] > self.stored])
+        self.logged = len(history)
 
     def on_pass(self, job: Job, result: RunResult) -> bool:
-        self.tracker.log_pass(job.run_id, result.history[-1])
-        self.logged = len(result.history)
+        self._log(job, result.history)
         return False
 
     def end(self, job: Job, result: RunResult) -> None:
         from zipnet import tracking
 
-        self.tracker.log_history(job.run_id, result.history[self.logged :])  # the pass a member diverged in
+        self._log(job, result.history)  # the pass a member diverged in
         tags = tracking.population_tags(result.population_sizes or [1], result.population_positions or [0])
         tags.update(engine_tags(result))
         self.tracker.finish(job.run_id, result, job.digits, extra_tags=tags)

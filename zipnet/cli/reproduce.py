@@ -52,7 +52,7 @@ def _training_keys(flat: dict) -> dict:
 
 def rebuild_overrides(stored_cfg: dict, stored_overrides: list[str]) -> list[str]:
     """The zipnet-train overrides that compose to `stored_cfg` with today's conf/."""
-    drop = ("tracking.", "hydra.", "trainer.progress", "trial.")
+    drop = ("tracking.", "hydra.", "trainer.progress", "trainer.checkpoint_every", "trainer.resume", "trial.")
     overrides = [o for o in stored_overrides if not override_key(o).startswith(drop)]
     want = _training_keys(tracking.flatten(stored_cfg))
     with Composer() as composer:

@@ -13,17 +13,20 @@ and trains all of a batch's jobs together. main() opens the process's zipnet.ses
 
 from __future__ import annotations
 
+import glob
+import os
+import re
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from zipnet import preempt, runner, session
 from zipnet.config import CONF_DIR
 from zipnet.errors import ConfigError, DataError, StoreError
 
-__all__ = ["CONF_DIR", "job_for", "main", "make_job", "run", "tracked_run"]
+__all__ = ["CONF_DIR", "checkpoints", "job_for", "main", "make_job", "run", "tracked_run"]
 
 
 def run(cfg: DictConfig, log=print, out_dir: Path | None = None, watchers: list | None = None, name: str = ""):
@@ -92,11 +95,34 @@ def make_job(cfg: DictConfig) -> runner.Job:
     hc = HydraConfig.get()
     grid = hc.mode == RunMode.MULTIRUN
     job = job_for(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir), grid=grid, num=hc.job.num if grid else 0)
+    job.resume = checkpoints(job.opts["resume"], hc, grid)
     if grid:
         for watcher in job.watchers:
             if isinstance(watcher, runner.Tracked) and watcher.role == "job":
                 watcher.tags["zipnet.sweep"] = str(hc.sweep.dir)
     return job
+
+
+def checkpoints(resume: bool | str, hc, grid: bool) -> list[Path]:
+    """The checkpoints trainer.resume points at, the newest first: those of the runs' output folders
+    (hydra.run.dir, or a grid's hydra.sweep.dir and subdir, each ${...} part a wildcard), or the
+    one file it names (a folder: its checkpoint.pt), relative to where zipnet-train was started."""
+    if resume is False:
+        return []
+    cwd = Path(hc.runtime.cwd)
+    if resume is not True:
+        path = cwd / Path(resume).expanduser()
+        path = path / runner.CHECKPOINT if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError("trainer.resume", f"{path}: no such checkpoint; give true, false or a checkpoint's path")
+        return [path]
+    node = OmegaConf.to_container(hc, resolve=False)  # the folders as written, before ${now:...} resolved
+    folder = f"{node['sweep']['dir']}/{node['sweep']['subdir']}" if grid else node["run"]["dir"]
+    pattern = os.path.join(cwd, re.sub(r"\$\{[^}]*\}", "*", str(folder)), runner.CHECKPOINT)
+    found = sorted((Path(p) for p in glob.glob(pattern)), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        print(f"trainer.resume: no checkpoint under {pattern} yet; training from pass 1", file=sys.stderr)
+    return found
 
 
 def _refuse(cfg: DictConfig, err: Exception) -> None:

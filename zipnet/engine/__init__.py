@@ -13,9 +13,12 @@ and backward passes are one batched computation. A single run is a population of
     kernel_ops.py   the kernel backend: passes, curvature and evaluation on the compiled kernel
     kernel.py       the compiled CPU kernel (kernel.c): built, verified, cached, called by ctypes
     training.py     train(): the loop over passes, each member's rows, divergence, pruning
+    checkpoint.py   a population at a pass boundary, saved and restored: resumed, it ends bit
+                    for bit where the uninterrupted run ends
 """
 
 from zipnet.engine.backend import Backend, backend_for
+from zipnet.engine.checkpoint import Checkpoint
 from zipnet.engine.members import BACKENDS, MSE_C, Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import hessian_sample, shifted
@@ -31,6 +34,7 @@ __all__ = [
     "RunResult",
     "Population",
     "Backend",
+    "Checkpoint",
     "backend_for",
     "PassHook",
     "format_pass",

@@ -16,12 +16,15 @@ import torch
 from zipnet import paper
 from zipnet.engine import kernel
 from zipnet.engine.backend import Backend, Prepared, Scores, backend_for
+from zipnet.engine.checkpoint import Checkpoint, fingerprint, member_config, shared_config
 from zipnet.engine.members import Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import Streams, hessian_sample, pass_digits
+from zipnet.errors import ConfigError
 from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
+CheckpointHook = Callable[[Checkpoint, list[int]], None]
 
 
 def train(
@@ -36,6 +39,9 @@ def train(
     threads: int = 0,
     shift: int = 0,
     shift_seed: int = 0,
+    start: Checkpoint | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: CheckpointHook | None = None,
 ) -> list[RunResult]:
     """Train members in lockstep and return one RunResult each, in the order given.
 
@@ -47,18 +53,37 @@ def train(
     (torch ops), "c" (the compiled CPU kernel), or "auto" (the kernel wherever it applies).
     `shift`: each training pattern moved by up to that many pixels per pass (the modern
     recipe), drawn from `shift_seed` and the pass.
+
+    `start`: a checkpoint of these members (in order) to go on from; the results then hold its
+    passes too. `on_checkpoint(checkpoint, positions)` gets the live members' state (their
+    positions in `members`) every `checkpoint_every` passes and after the last one.
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
+    prints = [fingerprint(d) for d in streams.datasets]
+    configs = [member_config(m, prints[d]) for m, d in zip(members, streams.index)]
+    shared = shared_config(members, passes, shift, shift_seed)
     pop = Population(members, dev)
+    first = 0  # the passes already done
+    if start is not None:
+        start.check(configs, shared)
+        if start.passes_done > passes:
+            raise ConfigError(
+                "trainer.passes",
+                f"{passes} is fewer than the {start.passes_done} passes done in {start.source or 'the checkpoint'}",
+            )
+        start.load_into(pop)
+        first = start.passes_done
     ops = backend_for(pop, backend, threads)
     results = [RunResult(member=m, backend=ops.name, kernel_build=ops.build, cpu=kernel.cpu_model()) for m in members]
+    if start is not None:
+        start.fill(results)
     active = list(range(len(members)))  # positions in `results` of the population's members
     splits = {split: streams.split(split, dev) for split in SPLITS}
     sizes = {split: y.shape[1] for split, (_, y) in splits.items()}
     prepared = None  # the training pass as the backend reads it; made once, or per pass when shifted
     with torch.no_grad():
-        for pass_index in range(passes):
+        for pass_index in range(first, passes):
             pass_number = pass_index + 1
             lrs = pop.optim.start_pass(pass_index, passes)
             started = time.perf_counter()
@@ -91,6 +116,14 @@ def train(
                     break
                 pop.keep(keep)
                 streams.keep(keep)
+            if (
+                on_checkpoint is not None
+                and checkpoint_every
+                and (pass_number % checkpoint_every == 0 or pass_number == passes)
+            ):
+                live = [results[pos] for pos in active]
+                state = Checkpoint.of(pop, live, [configs[pos] for pos in active], shared, pass_number)
+                on_checkpoint(state, list(active))
     for k, pos in enumerate(active):
         results[pos].status = "finished"
         results[pos].params = pop.member_params(k)

@@ -44,8 +44,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 METRICS = metrics.PER_PASS  # as the engine writes them every pass; the wall times are never compared
 REJECT_METRIC = metrics.REJECT
-# keys that describe where and how a run was watched, or which trial it was, not what was trained
-NOT_TRAINING = ("tracking.", "trainer.progress", "data.cache_dir", "trial.")
+# keys that describe where and how a run was watched, saved or resumed, or which trial it was, not what was trained
+NOT_TRAINING = (
+    "tracking.",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.resume",
+    "data.cache_dir",
+    "trial.",
+)
 # engine status -> MLflow run status
 STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "error": "FAILED", "killed": "KILLED"}
 WATCHED = ("run", "multirun", "study")  # roles whose runs last as long as their training: CPU and memory logged
@@ -331,6 +338,37 @@ class Tracker:
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
+
+    def reopen(
+        self, run_id: str, tags: dict[str, str] | None = None, role: str = "run", parent_run_id: str | None = None
+    ) -> int | None:
+        """Take up a run again (a job resumed from its checkpoint): RUNNING, its old end's error tags
+        gone, `tags` set. Returns the last pass it has metrics for (0: none); None where this store's
+        experiment has no such live run (the caller starts a new one)."""
+        from mlflow.entities import RunTag
+        from mlflow.exceptions import MlflowException
+
+        self.flush()  # an earlier run of this process may still be ending it
+        client, experiment_id = self._store()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        client.update_run(run_id, status="RUNNING")
+        for tag in ("zipnet.error", "zipnet.status"):
+            if tag in run.data.tags:
+                client.delete_tag(run_id, tag)
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        _OPEN[run_id] = self
+        live = _Live(lean=role == "trial" and self.trial_outputs == "best", parent=parent_run_id)
+        live.params = dict(run.data.params)  # logged by its first process: its model's
+        self._live[run_id] = live
+        if self.system_metrics and role in WATCHED:
+            self._queue(run_id, self._watch, run_id)
+        return max((m.step for m in client.get_metric_history(run_id, "test/error")), default=0)
 
     def _watch(self, client, run_id: str) -> None:
         import logging
