@@ -230,7 +230,7 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 progress=bar,
                 start=Checkpoint.stack([job.start for job in part]) if part[0].start is not None else None,
                 checkpoint_every=opts["checkpoint_every"],
-                on_checkpoint=_saver(part, clock),
+                on_checkpoint=_saver(part, clock) if any(job.checkpoint for job in part) else None,
                 **engine_options(opts),
             )
             results.update(zip(map(id, part), trained))

@@ -60,9 +60,11 @@ def train(
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
-    prints = [fingerprint(d) for d in streams.datasets]
-    configs = [member_config(m, prints[d]) for m, d in zip(members, streams.index)]
-    shared = shared_config(members, passes, shift, shift_seed)
+    configs, shared = [], {}  # what a checkpoint is written for: needed only to read or write one
+    if start is not None or on_checkpoint is not None:
+        prints = [fingerprint(d) for d in streams.datasets]
+        configs = [member_config(m, prints[d]) for m, d in zip(members, streams.index)]
+        shared = shared_config(members, passes, shift, shift_seed)
     pop = Population(members, dev)
     first = 0  # the passes already done
     if start is not None:
