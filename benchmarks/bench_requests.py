@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from servers import postgres_missing, start_mlflow, start_postgres  # noqa: E402
 
 MLFLOW_TARGET, STORAGE_TARGET = 6, 25
-ENTRY = re.compile(r"^\[(\w*)\] LOG:  (?:statement|execute [^:]*): ", re.M)
+ENTRY = re.compile(r"^\[(\w*) (\w*\.\w*)\] LOG:  (?:statement|execute [^:]*): ", re.M)
 ID = re.compile(r"\b(?:m-)?[0-9a-f]{32}\b")
 
 
@@ -112,16 +112,49 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def statements(log: Path, offset: int, database: str) -> tuple[collections.Counter[str], int]:
-    """Statements logged in `database` since byte `offset`, by kind; and the new offset."""
+# a transaction's writes name the storage call that made it (Optuna's RDBStorage: one per call)
+CALLS = (
+    ("INSERT trials", "create_new_trial (ask)"),
+    ("INSERT trial_intermediate_values", "set_trial_intermediate_value (report)"),
+    ("UPDATE trial_intermediate_values", "set_trial_intermediate_value (report)"),
+    ("INSERT trial_params", "set_trial_param (suggest)"),
+    ("UPDATE trials", "set_trial_state_values (tell, fail)"),
+    ("INSERT trial_values", "set_trial_state_values (tell, fail)"),
+    ("INSERT trial_user_attributes", "set_trial_user_attr"),
+    ("UPDATE trial_user_attributes", "set_trial_user_attr"),
+    ("INSERT trial_system_attributes", "set_trial_system_attr"),
+    ("UPDATE trial_system_attributes", "set_trial_system_attr"),
+    ("INSERT trial_heartbeats", "record_heartbeat"),
+    ("UPDATE trial_heartbeats", "record_heartbeat"),
+)
+
+
+def call_of(kinds: list[str]) -> str:
+    """The storage call behind one transaction's statements (kinds as `statements` names them)."""
+    for kind, call in CALLS:
+        if kind in kinds:
+            return call
+    if "heartbeat" in kinds:
+        return "heartbeat reads (stale trials)"
+    reads = {k.split()[1] for k in kinds if k.startswith("SELECT ")}
+    if {"trial_params", "trial_values", "trial_intermediate_values"} <= reads:
+        return "get_all_trials / get_trial (whole trials)"
+    return "other reads (study, state, attrs)" if reads else "pre-ping and empty"
+
+
+def statements(log: Path, offset: int, database: str) -> tuple[collections.Counter[str], collections.Counter[str], int]:
+    """Statements logged in `database` since byte `offset`, by kind; the same statements by the
+    storage call whose transaction ran them (heartbeats apart); and the new offset."""
     counts: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    open_tx: dict[str, list[str]] = {}  # session -> the kinds of its transaction so far
     with log.open("rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
         end = f.tell()
     starts = list(ENTRY.finditer(text))
     for here, after in zip(starts, starts[1:] + [None]):
-        db = here.group(1)
+        db, session = here.group(1), here.group(2)
         # a statement runs on over continuation lines, up to the next line the server logged
         sql = text[here.end() : after.start() if after else len(text)].split("\n[", 1)[0]
         if db != database:
@@ -138,10 +171,20 @@ def statements(log: Path, offset: int, database: str) -> tuple[collections.Count
         else:
             kind = head
         counts[kind] += 1
-    return counts, end
+        tx = open_tx.setdefault(session, [])
+        tx.append(kind)
+        if head in ("COMMIT", "ROLLBACK") or (head == ";" and len(tx) == 1):
+            call = call_of(tx)
+            if call not in ("record_heartbeat", "heartbeat reads (stale trials)"):
+                calls[call] += len(tx)
+            del open_tx[session]
+    for tx in open_tx.values():
+        calls[call_of(tx)] += len(tx)
+    return counts, calls, end
 
 
-def study_command(name: str, storage: str, trials: int, tracked: bool) -> list[str]:
+def study_command(name: str, storage: str, trials: int, outputs: str | None) -> list[str]:
+    """The small-trial study; `outputs` is tracking.trial_outputs, None for tracking off."""
     return [
         sys.executable,
         "-m",
@@ -155,7 +198,7 @@ def study_command(name: str, storage: str, trials: int, tracked: bool) -> list[s
         "data.n_train=1000",
         "data.n_test=500",
         "trainer.passes=6",
-        *([] if tracked else ["tracking.enabled=false"]),
+        *([f"tracking.trial_outputs={outputs}"] if outputs else ["tracking.enabled=false"]),
     ]
 
 
@@ -181,11 +224,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per worker")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--outputs", nargs="+", default=["best", "lean"], help="tracking.trial_outputs to count (and tracking off)"
+    )
     args = parser.parse_args()
     reason = postgres_missing()
     if reason:
         raise SystemExit(f"bench_requests: {reason}")
-    settings = ("log_statement=all", "log_line_prefix='[%d] '")
+    settings = ("log_statement=all", "log_line_prefix='[%d %c] '")
     with start_postgres(settings=settings) as pg, start_mlflow(pg) as server:
         upstream = server.url.removeprefix("http://").split(":")
         proxy = Counter((upstream[0], int(upstream[1])))
@@ -199,27 +245,29 @@ def main() -> None:
         storage = pg.url("optuna")
         print(f"{psutil.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at the start")
         with tempfile.TemporaryDirectory() as tmp:
-            warm = study_command("warm-up", storage, 2, tracked=True)  # tables, the first password check
+            warm = study_command("warm-up", storage, 2, "best")  # tables, the first password check
             warm[warm.index("hydra.sweeper.batch=20")] = "hydra.sweeper.batch=2"
             run_workers(warm, 1, env, Path(tmp))
             for workers in args.workers:
                 trials = workers * args.trials
-                for tracked in (True, False):
-                    name = f"requests-{workers}-{'tracked' if tracked else 'untracked'}"
+                for outputs in [*args.outputs, None]:
+                    tracked = outputs is not None
+                    name = f"requests-{workers}-{outputs or 'untracked'}"
                     proxy.take()
                     offset = pg.log.stat().st_size
                     cpu_before = cpu_seconds(server.pid), cpu_seconds(pg.pid)
-                    cmd = study_command(name, storage, trials, tracked)
+                    cmd = study_command(name, storage, trials, outputs)
                     wall = run_workers(cmd, workers, env, Path(tmp))
                     time.sleep(1.0)  # the server's log catches up
                     mlflow_cpu = cpu_seconds(server.pid) - cpu_before[0]
                     pg_cpu = cpu_seconds(pg.pid) - cpu_before[1]
                     requests = proxy.take()
-                    stmts, _ = statements(pg.log, offset, "optuna")
+                    stmts, calls, _ = statements(pg.log, offset, "optuna")
                     beats = stmts.pop("heartbeat", 0)
                     total_stmts = sum(stmts.values())
                     print(
-                        f"\n{workers} worker(s), {trials} trials, {'tracked' if tracked else 'tracking off'}: "
+                        f"\n{workers} worker(s), {trials} trials, "
+                        f"{f'tracking.trial_outputs={outputs}' if tracked else 'tracking off'}: "
                         f"{wall:.1f} s, {trials / wall:.2f} trials/s"
                     )
                     if tracked:
@@ -235,6 +283,8 @@ def main() -> None:
                         f"heartbeat statements apart; server CPU {pg_cpu / trials:.3f} s per trial (both databases)"
                     )
                     print("\n".join(table(stmts, trials)[:12]))
+                    print("  the same statements by the storage call that made them:")
+                    print("\n".join(table(calls, trials)))
 
 
 if __name__ == "__main__":

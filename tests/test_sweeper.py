@@ -74,6 +74,55 @@ def test_trial_outputs_all_logs_every_trial_in_full(tmp_path):
         assert len(run.outputs.model_outputs) == 1
 
 
+def test_trial_outputs_lean_leaves_all_but_metrics_and_weights_to_the_batchs_best(tmp_path):
+    """A lean trial's run holds its params, metrics and weights.pt and nothing more; the trial that
+    is the study's best when its batch ends gets its config files, tables, figures, datasets and
+    model then, and its weights still load into the net that makes its test misses."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from zipnet.data import load_digits
+    from zipnet.model import ZipNet
+
+    outputs = ["tracking.figures=true", "tracking.trial_outputs=lean"]
+    args = [*study_args("lean", n_trials=4, batch=2), *TINY, *outputs, *SPACE]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = load(tmp_path, "lean")
+    client, parents, children = runs(tmp_path, "lean")
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    best_by_batch = [min(study.trials[:2], key=lambda t: t.value)]
+    if min(t.value for t in study.trials[2:]) <= best_by_batch[0].value:
+        best_by_batch.append(min(study.trials[2:], key=lambda t: t.value))
+    drawn = {t.user_attrs[RUN_ID] for t in best_by_batch}
+    for run in children:
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        models = run.outputs.model_outputs if run.outputs is not None else []
+        inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+        assert len(client.get_metric_history(run.info.run_id, "test/error")) == 1
+        assert run.data.params["model.init"] in ("sqrt", "linear")
+        if run.info.run_id in drawn:
+            assert run.data.tags["zipnet.outputs"] == "best"
+            full = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv", "rejection.csv"}
+            assert full | {"learning_curve.png", "confusion.png"} <= arts
+            assert len(models) == 1 and len(inputs) == 2
+        else:
+            assert arts == {"weights.pt"} and models == [] and inputs == []
+            assert "zipnet.outputs" not in run.data.tags
+    # a lean trial's weights are its net: with its params they make the test misses its run logged
+    (best_id,) = sorted(drawn)[:1]
+    conf = client.download_artifacts(best_id, "config_resolved.yaml", str(tmp_path / "conf"))
+    digits = load_digits(OmegaConf.load(conf).data)  # every trial of this study reads the same data
+    for run in children:
+        local = client.download_artifacts(run.info.run_id, "weights.pt", str(tmp_path / run.info.run_id))
+        p = run.data.params
+        settings = {"table": p["model.table"], "activation": p["model.activation"], "output": p["model.output"]}
+        net = ZipNet.from_params(torch.load(local, weights_only=True), **settings).eval()
+        with torch.no_grad():
+            misses = int((net(digits.test_x).argmax(1) != digits.test_y).sum())
+        assert misses == run.data.metrics["test/misses"]
+
+
 PRUNING = "{name:median,n_startup_trials:2,n_warmup_steps:0}"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from zipnet.tracking.store import use_uri
+from zipnet.tracking.store import artifact_repository, use_uri
 
 NAME = "model"  # the logged model's name in its run
 
@@ -64,8 +64,8 @@ def log(
 
     The steps of `mlflow.pytorch.log_model`, less its check that the saved model serves its
     input example (a load and a predict per call, two thirds of its time): the model is
-    created in the run's experiment, linked as the run's output, saved locally, uploaded in
-    one call and marked READY."""
+    created in the run's experiment, linked as the run's output, saved locally, uploaded
+    (a request per file to a server) and marked READY."""
     import tempfile
 
     import mlflow.pytorch
@@ -97,7 +97,8 @@ def log(
             pip_requirements=requirements(),
             serialization_format="pickle",
         )
-        client.log_model_artifacts(model.model_id, f"{tmp}/{NAME}")
+        # straight to the model's location, which MlflowClient.log_model_artifacts reads back first
+        artifact_repository(uri, model.artifact_location).log_artifacts(f"{tmp}/{NAME}")
     client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     return model.model_id
 

@@ -11,8 +11,12 @@ Store calls per run are few and do not grow with its passes: params, tags and th
 pass's metrics in one `log_batch` (the run is live from its first pass), then the passes
 that came since in one `log_batch` at most every `flush_seconds`, each metric with the time
 its pass ended; at the end, the rest with the status tags in one more. A study's trial with
-`trial_outputs=best` logs weights.pt as its only artifact; the trial that is the study's best
-when its batch ends gets its figures, config files and MLflow model then (`log_best`).
+`trial_outputs=best` draws no figures; the trial that is the study's best when its batch ends
+gets them then (`log_best`). With `trial_outputs=lean` a trial's run is its params, tags,
+metrics and weights.pt (five requests to a server, create and end included), and the batch's
+best gets the rest then: config files, tables, datasets, figures and its MLflow model.
+Files go straight to the run's artifact location, known from its creation, so no upload
+first reads the run (or the model) back from the server.
 """
 
 from __future__ import annotations
@@ -159,11 +163,26 @@ class _Batch:
 class _Live:
     """A run between its start and its end: what waits for the next flush."""
 
-    lean: bool  # a study's trial with trial_outputs=best: its figures wait for log_best
+    # all: everything at its end; best (a study's trial): its figures wait for log_best;
+    # lean (a study's trial): all but metrics and weights.pt wait for log_best
+    outputs: str
     parent: str | None = None
     pending: _Batch = field(default_factory=_Batch)
+    later: _Batch = field(default_factory=_Batch)  # lean: config files and datasets, for log_best
     flushed: float | None = None  # time.monotonic() of the last flush; None before the first
     params: dict[str, str] = field(default_factory=dict)  # the run's params, for its model
+
+
+@dataclass
+class _Held:
+    """A study's finished trial waiting for `log_best`: what it has not logged yet."""
+
+    run_id: str
+    result: Any
+    digits: Any
+    outputs: str  # best or lean
+    later: _Batch  # lean: its config files and datasets
+    params: dict | None
 
 
 def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
@@ -230,7 +249,8 @@ class Tracker:
         self.experiment, self.figures, self.weights, self.system_metrics = experiment, figures, weights, system_metrics
         self.trial_outputs, self.flush_seconds = trial_outputs, flush_seconds
         self._live: dict[str, _Live] = {}  # run id -> what it has not written yet
-        self._held: dict[str | None, list[tuple]] = {}  # parent run -> finished lean trials of the batch
+        self._held: dict[str | None, list[_Held]] = {}  # parent run -> trials of the batch waiting for log_best
+        self._artifact_uris: dict[str, str] = {}  # run id -> its artifact location, from its creation
         self.busy = 0.0  # seconds the writer thread spent writing
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
         self._queued: list[Future] = []
@@ -332,9 +352,11 @@ class Tracker:
         all_tags = {**base_tags(role), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        info = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info
+        run_id = info.run_id
+        self._artifact_uris[run_id] = info.artifact_uri
         _OPEN[run_id] = self
-        self._live[run_id] = _Live(lean=role == "trial" and self.trial_outputs == "best", parent=parent_run_id)
+        self._live[run_id] = _Live(self._outputs(role), parent=parent_run_id)
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
@@ -363,12 +385,16 @@ class Tracker:
         if tags:
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         _OPEN[run_id] = self
-        live = _Live(lean=role == "trial" and self.trial_outputs == "best", parent=parent_run_id)
+        self._artifact_uris[run_id] = run.info.artifact_uri
+        live = _Live(self._outputs(role), parent=parent_run_id)
         live.params = dict(run.data.params)  # logged by its first process: its model's
         self._live[run_id] = live
         if self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return max((m.step for m in client.get_metric_history(run_id, "test/error")), default=0)
+
+    def _outputs(self, role: str) -> str:
+        return self.trial_outputs if role == "trial" else "all"
 
     def _watch(self, client, run_id: str) -> None:
         import logging
@@ -394,8 +420,9 @@ class Tracker:
         pending = live.pending
         pending.params.update(batch.params)
         pending.tags.update(batch.tags)
-        pending.files.update(batch.files)
-        pending.data, pending.digits = batch.data, batch.digits
+        aside = live.later if live.outputs == "lean" else pending
+        aside.files.update(batch.files)
+        aside.data, aside.digits = batch.data, batch.digits
 
     def log_pass(self, run_id: str, row: dict) -> None:
         """One pass's metrics, step = pass number, stamped now; written at once for the run's
@@ -415,8 +442,7 @@ class Tracker:
             live.flushed = now
             self._queue(run_id, self._write, run_id, live.pending.take())
 
-    @staticmethod
-    def _write(client, run_id: str, batch: _Batch, folder: Path | None = None) -> None:
+    def _write(self, client, run_id: str, batch: _Batch, folder: Path | None = None) -> None:
         """A batch in three store calls at most: params, tags and metrics; datasets; files."""
         from mlflow.entities import Metric, Param, RunTag
 
@@ -436,7 +462,11 @@ class Tracker:
             for name, text in batch.files.items():
                 (folder / name).write_text(text)
             if any(folder.iterdir()):
-                client.log_artifacts(run_id, str(folder))
+                known = self._artifact_uris.get(run_id)
+                if known is not None:
+                    store.artifact_repository(self.uri, known).log_artifacts(str(folder))
+                else:  # a run this tracker did not start: MLflow reads its location first
+                    client.log_artifacts(run_id, str(folder))
 
     def finish(
         self,
@@ -451,9 +481,10 @@ class Tracker:
         model of a finished run, then the end of the run by its status; all queued, and written
         with whatever the run had not flushed yet.
 
-        A pruned trial keeps its metrics, config and curve data, and draws no figures. A lean
-        trial (a study's, with trial_outputs=best) draws none either: a finished one is held
-        for `log_best`, which draws the batch's best."""
+        A pruned trial keeps its metrics, config and curve data, and draws no figures. A study's
+        trial with trial_outputs=best draws none either, and with trial_outputs=lean logs only its
+        metrics and weights.pt: a finished one is held for `log_best`, which gives the batch's
+        best what it lacks."""
         status = status or result.status
         live = self._live.pop(run_id, None)
         batch = _merge(live.pending.take(), _with) if live is not None else _with or _Batch()
@@ -463,56 +494,73 @@ class Tracker:
         if status == "pruned" and result.history:
             batch.tags["pruned_at_pass"] = str(result.history[-1]["pass"])
         batch.tags.update({k: str(v) for k, v in (extra_tags or {}).items()})
-        lean = live is not None and live.lean
+        kind = live.outputs if live is not None else "all"
         params = (live.params or dict(batch.params)) if live is not None else None  # None: read from the store
-        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, lean, params)
-        if lean and status == "finished":
-            self._held.setdefault(live.parent, []).append((run_id, result, digits))
+        later = live.later if live is not None else _Batch()  # what a lean trial leaves for log_best
+        if kind == "lean":
+            _merge(later, _Batch(files=batch.files, data=batch.data, digits=batch.digits))
+            batch.files, batch.data, batch.digits = {}, None, None
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, kind, params)
+        if kind != "all" and status == "finished":
+            self._held.setdefault(live.parent, []).append(_Held(run_id, result, digits, kind, later, params))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
     def _log_outputs(
-        self, client, run_id: str, result, digits, status: str, batch: _Batch, lean: bool, params: dict | None
+        self, client, run_id: str, result, digits, status: str, batch: _Batch, kind: str, params: dict | None
     ) -> None:
-        from zipnet.tracking import models, outputs
+        from zipnet.tracking import outputs
 
         with tempfile.TemporaryDirectory() as tmp:
             at_1pct = outputs.write(
                 Path(tmp),
                 result,
                 digits,
-                figures=self.figures and status != "pruned" and not lean,
+                figures=self.figures and status != "pruned" and kind == "all",
                 weights=self.weights,
+                tables=kind != "lean",
                 title=run_id[:8],
             )
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
                 batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
             self._write(client, run_id, batch, Path(tmp))
-        if self.weights and status == "finished" and result.params is not None and result.member is not None:
+        if kind != "lean" and status == "finished":
+            self._log_model(client, run_id, result, digits, params)
+
+    def _log_model(self, client, run_id: str, result, digits, params: dict | None) -> None:
+        from zipnet.tracking import models
+
+        if self.weights and result.params is not None and result.member is not None:
             known = (self._store()[1], params) if params else (None, None)  # started here: its experiment is ours
             models.log(client, self.uri, run_id, result, digits, *known)
 
     def log_best(self, parent_run_id: str | None, metric: str, direction: str, best_before: float | None) -> str | None:
-        """Of the lean trials that finished under `parent_run_id` since the last call, the best by
-        `metric`, if it beats `best_before` (the study's best before them): its figures, on its
-        own (ended) run, tagged zipnet.outputs=best. Returns its run id, or None."""
-        held = [h for h in self._held.pop(parent_run_id, []) if h[1].history and metric in h[1].history[-1]]
+        """Of the trials that finished under `parent_run_id` since the last call and wait for it
+        (trial_outputs best or lean), the best by `metric`, if it beats `best_before` (the study's
+        best before them): what it lacks (its figures; for a lean trial also its config files,
+        tables, datasets and model), on its own (ended) run, tagged zipnet.outputs=best. Returns
+        its run id, or None."""
+        held = [h for h in self._held.pop(parent_run_id, []) if h.result.history and metric in h.result.history[-1]]
         if not held:
             return None
         sign = 1.0 if direction == "minimize" else -1.0
-        run_id, result, digits = min(held, key=lambda h: sign * float(h[1].history[-1][metric]))
-        value = float(result.history[-1][metric])
+        best = min(held, key=lambda h: sign * float(h.result.history[-1][metric]))
+        value = float(best.result.history[-1][metric])
         if best_before is not None and sign * value > sign * best_before:
             return None
-        self._queue(run_id, self._log_best, run_id, result, digits)
-        return run_id
+        self._queue(best.run_id, self._log_best, best)
+        return best.run_id
 
-    def _log_best(self, client, run_id: str, result, digits) -> None:
+    def _log_best(self, client, held: _Held) -> None:
         from zipnet.tracking import outputs
 
+        lean = held.outputs == "lean"
         with tempfile.TemporaryDirectory() as tmp:
-            drawn = {"figures": self.figures, "weights": False, "tables": False}
-            outputs.write(Path(tmp), result, digits, **drawn, title=run_id[:8])
-            self._write(client, run_id, _Batch(tags={"zipnet.outputs": "best"}), Path(tmp))
+            drawn = {"figures": self.figures, "weights": False, "tables": lean}
+            outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.run_id[:8])
+            batch = _merge(_Batch(tags={"zipnet.outputs": "best"}), held.later)
+            self._write(client, held.run_id, batch, Path(tmp))
+        if lean:
+            self._log_model(client, held.run_id, held.result, held.digits, held.params)
 
     def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int = 0, tags=None, params=None):
         """Metrics (at `step`), tags and params onto a run, queued behind everything before."""

@@ -24,6 +24,9 @@ from zipnet.errors import ConfigError, StoreError, first_line
 # MLflow's usage telemetry calls out to the network from a background thread and waits for it at
 # exit (about a second per process here, offline; zipnet runs offline): off unless the user set it
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Against a server, ending a run also reads it back to print its link (a request per run, and a
+# line per trial on stdout); zipnet prints the runs table's link itself (make ui, zipnet-report)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "zipnet"
@@ -41,12 +44,12 @@ class Settings:
     figures: bool = True
     weights: bool = True  # weights.pt and the MLflow model
     system_metrics: bool = True  # CPU and memory of runs that train here (MLflow's monitor)
-    trial_outputs: str = "best"  # a study's trials: figures for each batch's best ones, or "all"
+    trial_outputs: str = "best"  # a study's trials: figures for each batch's best ones, "all", or "lean"
     flush_seconds: float = 5.0  # a live run's metrics reach the store at its first pass, then this often
 
 
 FLAGS = ("enabled", "figures", "weights", "system_metrics")
-TRIAL_OUTPUTS = ("best", "all")
+TRIAL_OUTPUTS = ("best", "all", "lean")
 
 
 def settings(cfg: DictConfig) -> Settings:
@@ -274,3 +277,12 @@ def search_runs(uri: str, **kwargs):
 
     with use_uri(uri):
         return mlflow.search_runs(**kwargs)
+
+
+def artifact_repository(uri: str, artifact_uri: str):
+    """The artifact repository at `artifact_uri` (a run's or a logged model's), for the store at
+    `uri`: built from a location already known, where MlflowClient would first read the run or
+    the model from the server to learn it."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(artifact_uri, tracking_uri=uri)
