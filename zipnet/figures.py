@@ -49,8 +49,12 @@ def _learning_template() -> dict:
     ax.set_ylabel("error (%)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)  # fixed: tight_layout costs a draw
-    return {"fig": fig, "ax": ax, "lines": lines, "title": ax.set_title("", fontsize=9)}
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.86)  # fixed: tight_layout costs a draw
+    return {"fig": fig, "ax": ax, "lines": lines, "title": ax.set_title("", fontsize=8)}
+
+
+def _percent(value: float, _position=None) -> str:
+    return f"{value:g}%"
 
 
 def learning_curve(history: list[dict], path: Path, title: str = "") -> Path:
@@ -62,6 +66,16 @@ def learning_curve(history: list[dict], path: Path, title: str = "") -> Path:
         line.set_data(passes, [row[f"{split}/error"] for row in history])
     log = all(row[f"{s}/error"] > 0 for row in history for s in ("train", "test"))
     ax.set_yscale("log" if log else "linear")
+    if log:  # ticks at 1, 2, 5 of each decade, written as plain percentages (not 6x10^0)
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_percent))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(_percent))
     ax.grid(True, alpha=0.3)  # a new scale brings new gridlines
     ax.relim()
     ax.autoscale_view()

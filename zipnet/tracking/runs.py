@@ -169,6 +169,7 @@ class _Live:
     parent: str | None = None
     pending: _Batch = field(default_factory=_Batch)
     later: _Batch = field(default_factory=_Batch)  # lean: config files and datasets, for log_best
+    title: str = ""  # its figures' title: the run's name and the overrides that make it this run
     flushed: float | None = None  # time.monotonic() of the last flush; None before the first
     params: dict[str, str] = field(default_factory=dict)  # the run's params, for its model
 
@@ -183,6 +184,17 @@ class _Held:
     outputs: str  # best or lean
     later: _Batch  # lean: its config files and datasets
     params: dict | None
+    title: str
+
+
+def figure_title(name: str, overrides: list[str], width: int = 64) -> str:
+    """A run's name and the overrides that make it this run (the trial's own ones, not where it
+    is stored or how it is watched), on two lines at most above a figure."""
+    import textwrap
+
+    shown = [o for o in overrides if not o.lstrip("+~").startswith(NOT_TRAINING + ("hydra.",))]
+    lines = textwrap.wrap("  ".join([name, " ".join(shown)]).strip(), width, max_lines=2, placeholder=" ...")
+    return "\n".join(lines)
 
 
 def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
@@ -356,7 +368,7 @@ class Tracker:
         run_id = info.run_id
         self._artifact_uris[run_id] = info.artifact_uri
         _OPEN[run_id] = self
-        self._live[run_id] = _Live(self._outputs(role), parent=parent_run_id)
+        self._live[run_id] = _Live(self._outputs(role), parent=parent_run_id, title=run_name or run_id[:8])
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
@@ -386,7 +398,7 @@ class Tracker:
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         _OPEN[run_id] = self
         self._artifact_uris[run_id] = run.info.artifact_uri
-        live = _Live(self._outputs(role), parent=parent_run_id)
+        live = _Live(self._outputs(role), parent=parent_run_id, title=run.info.run_name or run_id[:8])
         live.params = dict(run.data.params)  # logged by its first process: its model's
         self._live[run_id] = live
         if self.system_metrics and role in WATCHED:
@@ -417,6 +429,7 @@ class Tracker:
             self._queue(run_id, self._write, run_id, batch)
             return
         live.params = dict(batch.params)
+        live.title = figure_title(live.title, overrides)
         pending = live.pending
         pending.params.update(batch.params)
         pending.tags.update(batch.tags)
@@ -500,13 +513,23 @@ class Tracker:
         if kind == "lean":
             _merge(later, _Batch(files=batch.files, data=batch.data, digits=batch.digits))
             batch.files, batch.data, batch.digits = {}, None, None
-        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, kind, params)
+        title = live.title if live is not None else run_id[:8]
+        self._queue(run_id, self._log_outputs, run_id, result, digits, status, batch, kind, params, title)
         if kind != "all" and status == "finished":
-            self._held.setdefault(live.parent, []).append(_Held(run_id, result, digits, kind, later, params))
+            self._held.setdefault(live.parent, []).append(_Held(run_id, result, digits, kind, later, params, title))
         self.end(run_id, STATUS.get(status, "FINISHED"))
 
     def _log_outputs(
-        self, client, run_id: str, result, digits, status: str, batch: _Batch, kind: str, params: dict | None
+        self,
+        client,
+        run_id: str,
+        result,
+        digits,
+        status: str,
+        batch: _Batch,
+        kind: str,
+        params: dict | None,
+        title: str,
     ) -> None:
         from zipnet.tracking import outputs
 
@@ -518,7 +541,7 @@ class Tracker:
                 figures=self.figures and status != "pruned" and kind == "all",
                 weights=self.weights,
                 tables=kind != "lean",
-                title=run_id[:8],
+                title=title,
             )
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
                 batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
@@ -556,7 +579,7 @@ class Tracker:
         lean = held.outputs == "lean"
         with tempfile.TemporaryDirectory() as tmp:
             drawn = {"figures": self.figures, "weights": False, "tables": lean}
-            outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.run_id[:8])
+            outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.title)
             batch = _merge(_Batch(tags={"zipnet.outputs": "best"}), held.later)
             self._write(client, held.run_id, batch, Path(tmp))
         if lean:
