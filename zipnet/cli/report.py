@@ -449,20 +449,22 @@ def paired(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY, mi
 
 
 def run_misses(tracking_uri: str | None):
-    """A reader of each run's test_misses.json from the store (None where a run has none)."""
+    """A reader of each run's test_misses.json from the store (None where a run has none); each
+    run is read once, however many level pairs it is in."""
+    import functools
     import json
     import tempfile
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking.resolve_uri(tracking_uri))
-    folder = tempfile.mkdtemp(prefix="zipnet-report-")
 
+    @functools.cache
     def read(run_id: str) -> dict | None:
         if outputs.MISSES not in {a.path for a in client.list_artifacts(run_id)}:
             return None
-        path = client.download_artifacts(run_id, outputs.MISSES, f"{folder}/{run_id}")
-        return json.loads(Path(path).read_text())
+        with tempfile.TemporaryDirectory(prefix="zipnet-report-") as folder:
+            return json.loads(Path(client.download_artifacts(run_id, outputs.MISSES, folder)).read_text())
 
     return read
 
