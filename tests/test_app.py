@@ -105,6 +105,15 @@ def test_cli_rejects_bad_values_with_a_clear_message(tmp_path, override, expect)
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_refuses_a_deslant_that_is_not_a_boolean_in_one_line(tmp_path):
+    proc = _cli(
+        "data.deslant=maybe", "data.n_train=100", "data.n_test=50", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["zipnet-train: error: data.deslant: 'maybe' is not allowed; choose one of true, false"]
+
+
 def test_cli_trains_and_writes_the_run_directory(tmp_path):
     proc = _cli(*SMALL, "optim.lr=0.03", f"hydra.run.dir={tmp_path}/run", "trainer.progress=off", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -107,7 +107,7 @@ def test_targets(digits):
 def test_cache_key_ignores_cache_dir_and_targets(tmp_path):
     base = cache_key(config(tmp_path))
     assert cache_key(config(tmp_path / "other", target_negative=-0.5, target_positive=0.5)) == base
-    for change in ({"seed": 1}, {"n_train": 100}, {"n_test": 100}, {"resize": "antialias"}):
+    for change in ({"seed": 1}, {"n_train": 100}, {"n_test": 100}, {"resize": "antialias"}, {"deslant": True}):
         assert cache_key(config(tmp_path, **change)) != base
 
 
@@ -170,6 +170,8 @@ def test_too_many_digits_names_the_key(tmp_path):
         ("n_train", 12.5, "positive integer"),
         ("seed", -1, "integer >= 0"),
         ("target_negative", 1.0, "must be below data.target_positive"),
+        ("deslant", "yes", "'yes' is not allowed; choose one of true, false"),
+        ("deslant", 1, "1 is not allowed; choose one of true, false"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(tmp_path, key, value, allowed):
@@ -223,3 +225,22 @@ def test_two_processes_preparing_one_cache_at_once_leave_one_good_file(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_digits(cfg).fingerprint == digits.fingerprint
+
+
+def test_deslant_shears_train_and_test_upright_and_keeps_the_draw(tmp_path, digits):
+    from zipnet import ink
+
+    upright = load_digits(config(tmp_path, deslant=True))
+    assert torch.equal(upright.train_y, digits.train_y) and torch.equal(upright.test_y, digits.test_y)
+    for before, after in ((digits.train_x, upright.train_x), (digits.test_x, upright.test_x)):
+        assert after.shape == before.shape and after.dtype == torch.float32
+        assert after.min() >= -1.0 and after.max() <= 1.0
+        leaning = np.median(np.abs(ink.slant(before.numpy()[:, 0])))
+        left = np.abs(ink.slant(after.numpy()[:, 0]))
+        assert leaning > 0.15 and np.median(left) < 0.02  # the MNIST sample leans; deslanted, it stands
+        expected = ink.deslant(before.numpy()[:, 0])  # digit by digit, as ink.deslant shears one
+        assert np.array_equal(after.numpy()[:, 0], expected)
+    cfg = config(tmp_path)
+    cfg.pop("deslant")  # a config from before the key: today's digits, under today's cache key
+    assert cache_key(cfg) == cache_key(config(tmp_path, deslant=False))
+    assert load_digits(cfg).fingerprint == digits.fingerprint

@@ -7,12 +7,18 @@ import sys
 import time
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from zipnet import runner, tracking
 from zipnet.config import compose
 
 SMALL = ["data.n_train=300", "data.n_test=100", "trainer.passes=2", "tracking.enabled=false", "trainer.progress=off"]
+
+
+def _strip(result):
+    """A run's history without its wall times."""
+    return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in result.history]
 
 
 def _key(*overrides):
@@ -30,6 +36,7 @@ def test_populations_split_on_data_trainer_and_table_only():
             "targets=pm0.6",
             "trainer.progress=off",
             "data.seed=2",  # each member reads its own sample
+            "data.deslant=true",  # and its own digits
         )
         == _key()
     )
@@ -48,11 +55,7 @@ def test_run_keeps_order_and_trains_each_population_once():
     assert jobs[3].digits.fingerprint != jobs[0].digits.fingerprint  # its own sample, in the same population
     alone = runner.Job(compose(SMALL + ["data.seed=1"]))
     runner.run([alone], log=None)  # a member of a mixed-seed population equals its single run, bit for bit
-
-    def strip(result):
-        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in result.history]
-
-    assert strip(jobs[3].result) == strip(alone.result)
+    assert _strip(jobs[3].result) == _strip(alone.result)
 
 
 def test_a_bad_value_trains_nothing():
@@ -209,3 +212,14 @@ def test_a_bad_value_refuses_a_population_grid_before_anything_trains(tmp_path):
     assert "job 1 (optim.lr=-1): optim.lr: -1 is not allowed" in proc.stderr and "nothing trained" in proc.stderr
     assert not _grid_runs(tmp_path)  # no job ran and the grid's parent is gone
     assert not list(tmp_path.glob("multirun/*/*/*/metrics.json"))
+
+
+def test_a_deslanted_member_of_a_mixed_population_equals_its_single_run():
+    jobs = [runner.Job(compose(SMALL + [f"data.deslant={d}"])) for d in ("false", "true")]
+    runner.run(jobs, log=None)
+    assert [j.result.population_sizes for j in jobs] == [[2, 2], [2, 2]]  # one population of two
+    assert jobs[1].digits.fingerprint != jobs[0].digits.fingerprint
+    assert torch.equal(jobs[1].digits.test_y, jobs[0].digits.test_y)  # the same digits, sheared
+    alone = runner.Job(compose(SMALL + ["data.deslant=true"]))
+    runner.run([alone], log=None)
+    assert _strip(jobs[1].result) == _strip(alone.result)

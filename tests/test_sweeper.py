@@ -23,6 +23,9 @@ from sweep_helpers import (
 
 from zipnet.sweeps.storage import INTERRUPTED, RUN_ID
 
+# what every complete trial logs, figures or not
+UNDRAWN = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv", "rejection.csv", "test_misses.json"}
+
 
 def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
     args = [*study_args("tiny"), *TINY, "tracking.figures=true", *SPACE]
@@ -46,12 +49,11 @@ def test_a_tiny_study_trains_as_populations_and_a_rerun_adds_nothing(tmp_path):
         assert run.data.tags["zipnet.population_size"] == "3"  # a batch of 3 is one population
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         models = run.outputs.model_outputs if run.outputs is not None else []
-        every = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv", "rejection.csv"}
         assert len(models) == 1  # every complete trial has its model
         if run.data.tags.get("zipnet.outputs") == "best":  # the study's best when its batch ended: drawn
-            assert every | {"learning_curve.png", "confusion.png", "misclassified.png"} <= arts
+            assert UNDRAWN | {"learning_curve.png", "confusion.png", "misclassified.png"} <= arts
         else:  # every other trial draws nothing
-            assert arts == every
+            assert arts == UNDRAWN
     best = min(trials, key=lambda t: t.value)
     assert parent.data.tags["zipnet.best_run_id"] == best.user_attrs[RUN_ID]
     assert by_trial[best.number].data.tags["zipnet.outputs"] == "best"
@@ -103,8 +105,7 @@ def test_trial_outputs_lean_leaves_all_but_metrics_and_weights_to_the_batchs_bes
         assert run.data.params["model.init"] in ("sqrt", "linear")
         if run.info.run_id in drawn:
             assert run.data.tags["zipnet.outputs"] == "best"
-            full = {"config_resolved.yaml", "overrides.yaml", "weights.pt", "confusion.csv", "rejection.csv"}
-            assert full | {"learning_curve.png", "confusion.png"} <= arts
+            assert UNDRAWN | {"learning_curve.png", "confusion.png"} <= arts
             assert len(models) == 1 and len(inputs) == 2
         else:
             assert arts == {"weights.pt"} and models == [] and inputs == []

@@ -3,6 +3,8 @@ population logging, how runs end, stores that cannot open, filters, system metri
 experiment's UI view and an Optuna study's views."""
 
 import csv
+import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -35,6 +37,7 @@ ARTIFACTS = {
     "confusion.csv",
     "rejection_curve.png",
     "rejection.csv",
+    "test_misses.json",
 }
 
 
@@ -103,6 +106,15 @@ def test_a_cli_run_logs_params_tags_per_pass_metrics_and_artifacts(tmp_path):
     matrix = [[int(v) for v in row[1:]] for row in rows]
     assert sum(map(sum, matrix)) == 100
     assert 100 - sum(matrix[i][i] for i in range(10)) == misses[2]
+    wrong = json.loads(open(f"{local}/test_misses.json").read())
+    assert wrong["n_test"] == 100 and len(wrong["misses"]) == misses[2] == len(set(wrong["misses"]))
+    labels = load_digits(cfg.data).test_y
+    assert wrong["labels_sha256"] == hashlib.sha256(labels.numpy().astype("<i8").tobytes()).hexdigest()
+    true_label = {int(i): int(labels[i]) for i in wrong["misses"]}
+    off_diagonal = sum(matrix[i][j] for i in range(10) for j in range(10) if i != j)
+    assert off_diagonal == len(true_label) and all(0 <= i < 100 for i in true_label)
+    for digit in range(10):  # the misses of each true digit: its row of the confusion matrix less the diagonal
+        assert sum(v == digit for v in true_label.values()) == sum(matrix[digit]) - matrix[digit][digit]
 
 
 def test_tracking_disabled_leaves_no_store(tmp_path):
@@ -177,6 +189,7 @@ def test_population_members_are_logged_after_the_fact_under_a_parent(tmp_path, o
             "weights.pt",
             "confusion.csv",
             "rejection.csv",
+            "test_misses.json",
         }
         assert len(run.outputs.model_outputs) == 1 and len(run.inputs.dataset_inputs) == 2
 
@@ -357,6 +370,7 @@ def test_a_pruned_trial_keeps_metrics_and_config_and_draws_nothing(shared, one_t
         "weights.pt",
         "confusion.csv",
         "rejection.csv",
+        "test_misses.json",
     }
     assert not run.outputs.model_outputs
 

@@ -7,7 +7,8 @@ and "the gray levels of each pixel [are] scaled to [-1, 1]".
 Where the digits come from is a source (`zipnet.sources`); this module draws the splits
 with one seeded `numpy.random.Generator` (no set or dict order, no hash seed: the seed
 repo's draw differed between machines), resizes 28x28 sources to 16x16 as the config
-says, and keeps the prepared tensors in an on-disk cache keyed by the config.
+says, deslants every digit where `data.deslant` asks (`zipnet.ink.deslant`; the paper is
+silent on it), and keeps the prepared tensors in an on-disk cache keyed by the config.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zipnet import sources
+from zipnet import ink, sources
 from zipnet.errors import ConfigError, DataError
 from zipnet.metrics import SPLITS
 
@@ -87,13 +88,19 @@ def _options(cfg) -> dict:
     resize = _get(cfg, "resize")
     if resize not in RESIZES:
         raise ConfigError("data.resize", f"{resize!r} is not allowed; choose one of {', '.join(RESIZES)}")
-    return {
+    deslant = _get(cfg, "deslant", False)  # absent (a config from before the key): false, as then
+    if not isinstance(deslant, bool):
+        raise ConfigError("data.deslant", f"{deslant!r} is not allowed; choose one of true, false")
+    options = {
         "source": _get(cfg, "source"),
         "n_train": _count(cfg, "n_train", allow_all=not shared),
         "n_test": _count(cfg, "n_test", allow_all=not shared),
         "seed": seed,
         "resize": resize,
     }
+    if deslant:  # only when on: the caches of every deslant=false config keep their keys
+        options["deslant"] = True
+    return options
 
 
 def _check_targets(cfg) -> None:
@@ -111,7 +118,7 @@ def _check_targets(cfg) -> None:
 
 
 def cache_key(cfg) -> str:
-    """sha256 of what decides the prepared tensors: source, sizes, seed, resize and the
+    """sha256 of what decides the prepared tensors: source, sizes, seed, resize, deslant and the
     source's own identity (e.g. its files' checksums). Not cache_dir, not the targets."""
     options = _options(cfg)
     identity = sources.get(options["source"]).identity(cfg)
@@ -193,12 +200,16 @@ def _build(cfg, options: dict) -> dict[str, np.ndarray]:
     train_size, test_size = len(pools.train_labels), len(pools.test_labels)
     _check_sizes(options["source"], options["n_train"], options["n_test"], train_size, test_size, module.SHARED)
     train, test = sample(options["seed"], options["n_train"], options["n_test"], train_size, test_size, module.SHARED)
-    return {
+    arrays = {
         "train_x": prepare(pools.train_images[train], options["resize"]).numpy(),
         "train_y": pools.train_labels[train].astype(np.int64),
         "test_x": prepare(pools.test_images[test], options["resize"]).numpy(),
         "test_y": pools.test_labels[test].astype(np.int64),
     }
+    if options.get("deslant"):  # after the resize and the scaling, the same for train and test
+        for name in ("train_x", "test_x"):
+            arrays[name] = ink.deslant(arrays[name][:, 0])[:, None]
+    return arrays
 
 
 # --- cache ---------------------------------------------------------------------------------

@@ -110,13 +110,13 @@ def plain(cfg: DictConfig) -> dict:
 
 # data keys that change only which digits a member sees, or in what order: members that
 # differ in them still train in one lockstep population, each reading its own stream
-OWN_STREAM = ("seed", "resize", "cache_dir")
+OWN_STREAM = ("seed", "resize", "deslant", "cache_dir")
 
 
 def population_key(job: Job) -> str:
     """What members of one population must share: the data's source and sizes, the trainer,
     the connection table, relu or tanh, the output and loss, and the optimiser's form. They
-    may differ in the sampling seed and resizing (each member reads its own digits), lr,
+    may differ in the sampling seed, resizing and deslanting (each member reads its own digits), lr,
     init, gain, fan-in rule, seeds, MSE scaling, targets, tanh or scaled tanh, and dropout."""
     tree = plain(job.cfg)
     data = {k: v for k, v in tree["data"].items() if not k.startswith("target_") and k not in OWN_STREAM}

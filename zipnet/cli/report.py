@@ -4,6 +4,7 @@
     zipnet-report --study paper_open_choices       one Optuna study's trials
     zipnet-report --parent RUN_ID --top 20         one multirun's jobs
     zipnet-report --tag zipnet.git_commit=abc123   any tag filter (repeatable)
+    zipnet-report --parent RUN_ID --paired model.init   paired differences between the levels of a key
 
 Reads the runs with `mlflow.search_runs` (a pandas DataFrame; a run's metric there is its
 last logged value, i.e. the final pass), prints the tables, and writes leaderboard.csv/.md,
@@ -19,6 +20,15 @@ varies between those runs, the final test error per level as mean ± std and as 
 quartiles (a few runs stuck at 90% error move the mean, not the median); a numeric factor
 with many values (a log-scaled lr) is cut into quartiles. Keys whose values always change
 together (the target pair) are one factor, under one label (`targets`: pm0.6 for ±0.6).
+
+`--paired KEY` adds the paired view (paired.csv/.md): runs that share every config key but KEY
+(the pairing keys of --pair-by, default `seed` and `data.seed`, among them) are pairs, and for
+every two levels a, b of KEY it gives the mean of b - a over the pairs in final test error
+(points) and test MSE (the final test loss), with a 95% Student t interval (zipnet/stats.py),
+and McNemar's exact test on the per-digit errors pooled over the pairs, read from each run's
+test_misses.json. A run without that file (a lean trial, or one logged before the file existed)
+leaves its pairs out of McNemar's test only; scripts/usps_questions.py computes the same test
+from its own store.
 """
 
 from __future__ import annotations
@@ -29,10 +39,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from zipnet import paper, tracking
+from zipnet import paper, stats, tracking
 from zipnet.sweeps import storage as stores
+from zipnet.tracking import outputs
 
 PARENT_ROLES = ("study", "multirun")
 COLUMNS = {  # leaderboard column -> search_runs column
@@ -50,6 +62,8 @@ OPTIONAL = {
 RANKS = ("test/error", paper.GAP)  # what a leaderboard can rank by (the gap: zipnet/paper.py)
 SUMMARY = ("train/error", "train/loss", "test/error", "test/loss", paper.GAP, tracking.REJECT_METRIC)
 MAX_LEVELS = 6
+PAIR_BY = ("seed", "data.seed")  # what a paired comparison holds equal besides the rest of the config
+PAIRED = {"test/error": "Δ test error, points", "test/loss": "Δ test MSE"}  # metric -> its column in paired.md
 
 
 # keys that a sweep sets together, shown as one factor under this label
@@ -130,18 +144,15 @@ class Factor:
     keys: tuple[str, ...]
 
 
+def config_keys(df: pd.DataFrame) -> list[str]:
+    """The config keys (params) that decide what was trained: not how it was watched or saved."""
+    keys = (col[len("params.") :] for col in df.columns if col.startswith("params."))
+    return sorted(k for k in keys if not (k.startswith(tracking.NOT_TRAINING) or k.startswith("sweep.")))
+
+
 def varying(df: pd.DataFrame) -> list[str]:
     """Config keys (params) whose value differs between the runs."""
-    out = []
-    for col in df.columns:
-        if not col.startswith("params."):
-            continue
-        key = col[len("params.") :]
-        if key.startswith(tracking.NOT_TRAINING) or key.startswith("sweep."):
-            continue
-        if df[col].nunique(dropna=False) > 1:
-            out.append(key)
-    return sorted(out)
+    return [key for key in config_keys(df) if df[f"params.{key}"].nunique(dropna=False) > 1]
 
 
 def factors(df: pd.DataFrame) -> list[Factor]:
@@ -330,6 +341,169 @@ def effects_markdown(table: pd.DataFrame, metric: str = "test/error") -> str:
     return markdown(shown)
 
 
+# --- paired differences ------------------------------------------------------------------------
+
+
+class PairingError(ValueError):
+    """A factor or pairing key the selected runs cannot be paired by; the message is one line."""
+
+
+def _check_pairing(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...]) -> None:
+    keys, moving = config_keys(df), varying(df)
+    shown = ", ".join(moving) or "none"
+    for option, key in (("--paired", factor), *(("--pair-by", k) for k in pair_by)):
+        if key not in keys:
+            raise PairingError(
+                f"{option} {key!r} is not a config key of the selected runs; keys that vary between them: {shown}"
+            )
+    if factor not in moving:
+        value = df[f"params.{factor}"].iloc[0]
+        raise PairingError(
+            f"--paired {factor!r} has one value ({value}) in every selected run; keys that vary between them: {shown}"
+        )
+    if factor in pair_by:
+        raise PairingError(f"--paired {factor!r} is also a --pair-by key; pair by other keys than the factor")
+
+
+def _level_order(values: list[str]) -> list[str]:
+    """Levels in numeric order where every one is a number, else in text order."""
+    numeric = pd.to_numeric(pd.Series(values), errors="coerce")
+    if numeric.notna().all():
+        return [v for _, v in sorted(zip(numeric, values))]
+    return sorted(values)
+
+
+def pairs(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY) -> tuple[dict, int]:
+    """The finished runs that share every config key but `factor`, as {(a, b): [(run a, run b), ...]}
+    for every two levels a < b, each pair a row of `df`; and the number of finished runs left
+    out because another run at their level has the same config (no one-to-one pairing)."""
+    _check_pairing(df, factor, pair_by)
+    runs = df[_status(df) == "finished"] if len(df) else df
+    runs = runs[runs[[f"metrics.{m}" for m in PAIRED if f"metrics.{m}" in runs]].notna().all(axis=1)]
+    others = [f"params.{k}" for k in config_keys(df) if k != factor]
+    cells: dict[tuple, dict[str, list]] = {}
+    for _, row in runs.iterrows():
+        rest = tuple("(not set)" if pd.isna(row[c]) else str(row[c]) for c in others)
+        level = "(not set)" if pd.isna(row[f"params.{factor}"]) else str(row[f"params.{factor}"])
+        cells.setdefault(rest, {}).setdefault(level, []).append(row)
+    ambiguous = sum(len(v) for cell in cells.values() for v in cell.values() if len(v) > 1)
+    order = _level_order(sorted({level for cell in cells.values() for level in cell}))
+    out = {}
+    for i, a in enumerate(order):
+        for b in order[i + 1 :]:
+            out[(a, b)] = [
+                (cell[a][0], cell[b][0])
+                for cell in cells.values()
+                if len(cell.get(a, ())) == 1 and len(cell.get(b, ())) == 1
+            ]
+    return out, ambiguous
+
+
+def _pooled_mcnemar(matched: list[tuple], misses) -> tuple[stats.McNemar | None, int]:
+    """McNemar's test over the pairs whose two runs both have per-digit misses on the same test
+    digits (equal size and labels), pooled; and how many pairs that is."""
+    a_correct, b_correct = [], []
+    for run_a, run_b in matched:
+        got = misses(run_a["run_id"]), misses(run_b["run_id"])
+        if None in got or any(got[0][k] != got[1][k] for k in ("n_test", "labels_sha256")):
+            continue
+        for into, record in zip((a_correct, b_correct), got):
+            correct = np.ones(record["n_test"], dtype=bool)
+            correct[np.asarray(record["misses"], dtype=np.int64)] = False
+            into.append(correct)
+    if not a_correct:
+        return None, 0
+    return stats.mcnemar(np.concatenate(a_correct), np.concatenate(b_correct)), len(a_correct)
+
+
+def paired(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY, misses=None) -> pd.DataFrame:
+    """One row per two levels a, b of `factor`: the pairs, the mean of b - a in each PAIRED metric
+    with its 95% interval (NaN under 2 pairs), and McNemar's test (a_only: digits right under a
+    and wrong under b) over the pairs whose runs have per-digit misses. `misses(run_id)` gives
+    a run's test_misses.json as a dict, or None; without it there is no McNemar."""
+    matched, ambiguous = pairs(df, factor, pair_by)
+    rows = []
+    for (a, b), both in matched.items():
+        row = {"factor": factor, "a": a, "b": b, "pairs": len(both), "left out": ambiguous}
+        for metric in PAIRED:
+            values = [[float(run[f"metrics.{metric}"]) for run in side] for side in zip(*both)] if both else [[], []]
+            d = stats.paired_difference(values[1], values[0]) if len(both) >= 2 else None
+            for stat in ("mean", "low", "high"):
+                row[f"{stat} Δ {metric}"] = getattr(d, stat) if d is not None else float("nan")
+        test, n = _pooled_mcnemar(both, misses) if misses is not None else (None, 0)
+        row.update(
+            {
+                "mcnemar pairs": n,
+                "a only": test.a_only if test else pd.NA,
+                "b only": test.b_only if test else pd.NA,
+                "mcnemar p": test.p if test else float("nan"),
+            }
+        )
+        rows.append(row)
+    columns = ["factor", "a", "b", "pairs", "left out"]
+    columns += [f"{stat} Δ {m}" for m in PAIRED for stat in ("mean", "low", "high")]
+    out = pd.DataFrame(rows, columns=columns + ["mcnemar pairs", "a only", "b only", "mcnemar p"])
+    for col in ("a only", "b only"):
+        out[col] = out[col].astype("Int64")
+    return out
+
+
+def run_misses(tracking_uri: str | None):
+    """A reader of each run's test_misses.json from the store (None where a run has none); each
+    run is read once, however many level pairs it is in."""
+    import functools
+    import json
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.resolve_uri(tracking_uri))
+
+    @functools.cache
+    def read(run_id: str) -> dict | None:
+        if outputs.MISSES not in {a.path for a in client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="zipnet-report-") as folder:
+            return json.loads(Path(client.download_artifacts(run_id, outputs.MISSES, folder)).read_text())
+
+    return read
+
+
+def paired_markdown(table: pd.DataFrame, pair_by: tuple[str, ...]) -> str:
+    if table.empty:
+        return "(the factor has one level among the finished runs)"
+
+    def interval(row, metric: str, scale: float, fmt: str) -> str:
+        mean, low, high = (row[f"{stat} Δ {metric}"] * scale for stat in ("mean", "low", "high"))
+        if math.isnan(mean):
+            return "too few pairs"
+        return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+    def mcnemar(row) -> str:
+        if row["mcnemar pairs"] == 0:
+            return "n/a (no test_misses.json)"
+        return f"{row['a only']} / {row['b only']}, p = {row['mcnemar p']:.2g} ({row['mcnemar pairs']} pairs)"
+
+    shown = pd.DataFrame(
+        {
+            "a": table["a"],
+            "b": table["b"],
+            "pairs": table["pairs"],
+            f"{PAIRED['test/error']} [95%]": [interval(r, "test/error", 1.0, "+.2f") for _, r in table.iterrows()],
+            f"{PAIRED['test/loss']} ×1e-3 [95%]": [interval(r, "test/loss", 1e3, "+.2f") for _, r in table.iterrows()],
+            "McNemar: a only / b only, p": [mcnemar(r) for _, r in table.iterrows()],
+        }
+    )
+    factor = table["factor"].iloc[0]
+    head = (
+        f"Δ = b - a over runs that share every config key but {factor} (among them {', '.join(pair_by)}); "
+        "a only / b only: test digits right only under a / only under b, pooled over the pairs"
+    )
+    left = int(table["left out"].iloc[0])
+    tail = f"\n\n{left} finished runs left out: another run at their level has the same config" if left else ""
+    return head + "\n\n" + markdown(shown) + tail
+
+
 def write(
     df: pd.DataFrame,
     out: Path,
@@ -337,6 +511,7 @@ def write(
     include_pruned: bool = False,
     by: str = "test/error",
     importance: pd.DataFrame | None = None,
+    paired_view: tuple[pd.DataFrame, str] | None = None,
 ) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     board, table, totals = leaderboard(df, top, include_pruned, by), effects(df, by), summary(df)
@@ -347,6 +522,8 @@ def write(
     }
     if importance is not None:
         tables["importances"] = (importance, markdown(importance))
+    if paired_view is not None:
+        tables["paired"] = paired_view
     paths = {}
     for name, (frame, text) in tables.items():
         paths[f"{name}.csv"], paths[f"{name}.md"] = out / f"{name}.csv", out / f"{name}.md"
@@ -378,6 +555,18 @@ def main(argv: list[str] | None = None) -> None:
         choices=RANKS,
         help="rank and tabulate effects by this final metric (default test/error)",
     )
+    parser.add_argument(
+        "--paired",
+        metavar="KEY",
+        help="paired differences between the levels of this config key, e.g. model.init (paired.csv/.md)",
+    )
+    parser.add_argument(
+        "--pair-by",
+        default=",".join(PAIR_BY),
+        metavar="KEYS",
+        help=f"with --paired: the keys a pair shares, comma-separated (default {','.join(PAIR_BY)}); "
+        "every other config key but the factor is shared too",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default reports/<study or experiment>)")
     parser.add_argument(
         "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
@@ -397,6 +586,14 @@ def main(argv: list[str] | None = None) -> None:
     if df.empty:
         print("zipnet-report: no runs match", file=sys.stderr)
         sys.exit(1)
+    paired_view, pair_by = None, tuple(k.strip() for k in args.pair_by.split(",") if k.strip())
+    if args.paired:
+        try:
+            table = paired(df, args.paired, pair_by, run_misses(args.tracking_uri))
+        except PairingError as err:
+            print(f"zipnet-report: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        paired_view = (table, paired_markdown(table, pair_by))
     parent_id, importance = args.parent, None
     if args.study:
         parents = study_parents(args.study, args.experiment, args.tracking_uri)
@@ -416,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
             except Exception as err:  # too few complete trials, or the storage is gone: the rest stands
                 print(f"zipnet-report: no parameter importances: {err}", file=sys.stderr)
     out = args.out or Path("reports") / (args.study or args.experiment)
-    paths = write(df, out, args.top, args.include_pruned, args.by, importance)
+    paths = write(df, out, args.top, args.include_pruned, args.by, importance, paired_view)
     print(f"## Leaderboard: top {args.top} of {len(df)} runs by final {args.by}\n")
     print(paths["leaderboard.md"].read_text())
     print(f"## Effects: final {args.by} per level of each factor, finished runs\n")
@@ -426,6 +623,9 @@ def main(argv: list[str] | None = None) -> None:
     if importance is not None:
         print("## Parameter importances (Optuna, fANOVA)\n")
         print(paths["importances.md"].read_text())
+    if paired_view is not None:
+        print(f"## Paired differences: {args.paired}, finished runs\n")
+        print(paths["paired.md"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     if parent_id:
         from mlflow import MlflowClient

@@ -1,11 +1,36 @@
 """The files a finished run leaves in its artifacts: weights.pt, the learning curve, the
-misclassified test digits, the confusion matrix (PNG and CSV) and the rejection curve
-(PNG and CSV). Drawn by the tracker's background worker, off the training path.
+misclassified test digits (a grid PNG, and their indices in test_misses.json), the confusion
+matrix (PNG and CSV) and the rejection curve (PNG and CSV). Drawn by the tracker's background
+worker, off the training path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+
+MISSES = "test_misses.json"  # what zipnet-report --paired reads for McNemar's test
+
+
+def labels_digest(labels) -> str:
+    """sha256 of the test labels in order (int64): two runs with equal digests were tested on
+    the same digits in the same order, so their misses can be compared digit by digit."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def misses_json(labels, predicted, path: Path) -> Path:
+    """The test digits a run gets wrong, by index into its test split, with the split's size
+    and labels' digest: a few kilobytes, enough for McNemar's test between two runs."""
+    import numpy as np
+
+    wrong = np.flatnonzero(np.asarray(predicted) != np.asarray(labels))
+    path.write_text(
+        json.dumps({"n_test": len(labels), "labels_sha256": labels_digest(labels), "misses": wrong.tolist()})
+    )
+    return path
 
 
 def write(
@@ -34,6 +59,7 @@ def write(
     if tables:
         draw.confusion_csv(matrix, out / "confusion.csv")
         draw.rejection_csv(reject_rate, error, out / "rejection.csv")
+        misses_json(labels, predicted, out / MISSES)
     if figures:
         draw.confusion_png(matrix, out / "confusion.png")
         draw.misclassified_grid(digits.test_x.cpu().numpy(), labels, predicted, out / "misclassified.png")
