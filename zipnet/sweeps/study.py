@@ -19,12 +19,12 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from zipnet import config as checks
 from zipnet import metrics
+from zipnet import overrides as written
 from zipnet.errors import first_line
 
 
@@ -68,8 +68,8 @@ class Param:
     def overrides(self, value) -> list[str]:
         """The overrides this parameter's value sets."""
         if self.sets is not None:
-            return [checks.override(k, v) for k, v in self.sets[value].items()]
-        return [checks.override(self.name, value)]
+            return [written.override(k, v) for k, v in self.sets[value].items()]
+        return [written.override(self.name, value)]
 
     def values(self) -> list:
         """The values `check` composes: every choice, or both bounds."""
@@ -490,13 +490,22 @@ def load_file(path: str | Path) -> dict:
 # Checked before any trial runs
 
 
-def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True) -> DictConfig:
+class Composes(Protocol):
+    """What `check` composes with: zipnet.config.Composer, or the Hydra sweeper (a job's config
+    as its launcher will compose it)."""
+
+    def compose(self, overrides: list[str]) -> DictConfig: ...
+
+
+def check(spec: StudySpec, composer: Composes, zipnet_config: bool = True) -> DictConfig:
     """Compose the base config and every choice and bound once; returns the base config.
 
     Refuses a key or value that does not compose or is not allowed, a key both swept and
     fixed, and a metric that a trial's loss cannot produce (paper/gap needs the MSE). Another
     app's config (`zipnet_config=False`) is only composed: its values are its own to check."""
     base = list(spec.fixed)
+    if zipnet_config:  # zipnet's trainer: its checks, and the engine behind them, load only here
+        from zipnet import config as checks
 
     def allowed(cfg: DictConfig, where: str) -> None:
         if zipnet_config:
@@ -510,15 +519,15 @@ def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True
         raise
     except Exception as err:
         raise SweepError(f"{spec.where}: fixed overrides {' '.join(base)}: {first_line(err)}") from err
-    fixed = {checks.override_key(o) for o in base}
+    fixed = {written.override_key(o) for o in base}
     for name, param in spec.params.items():
         for value in param.values():
             overrides = param.overrides(value)
             for text in overrides:
-                if checks.override_key(text) in fixed:
+                if written.override_key(text) in fixed:
                     spec.fail(
                         f"params.{name}",
-                        f"{checks.override_key(text)!r} is also fixed by an override; sweep it or fix it, not both",
+                        f"{written.override_key(text)!r} is also fixed by an override; sweep it or fix it, not both",
                     )
             try:
                 trial_cfg = composer.compose(base + overrides)

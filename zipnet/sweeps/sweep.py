@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from zipnet import config as checks
+from zipnet import overrides as written
 from zipnet.errors import first_line
 from zipnet.sweeps import app_trial, parent
 from zipnet.sweeps import storage as stores
@@ -50,9 +50,9 @@ def default_storage(tracker) -> str:
 def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
     """What a job needs to find its trial, wherever it runs (no password)."""
     return [
-        checks.override("trial.study", spec.study_name),
-        checks.override("trial.storage", stores.without_password(url)),
-        checks.override("trial.number", number),
+        written.override("trial.study", spec.study_name),
+        written.override("trial.storage", stores.without_password(url)),
+        written.override("trial.number", number),
     ]
 
 

@@ -1,0 +1,35 @@
+"""The layout: the generic sweeper (the override grammar, the study, the workers' asks, heartbeats
+and counts, the Hydra plugin) serves any Hydra app, so it loads nothing of zipnet's trainer. What
+only the trainer needs (zipnet/sweeps/trial.py, zipnet.config's checks) is imported where it runs."""
+
+import json
+import subprocess
+import sys
+
+GENERIC = (
+    "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper",
+    "zipnet.overrides",
+    "zipnet.sweeps",
+    "zipnet.sweeps.study",
+    "zipnet.sweeps.storage",
+    "zipnet.sweeps.heartbeat",
+    "zipnet.sweeps.snapshot",
+    "zipnet.sweeps.pruning",
+    "zipnet.sweeps.sweep",
+    "zipnet.sweeps.app_trial",
+)
+TRAINER = ("torch", "zipnet.engine", "zipnet.runner", "zipnet.config", "zipnet.sweeps.trial")
+
+
+def test_the_generic_sweeper_imports_nothing_of_the_trainer():
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {GENERIC!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.splitlines()[-1])
+    assert set(GENERIC) <= set(loaded)  # the check saw every generic module
+    assert [m for m in loaded if m in TRAINER or m.startswith("zipnet.engine.")] == []
