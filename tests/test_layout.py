@@ -17,6 +17,7 @@ GENERIC = (
     "zipnet.sweeps.pruning",
     "zipnet.sweeps.sweep",
     "zipnet.sweeps.app_trial",
+    "zipnet.sweeps.search_space",
 )
 TRAINER = ("torch", "zipnet.engine", "zipnet.runner", "zipnet.config", "zipnet.sweeps.trial")
 

@@ -104,6 +104,7 @@ class StudySpec:
     heartbeat_interval: int = 10  # seconds between a worker's heartbeats for its running trials
     grace_period: int | None = None  # a trial silent this long is stale (default: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    custom_search_space: str | None = None  # the dotted path of a function (cfg, trial) -> dict or None
 
     @property
     def failure_budget(self) -> int:
@@ -119,7 +120,10 @@ class StudySpec:
         return self.grace_period or 3 * self.heartbeat_interval
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
-        return [o for name, p in self.params.items() for o in p.overrides(params[name])]
+        """The params' overrides, then `key=value` for each parameter a custom_search_space
+        function suggested besides them (zipnet/sweeps/search_space.py)."""
+        searched = [o for name, p in self.params.items() for o in p.overrides(params[name])]
+        return searched + [written.override(k, v) for k, v in params.items() if k not in self.params]
 
     def as_dict(self) -> dict:
         """What is stored with the study (no storage URL: it may hold a password)."""
@@ -134,6 +138,7 @@ class StudySpec:
             "pruner": self.pruner,
             "fixed": self.fixed,
             "params": {n: p.describe() for n, p in self.params.items()},
+            "custom_search_space": self.custom_search_space,
         }
 
     def fail(self, key: str, message: str):
@@ -162,6 +167,7 @@ SETTINGS = (
     "sampler",
     "pruner",
     "params",
+    "custom_search_space",
     "storage_timeout",
     "heartbeat_interval",
     "grace_period",
@@ -296,6 +302,10 @@ def from_sweeper(conf: dict, arguments: list[str], where: str = "hydra.sweeper")
     if unknown:
         spec.fail(unknown[0], f"unknown key; use {', '.join(SETTINGS)}")
     _settings(spec, conf)
+    from zipnet.sweeps import search_space  # it builds on this module
+
+    search_space.resolve(spec, conf.get("custom_search_space"))  # a path that does not import fails here
+    spec.custom_search_space = conf.get("custom_search_space")
     params = dict(conf.get("params") or {})
     parser = OverridesParser.create()
     for text in arguments:
