@@ -34,3 +34,32 @@ def test_the_generic_sweeper_imports_nothing_of_the_trainer():
     loaded = json.loads(proc.stdout.splitlines()[-1])
     assert set(GENERIC) <= set(loaded)  # the check saw every generic module
     assert [m for m in loaded if m in TRAINER or m.startswith("zipnet.engine.")] == []
+
+
+def test_a_plain_apps_study_runs_without_loading_the_trainer(tmp_path):
+    """End to end: a plain app's sweep under Hydra's basic launcher, its task function looking at
+    what the process holds while the sweeper runs it."""
+    app = tmp_path / "app.py"
+    app.write_text(
+        "import json, sys\n"
+        "import hydra\n\n"
+        '@hydra.main(version_base="1.3", config_path=None, config_name=None)\n'
+        "def app(cfg):\n"
+        f"    held = [m for m in sys.modules if m in {TRAINER!r} or m.startswith('zipnet.engine.')]\n"
+        "    print('loaded', json.dumps(held))\n"
+        "    return float(cfg.x)\n\n"
+        'if __name__ == "__main__":\n'
+        "    app()\n"
+    )
+    command = [
+        sys.executable,
+        str(app),
+        "-m",
+        "hydra/sweeper=zipnet_optuna",
+        "+x=interval(0,1)",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+    ]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [ln for ln in proc.stdout.splitlines() if ln.startswith("loaded")] == ["loaded []"] * 2
