@@ -1,4 +1,5 @@
-"""Configs: composing them (Hydra's compose API), checking them, writing them back as overrides.
+"""Configs: composing them (Hydra's compose API) and checking them (writing them back as overrides:
+zipnet/overrides.py, whose names this module still offers).
 
 Hydra already refuses unknown keys and unknown group options; this module checks the
 values, and every error names the key and what is allowed.
@@ -7,9 +8,7 @@ values, and every error names the key and what is allowed.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -18,6 +17,9 @@ from zipnet.engine import BACKENDS, MSE_C, Member
 from zipnet.errors import ConfigError
 from zipnet.net import ACTIVATIONS, INITS, OUTPUTS, TABLES, InitSpec
 from zipnet.optim import HESSIANS, OPTIMS, OptimSpec
+from zipnet.overrides import override as override
+from zipnet.overrides import override_key as override_key
+from zipnet.overrides import override_value as override_value
 
 CONF_DIR = resources.conf_dir()  # conf/ in a checkout, zipnet/conf/ in an installed package
 PROGRESS = ("auto", "on", "off")
@@ -190,7 +192,7 @@ def check(cfg: DictConfig) -> tuple[Member, dict]:
 
 
 # ----------------------------------------------------------------------------------------
-# Composing, and writing values back as overrides
+# Composing
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -226,33 +228,3 @@ class Composer:
         from hydra import compose as hydra_compose
 
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
-
-
-_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]*")
-
-
-def override_value(value: Any) -> str:
-    """A Python value as a Hydra override value that parses back to the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "[" + ",".join(override_value(v) for v in value) + "]"
-    text = str(value)
-    if _BARE.fullmatch(text) and text.lower() not in ("true", "false", "null", "inf", "nan"):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def override(key: str, value: Any) -> str:
-    return f"{key}={override_value(value)}"
-
-
-def override_key(text: str) -> str:
-    """`+a.b=1` -> `a.b`."""
-    return text.split("=", 1)[0].lstrip("+~")

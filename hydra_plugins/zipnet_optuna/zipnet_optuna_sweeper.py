@@ -7,7 +7,7 @@ The search space is written in Hydra's override grammar under `hydra.sweeper.par
 (`choice(...)`, `range(...)`, `interval(...)`, `tag(log, ...)`), or as sweep overrides on the
 command line. The settings keep hydra-optuna-sweeper's names and meanings where they exist
 (`study_name`, `storage`, `direction`, `n_trials`, `n_jobs`, `sampler` by `_target_`,
-`max_failure_rate`, `params`), plus zipnet's (`metric`, `batch`, `pruner`, heartbeat and retry
+`max_failure_rate`, `params`, `custom_search_space`), plus zipnet's (`metric`, `batch`, `pruner`, heartbeat and retry
 settings).
 
 It asks `batch` trials at once and hands their jobs to Hydra's launcher. Each job carries its
@@ -52,6 +52,7 @@ class ZipnetOptunaSweeperConf:
     sampler: Any = None  # {name: tpe, seed: 0, ...settings}; null: TPE, seed 0
     pruner: Any = None  # {name: median, ...settings}; null: the median pruner
     params: dict[str, Any] | None = None
+    custom_search_space: str | None = None  # a function (cfg, trial) -> dict or None, by dotted path
     storage_timeout: float = 30.0
     heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials
     grace_period: int | None = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)

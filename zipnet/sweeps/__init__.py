@@ -7,9 +7,13 @@
 - `trial`: the job side: a job that carries its trial in its config reports every pass,
   prunes itself and tells its result, wherever it runs;
 - `sweep`: the loop that asks batches and hands them to a launcher;
-- `app_trial`: another Hydra app's job reaches its trial (`current_trial()`) to report and prune.
+- `app_trial`: another Hydra app's job reaches its trial (`current_trial()`) to report and prune;
+- `search_space`: `custom_search_space`, a function that suggests more of a trial's parameters.
 
 The Hydra sweeper (hydra/sweeper=zipnet_optuna) and zipnet-sweep both drive `sweep.Sweep`.
+All of it but `trial` is generic: it serves any Hydra app and imports nothing of zipnet's
+trainer (tests/test_layout.py). `trial` (the trainer's jobs, through zipnet.runner) and zipnet's
+config checks are imported only where zipnet-train uses them.
 """
 
 import warnings

@@ -28,10 +28,10 @@ ENV = "ZIPNET_TRIAL"
 
 def env_override(url: str, study_name: str, number: int) -> str:
     """The job override that hands the trial to the job's environment."""
-    from zipnet import config as checks
+    from zipnet import overrides as written
 
     value = json.dumps({"storage": url, "study": study_name, "number": number}, separators=(",", ":"))
-    return checks.override(f"+hydra.job.env_set.{ENV}", value)
+    return written.override(f"+hydra.job.env_set.{ENV}", value)
 
 
 def current_trial():

@@ -303,9 +303,10 @@ def tally(trials) -> Tally:
 class Coordinator:
     """One worker's dealings with the study: ask, beat, give back, wait."""
 
-    def __init__(self, study, storage, url: str, spec: StudySpec, log=print, on_stale=None):
+    def __init__(self, study, storage, url: str, spec: StudySpec, log=print, on_stale=None, extend=None):
         self.study, self.storage, self.url, self.spec, self.log = study, storage, url, spec, log
         self.on_stale = on_stale  # called with each trial failed as stale (its MLflow run ends KILLED)
+        self.extend = extend  # called with each trial asked, its params suggested (custom_search_space)
         self.worker = worker_id()
         self.study_id = storage.get_study_id_from_name(spec.study_name)
         self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
@@ -414,8 +415,10 @@ class Coordinator:
             asked = []
             for _ in range(min(spec.batch, free)):
                 trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
-                snapshot.refresh(trial._trial_id)
                 self.mine[trial.number] = trial._trial_id
+                if self.extend is not None:
+                    self._extend(trial)
+                snapshot.refresh(trial._trial_id)
                 if self.heartbeat is not None:
                     self.heartbeat.cover(trial.number, trial._trial_id)
                 trial.set_user_attr(WORKER, self.worker)
@@ -423,6 +426,19 @@ class Coordinator:
                     trial.set_user_attr(INTERRUPTED, False)
                 asked.append(trial)
         return self._past_target(asked)
+
+    def _extend(self, trial) -> None:
+        """The custom search space's function on a trial just asked. If it fails, the trial is
+        left out of the count (not asked again), this worker's other trials are given back, and
+        the sweep stops with the function's error."""
+        try:
+            self.extend(trial)
+        except BaseException as err:
+            self.storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+            self.storage.set_trial_user_attr(trial._trial_id, REASON, first_line(err)[:500])
+            self.finish(trial.number, "FAIL")
+            self.give_back()
+            raise
 
     def _past_target(self, asked: list) -> list:
         """Without a lock two workers may both ask the last slots: the trials numbered past

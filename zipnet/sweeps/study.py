@@ -19,12 +19,12 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from zipnet import config as checks
 from zipnet import metrics
+from zipnet import overrides as written
 from zipnet.errors import first_line
 
 
@@ -68,8 +68,8 @@ class Param:
     def overrides(self, value) -> list[str]:
         """The overrides this parameter's value sets."""
         if self.sets is not None:
-            return [checks.override(k, v) for k, v in self.sets[value].items()]
-        return [checks.override(self.name, value)]
+            return [written.override(k, v) for k, v in self.sets[value].items()]
+        return [written.override(self.name, value)]
 
     def values(self) -> list:
         """The values `check` composes: every choice, or both bounds."""
@@ -104,6 +104,7 @@ class StudySpec:
     heartbeat_interval: int = 10  # seconds between a worker's heartbeats for its running trials
     grace_period: int | None = None  # a trial silent this long is stale (default: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    custom_search_space: str | None = None  # the dotted path of a function (cfg, trial) -> dict or None
 
     @property
     def failure_budget(self) -> int:
@@ -119,7 +120,10 @@ class StudySpec:
         return self.grace_period or 3 * self.heartbeat_interval
 
     def trial_overrides(self, params: dict[str, Any]) -> list[str]:
-        return [o for name, p in self.params.items() for o in p.overrides(params[name])]
+        """The params' overrides, then `key=value` for each parameter a custom_search_space
+        function suggested besides them (zipnet/sweeps/search_space.py)."""
+        searched = [o for name, p in self.params.items() for o in p.overrides(params[name])]
+        return searched + [written.override(k, v) for k, v in params.items() if k not in self.params]
 
     def as_dict(self) -> dict:
         """What is stored with the study (no storage URL: it may hold a password)."""
@@ -134,6 +138,7 @@ class StudySpec:
             "pruner": self.pruner,
             "fixed": self.fixed,
             "params": {n: p.describe() for n, p in self.params.items()},
+            "custom_search_space": self.custom_search_space,
         }
 
     def fail(self, key: str, message: str):
@@ -162,6 +167,7 @@ SETTINGS = (
     "sampler",
     "pruner",
     "params",
+    "custom_search_space",
     "storage_timeout",
     "heartbeat_interval",
     "grace_period",
@@ -296,6 +302,10 @@ def from_sweeper(conf: dict, arguments: list[str], where: str = "hydra.sweeper")
     if unknown:
         spec.fail(unknown[0], f"unknown key; use {', '.join(SETTINGS)}")
     _settings(spec, conf)
+    from zipnet.sweeps import search_space  # it builds on this module
+
+    search_space.resolve(spec, conf.get("custom_search_space"))  # a path that does not import fails here
+    spec.custom_search_space = conf.get("custom_search_space")
     params = dict(conf.get("params") or {})
     parser = OverridesParser.create()
     for text in arguments:
@@ -490,13 +500,22 @@ def load_file(path: str | Path) -> dict:
 # Checked before any trial runs
 
 
-def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True) -> DictConfig:
+class Composes(Protocol):
+    """What `check` composes with: zipnet.config.Composer, or the Hydra sweeper (a job's config
+    as its launcher will compose it)."""
+
+    def compose(self, overrides: list[str]) -> DictConfig: ...
+
+
+def check(spec: StudySpec, composer: Composes, zipnet_config: bool = True) -> DictConfig:
     """Compose the base config and every choice and bound once; returns the base config.
 
     Refuses a key or value that does not compose or is not allowed, a key both swept and
     fixed, and a metric that a trial's loss cannot produce (paper/gap needs the MSE). Another
     app's config (`zipnet_config=False`) is only composed: its values are its own to check."""
     base = list(spec.fixed)
+    if zipnet_config:  # zipnet's trainer: its checks, and the engine behind them, load only here
+        from zipnet import config as checks
 
     def allowed(cfg: DictConfig, where: str) -> None:
         if zipnet_config:
@@ -510,15 +529,15 @@ def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True
         raise
     except Exception as err:
         raise SweepError(f"{spec.where}: fixed overrides {' '.join(base)}: {first_line(err)}") from err
-    fixed = {checks.override_key(o) for o in base}
+    fixed = {written.override_key(o) for o in base}
     for name, param in spec.params.items():
         for value in param.values():
             overrides = param.overrides(value)
             for text in overrides:
-                if checks.override_key(text) in fixed:
+                if written.override_key(text) in fixed:
                     spec.fail(
                         f"params.{name}",
-                        f"{checks.override_key(text)!r} is also fixed by an override; sweep it or fix it, not both",
+                        f"{written.override_key(text)!r} is also fixed by an override; sweep it or fix it, not both",
                     )
             try:
                 trial_cfg = composer.compose(base + overrides)

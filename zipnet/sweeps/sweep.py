@@ -13,9 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from zipnet import config as checks
+from zipnet import overrides as written
 from zipnet.errors import first_line
-from zipnet.sweeps import app_trial, parent
+from zipnet.sweeps import app_trial, parent, search_space
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import SPEC, FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
 
@@ -50,9 +50,9 @@ def default_storage(tracker) -> str:
 def trial_keys(spec: StudySpec, url: str, number: int) -> list[str]:
     """What a job needs to find its trial, wherever it runs (no password)."""
     return [
-        checks.override("trial.study", spec.study_name),
-        checks.override("trial.storage", stores.without_password(url)),
-        checks.override("trial.number", number),
+        written.override("trial.study", spec.study_name),
+        written.override("trial.storage", stores.without_password(url)),
+        written.override("trial.number", number),
     ]
 
 
@@ -79,6 +79,8 @@ class Sweep:
         if self.app and len(spec.directions) > 1:
             spec.fail("direction", "zipnet's trainer has one objective (metric); give one direction")
         base = check(spec, self.composer, zipnet_config=self.app)
+        function = search_space.resolve(spec, spec.custom_search_space)
+        self.extension = search_space.Extension(spec, function, base) if function is not None else None
         self.tracker = self.session.tracker_for(base) if self.app else None
         self.url = spec.storage or default_storage(self.tracker)
         path = stores.local_file(self.url)
@@ -139,7 +141,9 @@ class Sweep:
                 self.parent = parent.ensure(self.tracker, self.study, spec, self.url)
             else:  # no lock: the worker that created the study makes its parent
                 self.parent = parent.made_by_creator(self.tracker, self.study, spec, self.url)
-        self.coord = stores.Coordinator(self.study, self.storage, self.url, spec, log=self.log, on_stale=self._stale)
+        self.coord = stores.Coordinator(
+            self.study, self.storage, self.url, spec, log=self.log, on_stale=self._stale, extend=self.extension
+        )
 
     def _stale(self, frozen) -> None:
         """A dead worker's trial: its MLflow run (live from its first pass, found by its tags, since
@@ -208,8 +212,12 @@ class Sweep:
 
     def _batch(self, trials: list) -> None:
         spec = self.spec
+        if self.extension is not None:
+            trials = self._composable(trials)
+            if not trials:
+                return
         numbers = [t.number for t in trials]
-        jobs = [spec.fixed + spec.trial_overrides(t.params) + self._keys(t.number) for t in trials]
+        jobs = [spec.fixed + search_space.trial_overrides(spec, t) + self._keys(t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
             self.tracker.client.update_run(self.parent, status="RUNNING")
@@ -238,6 +246,29 @@ class Sweep:
             self.seconds[kind] = self.seconds.get(kind, 0.0) + value
         self.log(split(f"batch of {len(jobs)} done", time.perf_counter() - started, seconds))
 
+    def _composable(self, trials: list) -> list:
+        """A custom search space's overrides were not composed before the study ran (`check`
+        composes only the params): each trial's are composed now, as its job's config will be
+        (zipnet's trainer: and checked), and a trial whose overrides do not compose fails with
+        the reason instead of reaching the launcher."""
+        keep = []
+        for trial in trials:
+            overrides = self.spec.fixed + search_space.trial_overrides(self.spec, trial)
+            try:
+                cfg = self.composer.compose(overrides)
+                if self.app:
+                    from zipnet import config as checks
+
+                    checks.check(cfg)
+            except Exception as err:
+                reason = f"{search_space.KEY}: {' '.join(overrides)}: {first_line(err)}"
+                self.storage.set_trial_user_attr(trial._trial_id, stores.REASON, reason[:500])
+                self.coord.finish(trial.number, "FAIL")
+                self.log(f"trial {trial.number} failed: {reason}")
+                continue
+            keep.append(trial)
+        return keep
+
     def _summary(self, now: stores.Tally) -> None:
         spec = self.spec
         if self.jobs_launched:
@@ -260,7 +291,7 @@ class Sweep:
         if best is not None:
             line += (
                 f"; best {spec.metric if self.app else 'value'} {best.value:.4g} (trial {best.number}: "
-                f"{' '.join(spec.trial_overrides(best.params))})"
+                f"{' '.join(search_space.trial_overrides(spec, best))})"
             )
         self.log(line)
 
