@@ -104,6 +104,9 @@ class StudySpec:
     heartbeat_interval: int = 10  # seconds between a worker's heartbeats for its running trials
     grace_period: int | None = None  # a trial silent this long is stale (default: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    # a trial's checkpoint goes to its MLflow run on give-back (SIGTERM) and also every this many
+    # passes (0: only on give-back), for a worker on another machine to resume it from
+    checkpoint_upload_every: int = 0
 
     @property
     def failure_budget(self) -> int:
@@ -133,6 +136,7 @@ class StudySpec:
             "sampler": self.sampler,
             "pruner": self.pruner,
             "fixed": self.fixed,
+            "checkpoint_upload_every": self.checkpoint_upload_every,
             "params": {n: p.describe() for n, p in self.params.items()},
         }
 
@@ -166,6 +170,7 @@ SETTINGS = (
     "heartbeat_interval",
     "grace_period",
     "max_retry",
+    "checkpoint_upload_every",
 )
 
 
@@ -198,7 +203,13 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
             spec.fail("n_jobs", "is hydra-optuna-sweeper's name for batch; give one of them, not both")
         raw = {**raw, "batch": raw["n_jobs"]}
     raw = {k: v for k, v in raw.items() if not (k == "batch" and v is None)}
-    for key, minimum in (("n_trials", 1), ("batch", 1), ("heartbeat_interval", 1), ("max_retry", 0)):
+    for key, minimum in (
+        ("n_trials", 1),
+        ("batch", 1),
+        ("heartbeat_interval", 1),
+        ("max_retry", 0),
+        ("checkpoint_upload_every", 0),
+    ):
         value = raw.get(key, getattr(spec, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             spec.fail(key, f"{value!r} is not allowed; give an integer >= {minimum}")
