@@ -65,7 +65,8 @@ def test_a_given_back_trial_resumes_on_another_worker_and_ends_as_if_uninterrupt
     env = {**env_for(tmp_path), **postgres.env, **mlflow_server.env}
     first = _worker(tmp_path / "a", env, name, storage, OPTIMS[optim])
     out = Output(first)
-    out.wait_for(lambda line: line.endswith(": pass 1"), count=2)  # both members past pass 1, of 6
+    # a pass's line comes before its checkpoint is written: pass 2's, after pass 1's checkpoint
+    out.wait_for(lambda line: line.endswith(": pass 2"), count=2)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=300) == 143, out.text()[-3000:]
     shutil.rmtree(tmp_path / "a")  # the second worker shares no folder with the first: only the servers
