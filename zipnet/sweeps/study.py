@@ -107,6 +107,7 @@ class StudySpec:
     # a trial's checkpoint goes to its MLflow run on give-back (SIGTERM) and also every this many
     # passes (0: only on give-back), for a worker on another machine to resume it from
     checkpoint_upload_every: int = 0
+    outage_timeout: float = 600.0  # how long a worker waits out an unreachable storage server before it stops
 
     @property
     def failure_budget(self) -> int:
@@ -171,6 +172,7 @@ SETTINGS = (
     "grace_period",
     "max_retry",
     "checkpoint_upload_every",
+    "outage_timeout",
 )
 
 
@@ -220,6 +222,10 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     ):
         spec.fail("grace_period", f"{grace!r} is not allowed; give null or seconds > heartbeat_interval")
     spec.grace_period = grace
+    outage = raw.get("outage_timeout", spec.outage_timeout)
+    if not (_is_number(outage) and outage >= 0):
+        spec.fail("outage_timeout", f"{outage!r} is not allowed; give seconds >= 0")
+    spec.outage_timeout = float(outage)
     rate = raw.get("max_failure_rate", spec.max_failure_rate)
     if not (_is_number(rate) and 0 <= rate <= 1):
         spec.fail("max_failure_rate", f"{rate!r} is not allowed; give a number in [0, 1]")
