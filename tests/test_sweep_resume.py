@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from sweep_helpers import Output, env_for, study_args
+from sweep_helpers import Output, env_for, study_args, zipnet
 
 from zipnet.engine.checkpoint import Checkpoint
 from zipnet.net import PARAM_NAMES
@@ -104,14 +104,8 @@ def test_a_given_back_trial_resumes_on_another_worker_and_ends_as_if_uninterrupt
 
         overrides = [f"{k}={v}" for k, v in t.params.items()]
         reference = tmp_path / f"whole-{t.number}"
-        whole = subprocess.run(
-            [sys.executable, "-m", "zipnet.cli.train", *FIXED, *OPTIMS[optim], *overrides]
-            + ["tracking.enabled=false", f"hydra.run.dir={reference}"],
-            cwd=tmp_path,
-            env=env_for(tmp_path),
-            capture_output=True,
-            text=True,
-            timeout=300,
+        whole = zipnet(
+            tmp_path, *FIXED, *OPTIMS[optim], *overrides, "tracking.enabled=false", f"hydra.run.dir={reference}"
         )
         assert whole.returncode == 0, whole.stderr[-3000:]
         want = Checkpoint.load(reference / "checkpoint.pt").members[0]
