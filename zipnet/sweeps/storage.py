@@ -16,6 +16,9 @@ coordinator of zipnet's own):
   (zipnet.sweeps.heartbeat.Silence); the retry is the same.
 - give back: on Ctrl-C or a preemption signal a worker fails its running trials and asks
   them again at once, without waiting for the heartbeat to go stale.
+- outages: a server storage's calls wait out a database that cannot be reached (Patient:
+  retried with backoff for up to `outage_timeout`), and a worker judges no other worker's trial
+  stale until it has reached the database for a whole grace period since its last failure.
 
 Counted toward `n_trials`: COMPLETE, PRUNED, and FAIL trials that were not asked again
 (diverged, crashed, or retried too often). Journal storages have no heartbeat: a dead
