@@ -1,7 +1,8 @@
 """A sweep's trial given back mid-training (its worker SIGTERMed), or fallen silent (SIGKILLed,
-its checkpoint uploaded every pass), is asked again by a worker in another folder, with nothing shared but the two servers, and goes on from its last checkpoint:
-its MLflow run shows every pass once, tagged zipnet.resumed_from_pass, and its final metrics and
-weights are those of an uninterrupted run of the same configuration, bit for bit."""
+its checkpoint uploaded every pass), is asked again by a worker in another folder, with nothing
+shared but the two servers, and goes on from its last checkpoint: its MLflow run shows every pass
+once, tagged zipnet.resumed_from_pass, and its final metrics and weights are those of an
+uninterrupted run of the same configuration, bit for bit."""
 
 import json
 import os
