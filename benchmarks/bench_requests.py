@@ -183,8 +183,9 @@ def statements(log: Path, offset: int, database: str) -> tuple[collections.Count
     return counts, calls, end
 
 
-def study_command(name: str, storage: str, trials: int, outputs: str | None) -> list[str]:
-    """The small-trial study; `outputs` is tracking.trial_outputs, None for tracking off."""
+def study_command(name: str, storage: str, trials: int, outputs: str | None, extra: tuple[str, ...] = ()) -> list[str]:
+    """The small-trial study; `outputs` is tracking.trial_outputs, None for tracking off; `extra`
+    more overrides (hydra.sweeper.checkpoint_upload_every=1: what uploading checkpoints costs)."""
     return [
         sys.executable,
         "-m",
@@ -199,6 +200,7 @@ def study_command(name: str, storage: str, trials: int, outputs: str | None) -> 
         "data.n_test=500",
         "trainer.passes=6",
         *([f"tracking.trial_outputs={outputs}"] if outputs else ["tracking.enabled=false"]),
+        *extra,
     ]
 
 
@@ -227,6 +229,7 @@ def main() -> None:
     parser.add_argument(
         "--outputs", nargs="+", default=["best", "lean"], help="tracking.trial_outputs to count (and tracking off)"
     )
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every trial")
     args = parser.parse_args()
     reason = postgres_missing()
     if reason:
@@ -256,7 +259,7 @@ def main() -> None:
                     proxy.take()
                     offset = pg.log.stat().st_size
                     cpu_before = cpu_seconds(server.pid), cpu_seconds(pg.pid)
-                    cmd = study_command(name, storage, trials, outputs)
+                    cmd = study_command(name, storage, trials, outputs, tuple(args.extra))
                     wall = run_workers(cmd, workers, env, Path(tmp))
                     time.sleep(1.0)  # the server's log catches up
                     mlflow_cpu = cpu_seconds(server.pid) - cpu_before[0]

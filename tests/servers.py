@@ -282,6 +282,39 @@ def start_postgres(
         shutil.rmtree(client_dir, ignore_errors=True)
 
 
+def _pg_ctl(pg: Postgres, *args: str) -> None:
+    """pg_ctl on `pg`'s data folder, as the user the server runs as."""
+    data = pg.log.parent / "data"
+    done = subprocess.run(
+        ["pg_ctl", *args, "-w", "-t", "60", "-D", str(data)],
+        cwd=pg.log.parent,
+        capture_output=True,
+        text=True,
+        **_as_user(_run_as()),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl {args[0]} failed: {done.stderr.strip()}\n{_tail(pg.log)}")
+
+
+def restart_postgres(pg: Postgres) -> None:
+    """`pg_ctl restart -m fast`: every client connection is cut, the server answers again at once."""
+    _pg_ctl(pg, "restart", "-m", "fast", "-l", str(pg.log))  # the log: else the server's output holds our pipe
+
+
+def stop_postgres(pg: Postgres) -> None:
+    """`pg_ctl stop -m fast`: clients' connections are cut and new ones refused until `start_postgres_again`."""
+    _pg_ctl(pg, "stop", "-m", "fast")
+
+
+def start_postgres_again(pg: Postgres) -> None:
+    """Start a stopped server with the options of its last start (its postmaster.opts)."""
+    import shlex
+
+    argv = shlex.split((pg.log.parent / "data" / "postmaster.opts").read_text())
+    rest = [a for k, a in enumerate(argv[1:], 1) if a != "-D" and argv[k - 1] != "-D"]
+    _pg_ctl(pg, "start", "-l", str(pg.log), "-o", " ".join(shlex.quote(a) for a in rest))
+
+
 @dataclass(frozen=True)
 class Mlflow:
     """A running `mlflow server --app-name basic-auth`: `url`, and `env` with a user's credentials."""

@@ -295,3 +295,15 @@ def test_a_converted_first_schema_file_runs_as_a_sweeps_preset(tmp_path):
         timeout=120,
     )
     assert again.returncode == 2 and "is a sweeps preset already" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_checkpoint_uploads_and_the_outage_timeout_are_settings_checked_in_one_line():
+    params = {"params": {"optim.lr": "interval(0.01, 0.1)"}}
+    spec = from_sweeper({**BASE, **params}, [])
+    assert (spec.checkpoint_upload_every, spec.outage_timeout) == (0, 600.0)  # on give-back only; ten minutes
+    spec = from_sweeper({**BASE, **params, "checkpoint_upload_every": 5, "outage_timeout": 90}, [])
+    assert spec.as_dict()["checkpoint_upload_every"] == 5 and spec.outage_timeout == 90.0
+    with pytest.raises(SweepError, match=r"^hydra.sweeper: checkpoint_upload_every: -1 is not allowed; give an int"):
+        from_sweeper({**BASE, **params, "checkpoint_upload_every": -1}, [])
+    with pytest.raises(SweepError, match=r"^hydra.sweeper: outage_timeout: 'long' is not allowed; give seconds >= 0"):
+        from_sweeper({**BASE, **params, "outage_timeout": "long"}, [])

@@ -49,6 +49,9 @@ class Watcher:
         to stop. By default each watcher's `on_pass`; a class may batch its store's calls."""
         return [job for job, result, watcher in seen if watcher.on_pass(job, result)]
 
+    def saved(self, job: Job, passes_done: int) -> None:
+        """The job's checkpoint after `passes_done` passes is in job.checkpoint (trainer.checkpoint_every)."""
+
     def end(self, job: Job, result: RunResult) -> None:
         """The job trained to its end: finished, pruned or diverged."""
 
@@ -297,6 +300,8 @@ def _saver(part: list[Job], clock: Clock):
                 mine.members[0].meta = {"mlflow_run_id": job.run_id} if job.run_id else {}
                 job.checkpoint.parent.mkdir(parents=True, exist_ok=True)
                 mine.save(job.checkpoint)
+                for watcher in job.watchers:
+                    watcher.saved(job, state.passes_done)
 
     return save
 
@@ -372,7 +377,8 @@ class Tracked(Watcher):
         if job.start is not None:
             tags["zipnet.resumed_from_pass"] = str(job.start.passes_done)
             carried = job.start.members[0].history
-            run_id = job.start.members[0].meta.get("mlflow_run_id")
+            # a trial asked again is a new trial with a run of its own; the old one stays KILLED
+            run_id = job.start.members[0].meta.get("mlflow_run_id") if self.role != "trial" else None
             if run_id:
                 with preempt.critical():
                     done = self.tracker.reopen(run_id, tags, role=self.role, parent_run_id=self.parent)

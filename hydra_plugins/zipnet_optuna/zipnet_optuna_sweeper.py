@@ -57,6 +57,8 @@ class ZipnetOptunaSweeperConf:
     heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials
     grace_period: int | None = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    outage_timeout: float = 600.0  # seconds a worker waits out an unreachable storage server, then stops
+    checkpoint_upload_every: int = 0  # a trial's checkpoint to its MLflow run every N passes (0: on give-back only)
 
 
 ConfigStore.instance().store(

@@ -84,6 +84,7 @@ def job_for(
         job.watchers.append(runner.Tracked(tracker, tags, parent, role))
     if link is not None:
         job.watchers.append(link.watcher())
+        job.resume = link.carried(tracker, out_dir)  # a trial asked again goes on from its original's checkpoint
     return job
 
 
@@ -95,7 +96,7 @@ def make_job(cfg: DictConfig) -> runner.Job:
     hc = HydraConfig.get()
     grid = hc.mode == RunMode.MULTIRUN
     job = job_for(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir), grid=grid, num=hc.job.num if grid else 0)
-    job.resume = checkpoints(job.opts["resume"], hc, grid)
+    job.resume = checkpoints(job.opts["resume"], hc, grid) or job.resume
     if grid:
         for watcher in job.watchers:
             if isinstance(watcher, runner.Tracked) and watcher.role == "job":

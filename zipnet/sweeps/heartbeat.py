@@ -7,9 +7,12 @@ on tell. The thread runs while it covers a trial and stops with the last one. Wi
 it also calls `on_beat` (the coordinator's recovery of other workers' stale trials).
 
 A beat that fails (the storage restarting, the network gone) is logged once, with the error,
-and again when the storage answers; the thread keeps beating every interval meanwhile. Trials
-silent past the grace period are failed by whichever worker next recovers, so a long outage
-costs this worker its trials, never the study its count.
+and again when the storage answers; the thread keeps beating every interval meanwhile. A beat
+that could not be written is not silence: while its own beats fail, and for a grace period after
+the storage last failed it, a worker judges no other worker's trial stale (storage.Patient.steady),
+since their beats failed too. Trials silent past the grace period after that are failed by
+whichever worker next recovers, so an outage longer than outage_timeout costs the workers that
+gave up their trials, never the study its count.
 
 A storage without Optuna's heartbeat (GrpcStorageProxy: the proxy's API has no heartbeat call)
 gets a beat of zipnet's own through calls every storage has: each beat writes the trial's
@@ -117,7 +120,9 @@ class Heartbeat:
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             self.log(
-                f"heartbeat: the storage did not take a beat ({first_line(err)}); retrying every {self.interval} s"
+                f"heartbeat: the storage did not take a beat ({first_line(err)}); beating again every "
+                f"{self.interval} s; no other worker's trial is judged stale until the storage has answered "
+                "this worker for a whole grace period"
             )
 
     def _answered(self) -> None:

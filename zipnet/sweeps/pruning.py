@@ -50,7 +50,8 @@ def _write(storage, reports: list[Report]) -> dict[int, bool]:
     rdb = getattr(storage, "_backend", storage)
     if hasattr(rdb, "scoped_session"):
         try:
-            return _insert(rdb, reports)
+            patient = getattr(rdb, "attempt", None)  # storage.Patient: waits out an unreachable database
+            return patient("report", _insert, rdb, reports) if patient else _insert(rdb, reports)
         except ImportError:  # an Optuna without these models: the public API below
             pass
     from optuna.exceptions import UpdateFinishedTrialError

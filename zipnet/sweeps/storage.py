@@ -16,6 +16,9 @@ coordinator of zipnet's own):
   (zipnet.sweeps.heartbeat.Silence); the retry is the same.
 - give back: on Ctrl-C or a preemption signal a worker fails its running trials and asks
   them again at once, without waiting for the heartbeat to go stale.
+- outages: a server storage's calls wait out a database that cannot be reached (Patient:
+  retried with backoff for up to `outage_timeout`), and a worker judges no other worker's trial
+  stale until it has reached the database for a whole grace period since its last failure.
 
 Counted toward `n_trials`: COMPLETE, PRUNED, and FAIL trials that were not asked again
 (diverged, crashed, or retried too often). Journal storages have no heartbeat: a dead
@@ -127,11 +130,140 @@ def open_storage(url: str, spec: StudySpec | None = None):
                     grace_period=spec.grace,
                     heartbeat_stale_trial_callback=StaleTrials(spec.max_retry),
                 )
-            storage = optuna.storages.get_storage(rdb)
+            if local_file(url):
+                storage = optuna.storages.get_storage(rdb)
+            else:  # a server: behind the same trial cache, calls that wait out its outages
+                from optuna.storages._cached_storage import _CachedStorage
+
+                storage = _CachedStorage(Patient(rdb, spec.outage_timeout))
     except Exception as err:
         raise storage_error(url, err) from err
     storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
     return storage
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether the error says the database could not be reached (refused, cut, restarting), not
+    that it refused what was asked: Optuna wraps the driver's error in its own."""
+    import sqlalchemy
+
+    while err is not None:
+        if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if type(err).__name__ in ("OperationalError", "InterfaceError"):  # the driver's own (psycopg)
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class StorageUnreachable(SweepError):
+    """The storage stayed unreachable past outage_timeout."""
+
+
+class Patient:
+    """An RDB storage that waits out its server being away: a call that cannot reach the database
+    is tried again with backoff (0.5 s doubling to 10 s) for up to `timeout` seconds, then raises
+    StorageUnreachable. Each outage is logged once, when it starts and when it ends. A heartbeat is
+    not retried here (its thread beats again at the next interval), only noted.
+
+    `steady(grace)`: whether this process has reached the database without a failure for the
+    last `grace` seconds; the coordinator judges no other worker's trial stale until then, since
+    the others' beats failed too while the database was away."""
+
+    def __init__(self, backend, timeout: float, log=print):
+        self._backend, self.timeout, self.log = backend, timeout, log
+        self.failed_at: float | None = None  # monotonic: the last call that could not reach the database
+        self.outage: float | None = None  # when the current outage began
+        self._guard = threading.Lock()
+
+    def __getattr__(self, name: str):
+        if name in ("_backend", "_guard"):  # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
+        found = getattr(self._backend, name)
+        if not callable(found) or name.startswith("__"):
+            return found
+        if name == "record_heartbeat":
+            return self._noted(found)
+        return self._patient(found, name)
+
+    def steady(self, grace: float) -> bool:
+        with self._guard:
+            return self.failed_at is None or time.monotonic() - self.failed_at >= grace
+
+    def _failed(self, what: str, err: BaseException) -> None:
+        with self._guard:
+            self.failed_at = time.monotonic()
+            first = self.outage is None
+            if first:
+                self.outage = self.failed_at
+        if first:
+            self.log(
+                f"storage unreachable ({what}: {_cause(err)}); retrying with backoff for up to "
+                f"{self.timeout:g} s (outage_timeout), and no trial is judged stale meanwhile"
+            )
+
+    def _answered(self) -> None:
+        with self._guard:
+            began, self.outage = self.outage, None
+        if began is not None:
+            self.log(f"storage answers again after {time.monotonic() - began:.0f} s")
+
+    def _noted(self, call):
+        def beat(*args, **kwargs):
+            try:
+                out = call(*args, **kwargs)
+            except Exception as err:
+                if unreachable(err):
+                    with self._guard:
+                        self.failed_at = time.monotonic()
+                raise
+            return out
+
+        return beat
+
+    def _patient(self, call, name: str):
+        def patient(*args, **kwargs):
+            return self.attempt(name, call, *args, **kwargs)
+
+        return patient
+
+    def attempt(self, what: str, call, *args, **kwargs):
+        """`call(*args, **kwargs)`, tried again while the database cannot be reached, up to the timeout
+        (zipnet's own statements on the backend's sessions come through here too: pruning's reports)."""
+        delay, deadline = 0.5, None
+        while True:
+            try:
+                out = call(*args, **kwargs)
+            except Exception as err:
+                if not unreachable(err):
+                    raise
+                self._failed(what, err)
+                now = time.monotonic()
+                deadline = deadline or now + self.timeout
+                if now >= deadline:
+                    raise StorageUnreachable(
+                        f"storage unreachable for {self.timeout:g} s (outage_timeout; {what}: {_cause(err)}); "
+                        "this worker stops; its trials fall silent and are asked again by a worker that "
+                        "reaches the storage"
+                    ) from None
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, 10.0)
+                continue
+            self._answered()
+            return out
+
+
+def _cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return first_line(err)
+
+
+def patient(storage) -> Patient | None:
+    """The Patient inside `storage` (from open_storage), or None for a storage that is no
+    server's (sqlite, journal) or a proxy's client."""
+    backend = getattr(storage, "_backend", None)  # optuna's trial cache around the RDB storage
+    return backend if isinstance(backend, Patient) else None
 
 
 def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
@@ -194,30 +326,50 @@ def locked(url: str) -> bool:
     return local_file(url) is not None or url.startswith("postgresql")
 
 
+@dataclass
+class Held:
+    """What `lock` yields: `lost` once the lock's connection was cut while it was held (the
+    database restarted), so that others may have asked meanwhile."""
+
+    lost: bool = False
+
+
 @contextlib.contextmanager
-def lock(url: str):
+def lock(url: str, timeout: float = 600.0):
     """Exclusive across workers: a file lock beside a local file; a PostgreSQL advisory lock
-    (held by one connection, released if its worker dies); no lock elsewhere (see `locked`)."""
+    (held by one connection, released if its worker dies, or the database restarts; taking it
+    waits out an unreachable database for up to `timeout` s); no lock elsewhere (see `locked`)."""
+    held = Held()
     path = local_file(url)
     if path is not None:
         from filelock import FileLock
 
         with FileLock(f"{path}.lock"):
-            yield
+            yield held
         return
     if url.startswith("postgresql"):
         import sqlalchemy
 
         key = int.from_bytes(hashlib.sha256(b"zipnet " + url.encode()).digest()[:8], "big", signed=True)
         engine = _lock_engine(url)
-        with engine.connect() as conn:
+        waiting = Patient(engine, timeout, log=lambda line: None)  # the storage's own calls log the outage
+        conn = waiting.connect()
+        try:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             try:
-                yield
+                yield held
             finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                except Exception as err:
+                    if not unreachable(err):
+                        raise
+                    held.lost = True  # the connection went, and the lock with it
+        finally:
+            with contextlib.suppress(Exception):  # a connection already cut closes with an error
+                conn.close()
         return
-    yield
+    yield held
 
 
 _engines: dict[str, object] = {}  # URL -> an engine without a pool: no state, safe to share across sessions
@@ -308,6 +460,9 @@ class Coordinator:
         self.on_stale = on_stale  # called with each trial failed as stale (its MLflow run ends KILLED)
         self.extend = extend  # called with each trial asked, its params suggested (custom_search_space)
         self.worker = worker_id()
+        self.patient = patient(storage)
+        if self.patient is not None:
+            self.patient.log = log
         self.study_id = storage.get_study_id_from_name(spec.study_name)
         self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
         optuna_beats = heartbeats(storage)
@@ -330,6 +485,8 @@ class Coordinator:
         Runs before every ask and with every heartbeat (from the beating thread)."""
         if not self.beating:
             return
+        if self.patient is not None and not self.patient.steady(self.spec.grace):
+            return  # the database was away: the others' beats failed as this worker's did, not their workers
         with self._recovering:
             self._recover()
 
@@ -400,7 +557,7 @@ class Coordinator:
         """Up to `batch` trials, never past `n_trials` counted and running; [] when none is left
         to ask. Raises FailureBudgetExceeded when too many failed."""
         spec = self.spec
-        with lock(self.url):
+        with lock(self.url, spec.outage_timeout) as held:
             self.recover()
             now = self.now()
             self._check_budget(now)
@@ -425,7 +582,9 @@ class Coordinator:
                 if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
                     trial.set_user_attr(INTERRUPTED, False)
                 asked.append(trial)
-        return self._past_target(asked)
+        if held.lost:
+            self.log("the storage's lock was lost while asking (the database restarted): checking the count")
+        return self._past_target(asked, unlocked=held.lost)
 
     def _extend(self, trial) -> None:
         """The custom search space's function on a trial just asked. If it fails, the trial is
@@ -440,10 +599,10 @@ class Coordinator:
             self.give_back()
             raise
 
-    def _past_target(self, asked: list) -> list:
-        """Without a lock two workers may both ask the last slots: the trials numbered past
-        the target are given back as surplus (not counted, not asked again)."""
-        if locked(self.url):
+    def _past_target(self, asked: list, unlocked: bool = False) -> list:
+        """Without a lock (or with one lost meanwhile) two workers may both ask the last slots:
+        the trials numbered past the target are given back as surplus (not counted, not asked again)."""
+        if locked(self.url) and not unlocked:
             return asked
         from optuna.trial import TrialState
 
@@ -523,7 +682,7 @@ class Coordinator:
         if not self.beating:
             return False
         while True:
-            with lock(self.url):
+            with lock(self.url, self.spec.outage_timeout):
                 self.recover()
                 now = self.now()
             if now.counted + now.running < self.spec.n_trials or now.waiting:

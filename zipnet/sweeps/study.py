@@ -105,6 +105,10 @@ class StudySpec:
     grace_period: int | None = None  # a trial silent this long is stale (default: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
     custom_search_space: str | None = None  # the dotted path of a function (cfg, trial) -> dict or None
+    # a trial's checkpoint goes to its MLflow run on give-back (SIGTERM) and also every this many
+    # passes (0: only on give-back), for a worker on another machine to resume it from
+    checkpoint_upload_every: int = 0
+    outage_timeout: float = 600.0  # how long a worker waits out an unreachable storage server before it stops
 
     @property
     def failure_budget(self) -> int:
@@ -137,6 +141,7 @@ class StudySpec:
             "sampler": self.sampler,
             "pruner": self.pruner,
             "fixed": self.fixed,
+            "checkpoint_upload_every": self.checkpoint_upload_every,
             "params": {n: p.describe() for n, p in self.params.items()},
             "custom_search_space": self.custom_search_space,
         }
@@ -172,6 +177,8 @@ SETTINGS = (
     "heartbeat_interval",
     "grace_period",
     "max_retry",
+    "checkpoint_upload_every",
+    "outage_timeout",
 )
 
 
@@ -204,7 +211,13 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
             spec.fail("n_jobs", "is hydra-optuna-sweeper's name for batch; give one of them, not both")
         raw = {**raw, "batch": raw["n_jobs"]}
     raw = {k: v for k, v in raw.items() if not (k == "batch" and v is None)}
-    for key, minimum in (("n_trials", 1), ("batch", 1), ("heartbeat_interval", 1), ("max_retry", 0)):
+    for key, minimum in (
+        ("n_trials", 1),
+        ("batch", 1),
+        ("heartbeat_interval", 1),
+        ("max_retry", 0),
+        ("checkpoint_upload_every", 0),
+    ):
         value = raw.get(key, getattr(spec, key))
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             spec.fail(key, f"{value!r} is not allowed; give an integer >= {minimum}")
@@ -215,6 +228,10 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     ):
         spec.fail("grace_period", f"{grace!r} is not allowed; give null or seconds > heartbeat_interval")
     spec.grace_period = grace
+    outage = raw.get("outage_timeout", spec.outage_timeout)
+    if not (_is_number(outage) and outage >= 0):
+        spec.fail("outage_timeout", f"{outage!r} is not allowed; give seconds >= 0")
+    spec.outage_timeout = float(outage)
     rate = raw.get("max_failure_rate", spec.max_failure_rate)
     if not (_is_number(rate) and 0 <= rate <= 1):
         spec.fail("max_failure_rate", f"{rate!r} is not allowed; give a number in [0, 1]")

@@ -114,7 +114,9 @@ class Sweep:
         from optuna.study import StudyDirection
 
         spec = self.spec
-        with stores.lock(self.url):  # workers starting together: one set of tables, one study, one parent
+        with stores.lock(
+            self.url, spec.outage_timeout
+        ):  # workers starting together: one set of tables, one study, one parent
             self.storage = stores.open_storage(self.url, spec)
             try:
                 self.storage.create_new_study([StudyDirection[d.upper()] for d in spec.directions], spec.study_name)

@@ -7,7 +7,9 @@ basic launcher) or on another machine (submitit), since it needs only the config
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +18,10 @@ from zipnet.errors import first_line
 from zipnet.runner import Job, Watcher
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import SPEC, StudySpec, make_pruner
+
+# a trial's last uploaded checkpoint (user attr, JSON): {"artifact_uri", "pass", "path"}; a retry
+# inherits its original's user attrs (RetryHeartbeatStaleTrialCallback), so it finds the one to resume
+CHECKPOINT = "zipnet.checkpoint"
 
 
 @dataclass
@@ -27,6 +33,7 @@ class Link:
     trial: object  # optuna.Trial
     metric: str
     passes: int
+    upload_every: int = 0  # the study's checkpoint_upload_every
 
     def tags(self) -> dict[str, str]:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -45,6 +52,28 @@ class Link:
     def watcher(self) -> TrialWatcher:
         return TrialWatcher(self)
 
+    def carried(self, tracker, folder: Path | None, log=print) -> list[Path]:
+        """The checkpoint this trial's original left (given back, or uploaded every N passes), fetched
+        into `folder`: from its MLflow run's artifacts, or else the file it names where this machine
+        has it. [] for a trial asked the first time, or where none can be had (it trains from pass 1)."""
+        found = self.frozen().user_attrs.get(CHECKPOINT)
+        if not found:
+            return []
+        where = json.loads(found)
+        if tracker is not None and where.get("artifact_uri") and folder is not None:
+            try:
+                return [tracker.download(where["artifact_uri"], CHECKPOINT_FILE, folder / "carried")]
+            except Exception as err:  # the server lost it, or is away: the trial starts over
+                log(
+                    f"trial {self.number}: its checkpoint after pass {where['pass']} could not be fetched "
+                    f"({first_line(err)}); training from pass 1"
+                )
+        path = Path(where.get("path") or "")
+        return [path] if path.is_file() else []
+
+
+CHECKPOINT_FILE = "checkpoint.pt"  # its name in a run's artifacts (zipnet.runner.CHECKPOINT in its folder)
+
 
 def _study(url: str, name: str):
     """The study as its jobs see it, opened once per session (a study's settings never change):
@@ -59,7 +88,7 @@ def _study(url: str, name: str):
         study = optuna.load_study(
             study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
         )
-        studies[(url, name)] = (study, attrs[SPEC]["metric"])
+        studies[(url, name)] = (study, attrs[SPEC]["metric"], attrs[SPEC].get("checkpoint_upload_every", 0))
     return studies[(url, name)]
 
 
@@ -71,7 +100,7 @@ def link(cfg: DictConfig) -> Link | None:
     import optuna
 
     name, url = cfg.trial.study, cfg.trial.storage
-    study, metric = _study(url, name)
+    study, metric, upload_every = _study(url, name)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
     return Link(
         name,
@@ -81,6 +110,7 @@ def link(cfg: DictConfig) -> Link | None:
         optuna.trial.Trial(study, trial_id),
         metric,
         int(OmegaConf.select(cfg, "trainer.passes")),
+        upload_every,
     )
 
 
@@ -105,11 +135,39 @@ class TrialWatcher(Watcher):
 
     def __init__(self, found: Link):
         self.link = found
+        self.written = 0  # the passes of the last checkpoint this job wrote
+        self.uploaded = 0  # ... and of the last it uploaded
 
     def start(self, job: Job) -> None:
         job.metric = self.link.metric
         if job.run_id is not None:  # a live run: whoever finds the trial stale ends it
             self.link.trial.set_user_attr(stores.RUN_ID, job.run_id)
+        if job.start is not None:  # resumed: the passes already done are this trial's reports too
+            for row in job.start.members[0].history:
+                self.link.trial.report(float(row[self.link.metric]), int(row["pass"]))
+
+    def saved(self, job: Job, passes_done: int) -> None:
+        self.written = passes_done
+        every = self.link.upload_every
+        if every and passes_done % every == 0 and passes_done < self.link.passes:
+            self._upload(job, passes_done)
+
+    def _upload(self, job: Job, passes_done: int) -> None:
+        """The job's checkpoint into its MLflow run (replacing the last), and where it is into the
+        trial's user attrs; without tracking, only its path (a worker on this machine resumes it)."""
+        tracker = session.current().tracker_for(job.cfg)
+        where = {"pass": passes_done, "path": str(job.checkpoint.resolve())}
+        if tracker is not None and job.run_id is not None:
+            try:
+                where["artifact_uri"] = tracker.upload(job.run_id, job.checkpoint)
+            except Exception as err:  # the server is away: the retry finds what was uploaded before
+                print(
+                    f"trial {self.link.number}: its checkpoint after pass {passes_done} did not reach "
+                    f"MLflow ({first_line(err)}); the last one there stays"
+                )
+                return
+        self.link.trial.set_user_attr(CHECKPOINT, json.dumps(where))
+        self.uploaded = passes_done
 
     def on_pass(self, job: Job, result) -> bool:
         return bool(self.on_passes([(job, result, self)]))
@@ -151,3 +209,6 @@ class TrialWatcher(Watcher):
         if status == "FAILED":  # KILLED: the sweeper gives the trial back to be asked again
             self.link.trial.set_user_attr(stores.REASON, first_line(error)[:500])
             self.link.study.tell(self.link.number, state=_state("FAIL"), skip_if_finished=True)
+            return
+        if self.written and self.written != self.uploaded:  # given back: its retry goes on from here
+            self._upload(job, self.written)

@@ -405,6 +405,18 @@ class Tracker:
             self._queue(run_id, self._watch, run_id)
         return max((m.step for m in client.get_metric_history(run_id, "test/error")), default=0)
 
+    def upload(self, run_id: str, path: Path) -> str:
+        """The file into the run's artifacts now, replacing one of its name (one request where the
+        run's location is known); returns that location, for `download` on any machine."""
+        known = self._artifact_uris.get(run_id) or self._store()[0].get_run(run_id).info.artifact_uri
+        store.artifact_repository(self.uri, known).log_artifact(str(path))
+        return known
+
+    def download(self, artifact_uri: str, name: str, folder: Path) -> Path:
+        """A file of a run's artifacts (at `artifact_uri`, as `upload` returned it) into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(store.artifact_repository(self.uri, artifact_uri).download_artifacts(name, str(folder)))
+
     def _outputs(self, role: str) -> str:
         return self.trial_outputs if role == "trial" else "all"
 
