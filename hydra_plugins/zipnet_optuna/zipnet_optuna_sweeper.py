@@ -56,6 +56,7 @@ class ZipnetOptunaSweeperConf:
     heartbeat_interval: int = 10  # seconds between heartbeats for this worker's running trials
     grace_period: int | None = None  # a silent trial is stale after this (null: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    scheduler: Any = None  # null: none; {name: pbt, interval, quantile, perturb, ...} (zipnet/sweeps/pbt.py)
 
 
 ConfigStore.instance().store(
@@ -99,6 +100,12 @@ class ZipnetOptunaSweeper(Sweeper):
         try:
             spec = from_sweeper(settings, list(arguments))
             app = self.who == "zipnet-train"
+            if spec.scheduler and not (app and "zipnet_population" in str(self.config.hydra.launcher._target_)):
+                spec.fail(
+                    "scheduler",
+                    "pbt copies members within a population of zipnet's trainer; use zipnet-train with "
+                    "hydra/launcher=population",
+                )
             launch = self._launch if app else functools.partial(self._launch_values, objectives=len(spec.directions))
             return Sweep(spec, launch, composer=self, log=log.info, app=app).run()
         except (SweepError, ConfigError, StoreError) as err:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from zipnet import config as checks
 from zipnet import metrics
 from zipnet.errors import first_line
+from zipnet.sweeps import pbt
 
 
 class SweepError(ValueError):
@@ -104,6 +105,7 @@ class StudySpec:
     heartbeat_interval: int = 10  # seconds between a worker's heartbeats for its running trials
     grace_period: int | None = None  # a trial silent this long is stale (default: 3 x heartbeat_interval)
     max_retry: int = 2  # how often a stale or given-back trial is asked again
+    scheduler: dict | None = None  # {name: pbt, ...}: population-based training within a batch (sweeps/pbt.py)
 
     @property
     def failure_budget(self) -> int:
@@ -134,6 +136,7 @@ class StudySpec:
             "pruner": self.pruner,
             "fixed": self.fixed,
             "params": {n: p.describe() for n, p in self.params.items()},
+            "scheduler": {**self.scheduler, "space": pbt.space(self)} if self.scheduler else None,
         }
 
     def fail(self, key: str, message: str):
@@ -166,6 +169,7 @@ SETTINGS = (
     "heartbeat_interval",
     "grace_period",
     "max_retry",
+    "scheduler",
 )
 
 
@@ -223,6 +227,7 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     spec.pruner = _named(spec, "pruner", pruner or spec.pruner, "median")
     make_sampler(spec, 0)  # unknown names and settings fail here, naming the key
     make_pruner(spec)
+    spec.scheduler = pbt.settings(spec, raw.get("scheduler"))
     return spec
 
 
@@ -502,6 +507,8 @@ def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True
         if zipnet_config:
             checks.check(cfg)
             _check_metric(spec, cfg, where)
+            if spec.scheduler:
+                pbt.check_config(spec, str(OmegaConf.select(cfg, "optim.name")), where)
 
     try:
         cfg = composer.compose(base)
@@ -528,6 +535,8 @@ def check(spec: StudySpec, composer: checks.Composer, zipnet_config: bool = True
                 spec.fail(f"params.{name}", f"value {value!r}: {first_line(err)}")
             if zipnet_config:
                 _check_metric(spec, trial_cfg, f"params.{name}={value!r}")
+                if spec.scheduler:
+                    pbt.check_config(spec, str(OmegaConf.select(trial_cfg, "optim.name")), f"params.{name}={value!r}")
     return cfg
 
 
