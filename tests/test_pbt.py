@@ -2,16 +2,22 @@
 weights and optimiser state bit for bit, each member's run records its lineage, a member is
 replayed exactly from what its run stored, and a perturb key the engine cannot change is refused."""
 
+import math
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_USPS
 from stand_ins import data as _data
+from sweep_helpers import TINY, load, runs, study_args, zipnet
 
 from zipnet.engine import Member, train
 from zipnet.engine.members import Copy, mutable_values, mutated
 from zipnet.net import InitSpec
 from zipnet.optim import OptimSpec
+from zipnet.sweeps import pbt
 
 PASSES = 3
 OPTIMS = {
@@ -107,3 +113,109 @@ def test_a_copy_changes_only_what_may_change():
         train(
             members, _data(n_train=50, n_test=20), passes=2, log=None, exploit=_copy_after_first(members, 0, 1, other)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Through the sweeper: real sqlite Optuna and MLflow stores
+
+SCHEDULER = "hydra.sweeper.scheduler={name:pbt,interval:1,quantile:0.25,perturb:{optim.lr:[0.8,1.25]},resample_probability:0.25}"
+
+
+def _pbt_study(tmp_path, name="pbt", *extra):
+    args = [*study_args(name, n_trials=4, batch=4, pruner="{name:none}"), SCHEDULER, *TINY_PBT, *extra]
+    return zipnet(tmp_path, *args, "optim.lr=tag(log,interval(0.005,0.1))")
+
+
+TINY_PBT = ["data.n_train=200", "data.n_test=100", "trainer.passes=3", "tracking.figures=false", "trainer.backend=c"]
+
+
+def test_a_pbt_study_records_each_members_lineage_and_replays_it_exactly(tmp_path):
+    proc = _pbt_study(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, _, children = runs(tmp_path, "pbt")
+    study = load(tmp_path, "pbt")
+    by_trial = {int(c.data.tags["zipnet.trial"]): c for c in children}
+    run_of = {n: c.info.run_id for n, c in by_trial.items()}
+    copied = [t for t in study.trials if t.user_attrs[pbt.COPIES]]
+    assert len(copied) == 2  # passes 1 and 2 (not after the last): one of 4 copies each time
+    for t in study.trials:
+        run = by_trial[t.number]
+        lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+        errors = client.get_metric_history(run.info.run_id, "test/error")
+        assert t.value == max(errors, key=lambda m: m.step).value  # the value: its metric at the last pass
+        assert float(run.data.params["optim.lr"]) == t.params["optim.lr"]  # asked with its first lr
+        expected = [t.params["optim.lr"]] * 3  # the lr it trained each pass with, independently of the engine
+        for copy in t.user_attrs[pbt.COPIES]:
+            p, source = copy["pass"], copy["from_trial"]
+            assert copy["from_run"] == run_of[source]
+            tags = run.data.tags
+            assert tags[f"zipnet.pbt.{p}.copied_from"] == run_of[source]
+            assert tags[f"zipnet.pbt.{p}.copied_from_trial"] == str(source)
+            old, new = copy["changes"]["optim.lr"]
+            assert old == expected[p - 1] and tags[f"zipnet.pbt.{p}.changes"] == f"optim.lr {old!r} -> {new!r}"
+            (source_lr,) = [m.value for m in client.get_metric_history(run_of[source], "lr") if m.step == p]
+            perturbed = any(math.isclose(new, source_lr * f, rel_tol=1e-6) for f in (0.8, 1.25))
+            assert perturbed or 0.005 <= new <= 0.1  # the source's lr times a factor, or drawn from the space
+            expected[p:] = [new] * (3 - p)
+        assert lrs == pytest.approx(expected, rel=1e-6)
+        assert t.user_attrs[pbt.PARAMS]["optim.lr"] == pytest.approx(expected[-1], rel=1e-6)
+        if t.user_attrs[pbt.COPIES]:
+            with tempfile.TemporaryDirectory() as tmp:
+                table = Path(client.download_artifacts(run.info.run_id, "pbt/lineage.csv", tmp)).read_text()
+            rows = table.splitlines()
+            assert rows[0] == "pass,copied_trial,copied_run,param,old,new" and len(rows) == 1 + len(
+                t.user_attrs[pbt.COPIES]
+            )
+            arts = {a.path for a in client.list_artifacts(run.info.run_id, "pbt")}
+            assert {f"pbt/pass_{c['pass']}.pt" for c in t.user_attrs[pbt.COPIES]} <= arts
+    for p in (1, 2):  # with 4 members a quarter is one: the worst at pass p copies the best
+        at = {n: _metric_at(client, run_of[n], "test/error", p) for n in run_of}
+        ranked = sorted(at, key=lambda n: (at[n], n))
+        (target,) = [t for t in study.trials if any(c["pass"] == p for c in t.user_attrs[pbt.COPIES])]
+        (copy,) = [c for c in target.user_attrs[pbt.COPIES] if c["pass"] == p]
+        assert (target.number, copy["from_trial"]) == (ranked[-1], ranked[0])
+    member = by_trial[copied[-1].number].info.run_id  # copied at pass 2, from a member maybe copied at pass 1
+    again = zipnet(tmp_path, member, module="zipnet.cli.reproduce")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"run {member}: reproduced exactly" in again.stdout
+    assert "bit for bit" in again.stdout
+    report = zipnet(tmp_path, "--study", "pbt", module="zipnet.cli.report")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "## Lineage of the best member (PBT)" in report.stdout
+
+
+def _metric_at(client, run_id: str, key: str, step: int) -> float:
+    (value,) = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+    return value
+
+
+@pytest.mark.parametrize(
+    "perturb, text",
+    [
+        ("{model.init:[0.5,2]}", "model.init cannot change between passes; the keys that can: optim.lr, optim.lr_end"),
+        ("{optim.mu:[0.5,2]}", "optim.mu cannot change between passes with optim=sgd; the keys that can: optim.lr"),
+    ],
+)
+def test_a_perturb_key_that_cannot_change_is_refused_in_one_line(tmp_path, perturb, text):
+    args = [*study_args("bad", n_trials=4, batch=4), f"hydra.sweeper.scheduler={{name:pbt,perturb:{perturb}}}", *TINY]
+    proc = zipnet(tmp_path, *args, "optim.lr=choice(0.01,0.03)")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("zipnet-train: error:")]
+    assert len(lines) == 1 and ": scheduler.perturb: " in lines[0] and text in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlruns" / "optuna.db").exists() and not (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+@pytest.mark.skipif(not SHARED_USPS.is_file(), reason=f"needs the shared USPS copy at {SHARED_USPS}")
+def test_the_pbt_usps_preset_runs(tmp_path):
+    args = ["-m", "sweeps=pbt_usps", f"data.path={SHARED_USPS}", "data.n_train=300", "data.n_test=100"]
+    args += [
+        "trainer.passes=2",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.batch=4",
+        "hydra.sweeper.scheduler.interval=1",
+    ]
+    proc = zipnet(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "study 'pbt_usps': 4/4 trials (4 complete" in proc.stdout
+    assert "copies" in proc.stdout + proc.stderr
