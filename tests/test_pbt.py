@@ -118,7 +118,8 @@ def test_a_copy_changes_only_what_may_change():
 # --------------------------------------------------------------------------------------------
 # Through the sweeper: real sqlite Optuna and MLflow stores
 
-SCHEDULER = "hydra.sweeper.scheduler={name:pbt,interval:1,quantile:0.25,perturb:{optim.lr:[0.8,1.25]},resample_probability:0.25}"
+PBT = "{name:pbt,interval:1,quantile:0.25,perturb:{optim.lr:[0.8,1.25]},resample_probability:0.25}"
+SCHEDULER = f"hydra.sweeper.scheduler={PBT}"
 
 
 def _pbt_study(tmp_path, name="pbt", *extra):
