@@ -210,12 +210,8 @@ def test_a_perturb_key_that_cannot_change_is_refused_in_one_line(tmp_path, pertu
 @pytest.mark.skipif(not SHARED_USPS.is_file(), reason=f"needs the shared USPS copy at {SHARED_USPS}")
 def test_the_pbt_usps_preset_runs(tmp_path):
     args = ["-m", "sweeps=pbt_usps", f"data.path={SHARED_USPS}", "data.n_train=300", "data.n_test=100"]
-    args += [
-        "trainer.passes=2",
-        "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.batch=4",
-        "hydra.sweeper.scheduler.interval=1",
-    ]
+    args += ["trainer.passes=2", "hydra.sweeper.n_trials=4", "hydra.sweeper.batch=4"]
+    args.append("hydra.sweeper.scheduler.interval=1")
     proc = zipnet(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "study 'pbt_usps': 4/4 trials (4 complete" in proc.stdout
