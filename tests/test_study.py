@@ -166,6 +166,12 @@ def test_every_shipped_study_composes_and_checks(name):
         ({"sampler": {"name": "bayes"}}, "sampler.name", "tpe"),
         ({"batch": 0}, "batch", ">= 1"),
         ({"grace_period": 5, "heartbeat_interval": 10}, "grace_period", "> heartbeat_interval"),
+        ({"scheduler": {"name": "asha"}}, "scheduler.name", "pbt"),
+        ({"scheduler": {"name": "pbt", "quantile": 0.75}}, "scheduler.quantile", "(0, 0.5]"),
+        ({"scheduler": {"name": "pbt", "interval": 0}}, "scheduler.interval", ">= 1"),
+        ({"scheduler": {"name": "pbt", "perturb": {"optim.lr": []}}}, "scheduler.perturb.optim.lr", "factors > 0"),
+        ({"scheduler": {"name": "pbt", "perturb": {"data.seed": [2]}}}, "scheduler.perturb", "data.seed cannot"),
+        ({"scheduler": {"name": "pbt", "every": 2}}, "scheduler.every", "unknown setting"),
     ],
 )
 def test_a_malformed_study_names_the_key(settings, key, text):

@@ -91,6 +91,16 @@ class SGD:
             parts = {k[len(prefix) :]: t.to(self.device).clone() for k, t in state.items() if k.startswith(prefix)}
             setattr(self, name, parts)
 
+    def copy_member(self, target: int, source: int) -> None:
+        """Member `target` takes member `source`'s state (all that state() holds) as it is now (PBT's exploit)."""
+        for name in self.carried:
+            for t in getattr(self, name).values():
+                t[target] = t[source]
+
+    def respec(self, k: int, spec: OptimSpec) -> None:
+        """Member k goes on with `spec` from the next pass: its lr schedule is read at every start_pass."""
+        self.specs[k] = spec
+
     def keep(self, index: torch.Tensor) -> None:
         """Drop members: keep only those at `index` (diverged or pruned ones leave)."""
         self.specs = [self.specs[i] for i in index.tolist()]
@@ -123,6 +133,11 @@ class SDLM(SGD):
         self.decay = _per_member([s.hessian_decay for s in specs], device)
         self.h: dict[str, torch.Tensor] = {}
         self.step_size: dict[str, torch.Tensor] = {}
+
+    def respec(self, k: int, spec: OptimSpec) -> None:
+        """mu is read at every step-size computation, so it may change between passes too."""
+        super().respec(k, spec)
+        self.mu[k] = spec.mu
 
     def set_curvature(self, h: dict[str, torch.Tensor]) -> None:
         self.h = {name: t.clone() for name, t in h.items()}
@@ -159,6 +174,11 @@ class AdamW(SGD):
         self.t = 0
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
+
+    def respec(self, k: int, spec: OptimSpec) -> None:
+        """The decoupled weight decay is read at every step, so it may change between passes too."""
+        super().respec(k, spec)
+        self.weight_decay[k] = spec.weight_decay
 
     def state(self) -> dict[str, torch.Tensor]:
         """The moments, and the step count once per member (every member has taken the same steps)."""

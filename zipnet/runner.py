@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
-from zipnet.engine import Checkpoint, Member, RunResult, format_pass, train
+from zipnet.engine import Checkpoint, Copy, Member, RunResult, format_pass, train
 from zipnet.engine import checkpoint as checkpoints
 from zipnet.errors import first_line
 from zipnet.session import Clock
@@ -51,6 +51,16 @@ class Watcher:
 
     def saved(self, job: Job, passes_done: int) -> None:
         """The job's checkpoint after `passes_done` passes is in job.checkpoint (trainer.checkpoint_every)."""
+
+    def explores(self) -> bool:
+        """Whether it may copy its job's member from another's at pass boundaries (PBT's exploit)."""
+        return False
+
+    @classmethod
+    def exploit(cls, pass_number: int, seen: list[tuple[Job, RunResult, Watcher]]) -> list[Copy]:
+        """A pass boundary of a population, for every watcher of this class at once: the copies to
+        make (engine.Copy, with `target` and `source` places in `seen`). By default none."""
+        return []
 
     def end(self, job: Job, result: RunResult) -> None:
         """The job trained to its end: finished, pruned or diverged."""
@@ -179,22 +189,42 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
     # lines go around the progress bar when one is drawn (a terminal), else to `log`
     say = (bar.write if getattr(bar, "enabled", False) else log) if log is not None else None
 
+    def by_kind(live: list[RunResult]) -> dict[type, list]:
+        """Each kind of watcher sees the whole pass at once."""
+        seen: dict[type, list] = {}
+        for result in live:
+            job = group[place[id(result.member)]]
+            for watcher in job.watchers:
+                seen.setdefault(type(watcher), []).append((job, result, watcher))
+        return seen
+
     def on_pass(pass_number: int, live: list[RunResult]) -> set[int]:
         stop = set()
         if live:  # the engine's time for this pass, the same for every member
             clock.add("training", live[0].history[-1].get("seconds", 0.0))
             clock.add("evaluation", live[0].history[-1].get("eval_seconds", 0.0))
-        seen: dict[type, list] = {}  # each kind of watcher sees the whole pass at once
-        for result in live:
-            job = group[place[id(result.member)]]
-            for watcher in job.watchers:
-                seen.setdefault(type(watcher), []).append((job, result, watcher))
-        for kind, members in seen.items():
+        for kind, members in by_kind(live).items():
             with clock.timing(kind.kind):
                 stop.update(place[id(job.member)] for job in kind.on_passes(members))
         if say is not None and len(group) > 1:
             lines(group, live, pass_number, say)
         return stop
+
+    def exploit(pass_number: int, live: list[RunResult]) -> list[Copy]:
+        """PBT: the watchers' copies, with the engine's places and the source's run."""
+        copies = []
+        for kind, members in by_kind(live).items():
+            with clock.timing(kind.kind):
+                for copy in kind.exploit(pass_number, members):
+                    source = members[copy.source][0]
+                    copy.target, copy.source = place[id(members[copy.target][0].member)], place[id(source.member)]
+                    copy.source_run = source.run_id or ""
+                    copies.append(copy)
+        if say is not None:
+            for copy in copies:
+                changes = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in copy.changes.items())
+                say(f"pass {pass_number}: {group[copy.target].name} copies {group[copy.source].name}; {changes}")
+        return copies
 
     try:
         loaded: dict[str, object] = {}  # one load per distinct data config
@@ -234,6 +264,7 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 start=Checkpoint.stack([job.start for job in part]) if part[0].start is not None else None,
                 checkpoint_every=opts["checkpoint_every"],
                 on_checkpoint=_saver(part, clock) if any(job.checkpoint for job in part) else None,
+                exploit=exploit if any(w.explores() for job in part for w in job.watchers) else None,
                 **engine_options(opts),
             )
             results.update(zip(map(id, part), trained))
@@ -401,8 +432,12 @@ class Tracked(Watcher):
 
     def end(self, job: Job, result: RunResult) -> None:
         from zipnet import tracking
+        from zipnet.tracking import lineage
 
         self._log(job, result.history)  # the pass a member diverged in
+        if result.copies:  # PBT: its lineage, and its state after each copy (what a replay starts from)
+            tags, files = lineage.outputs(result.copies)
+            self.tracker.log_batch(job.run_id, tags=tags, files=files)
         tags = tracking.population_tags(result.population_sizes or [1], result.population_positions or [0])
         tags.update(engine_tags(result))
         self.tracker.finish(job.run_id, result, job.digits, extra_tags=tags)

@@ -59,6 +59,7 @@ class ZipnetOptunaSweeperConf:
     max_retry: int = 2  # how often a stale or given-back trial is asked again
     outage_timeout: float = 600.0  # seconds a worker waits out an unreachable storage server, then stops
     checkpoint_upload_every: int = 0  # a trial's checkpoint to its MLflow run every N passes (0: on give-back only)
+    scheduler: Any = None  # null: none; {name: pbt, interval, quantile, perturb, ...} (zipnet/sweeps/pbt.py)
 
 
 ConfigStore.instance().store(
@@ -102,6 +103,12 @@ class ZipnetOptunaSweeper(Sweeper):
         try:
             spec = from_sweeper(settings, list(arguments))
             app = self.who == "zipnet-train"
+            if spec.scheduler and not (app and "zipnet_population" in str(self.config.hydra.launcher._target_)):
+                spec.fail(
+                    "scheduler",
+                    "pbt copies members within a population of zipnet's trainer; use zipnet-train with "
+                    "hydra/launcher=population",
+                )
             launch = self._launch if app else functools.partial(self._launch_values, objectives=len(spec.directions))
             return Sweep(spec, launch, composer=self, log=log.info, app=app).run()
         except (SweepError, ConfigError, StoreError) as err:

@@ -10,8 +10,9 @@ Reads the runs with `mlflow.search_runs` (a pandas DataFrame; a run's metric the
 last logged value, i.e. the final pass), prints the tables, and writes leaderboard.csv/.md,
 effects.csv/.md, summary.csv/.md and one effect plot per factor (effect_<factor>.png) to
 --out (default reports/<study|experiment>); for a study also Optuna's parameter importances
-(importances.csv/.md). With --study or --parent, the same files are logged to the parent
-run under `report/`.
+(importances.csv/.md); for a PBT study the best member's lineage (lineage.csv/.md: which run's
+weights trained which passes, each copy's changes, the lr per pass). With --study or --parent,
+the same files are logged to the parent run under `report/`.
 
 The leaderboard ranks finished runs by final test error (pruned ones too with
 --include-pruned); where runs carry it, a column gives the % of test digits rejected for
@@ -302,6 +303,34 @@ def importances(study: str, storage: str) -> pd.DataFrame:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     table = views.importances(optuna.load_study(study_name=study, storage=stores.open_storage(storage)))
     return pd.DataFrame({"param": list(table), "importance": list(table.values())})
+
+
+def lineage(df: pd.DataFrame, run_id: str, lrs=None) -> pd.DataFrame:
+    """A PBT member's lineage (zipnet/sweeps/pbt.py), from its first pass to its last: which run's
+    weights trained which passes, and what each copy changed. Walked back from the member through
+    the `zipnet.pbt.*` tags: the stretch after its last copy is its own, the passes before it are
+    the source's up to that pass, and so on. `lrs(run_id)`: that run's lr per pass, to show the
+    schedule followed (MLflow's metric history); None leaves the column out."""
+    from zipnet.tracking import lineage as records
+
+    by_id = df.set_index("run_id")
+    prefix = "tags."
+    rows, run, end = [], run_id, None
+    while run in by_id.index:
+        tags = {k[len(prefix) :]: v for k, v in by_id.loc[run].items() if k.startswith(prefix) and isinstance(v, str)}
+        end = end if end is not None else int(tags.get("zipnet.passes_done", "0") or 0)
+        copies = [c for c in records.from_tags(tags) if c[0] < end]
+        first = copies[-1][0] + 1 if copies else 1
+        row = {"passes": f"{first}-{end}", "run_id": run, "trial": tags.get("zipnet.trial", "")}
+        row["from"] = f"a copy of trial {copies[-1][2]} ({copies[-1][3]})" if copies else "its config"
+        if lrs is not None:
+            per_pass = lrs(run)
+            row["lr"] = ", ".join(f"{per_pass[p]:.4g}" for p in range(first, end + 1) if p in per_pass)
+        rows.append(row)
+        if not copies:
+            break
+        run, end = copies[-1][1], copies[-1][0]
+    return pd.DataFrame(rows[::-1])
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -626,6 +655,19 @@ def main(argv: list[str] | None = None) -> None:
     if paired_view is not None:
         print(f"## Paired differences: {args.paired}, finished runs\n")
         print(paths["paired.md"].read_text())
+    if any(col.startswith("tags.zipnet.pbt.") for col in df.columns):
+        board = leaderboard(df, 1, False, args.by)
+        if len(board):
+            best = board["run_id"][0]
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=tracking.resolve_uri(args.tracking_uri))
+            found = lineage(df, best, lambda run: {m.step: m.value for m in client.get_metric_history(run, "lr")})
+            paths["lineage.csv"], paths["lineage.md"] = out / "lineage.csv", out / "lineage.md"
+            found.to_csv(paths["lineage.csv"], index=False)
+            paths["lineage.md"].write_text(markdown(found) + "\n")
+            print(f"## Lineage of the best member (PBT): run {best}\n")
+            print(paths["lineage.md"].read_text())
     print(f"written: {', '.join(str(p) for p in paths.values())}")
     if parent_id:
         from mlflow import MlflowClient

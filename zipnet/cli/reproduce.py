@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 
 from zipnet import metrics, runner, tracking
 from zipnet.config import Composer, override_key, override_value
+from zipnet.tracking import lineage
 
 COMPARED = metrics.COMPARED
 # another backend or CPU rounds differently: within this, a run counts as reproduced
@@ -118,6 +119,10 @@ def load_stored(client, run_id: str) -> Stored:
     return Stored(run_id, cfg, overrides, history, tags.get("zipnet.status", "finished"), sizes, positions, engine)
 
 
+def tags_of(client, run_id: str) -> dict[str, str]:
+    return client.get_run(run_id).data.tags
+
+
 def rerun_command(overrides: list[str], workdir: Path) -> tuple[list[dict], dict]:
     """`zipnet-train OVERRIDES` in a fresh process, untracked; its per-pass history and
     which backend trained it, on what."""
@@ -186,6 +191,96 @@ def rerun_population(overrides: list[str], sizes: list[int], positions: list[int
     if job.error is not None:
         raise ReproduceError(f"the rerun failed: {job.error}")
     return job.result.history, runner.engine_tags(job.result)
+
+
+class Replay:
+    """A PBT member (zipnet/sweeps/pbt.py) replayed from what its run stored, stretch by stretch.
+
+    Its passes up to its first copy follow from its config alone; each copy's stored checkpoint
+    (pbt/pass_P.pt: the weights and optimiser state it took, and the settings it went on with)
+    starts the next stretch, trained as a single run with the recorded changes applied. A stored
+    copy is itself checked against its source: the source run is replayed the same way up to pass
+    P, and its weights and optimiser state there must equal the checkpoint bit for bit, so the
+    whole lineage tree is rebuilt from configs alone, down to every member's first pass.
+    """
+
+    def __init__(self, client, log=print):
+        self.client, self.log = client, log
+        self.states: dict[tuple[str, int], object] = {}  # (run id, pass) -> its replayed Checkpoint there
+
+    def member(self, run_id: str, until: int | None = None, stored: Stored | None = None):
+        """The run's history replayed (to `until`, or its end), and the engine tags of the last stretch."""
+        from zipnet import config as checks
+        from zipnet.data import load_digits
+        from zipnet.engine import train
+        from zipnet.engine.checkpoint import Checkpoint
+        from zipnet.engine.members import mutated
+        from zipnet.tracking import lineage
+
+        stored = stored or load_stored(self.client, run_id)
+        overrides = rebuild_overrides(stored.cfg, stored.overrides)
+        with Composer() as composer:
+            cfg = composer.compose(overrides)
+        member, opts = checks.check(cfg)
+        options = {**checks.engine_options(opts), "backend": stored.engine.get("zipnet.backend") or opts["backend"]}
+        passes, until = opts["passes"], until or opts["passes"]
+        events, starts = [], [None]
+        with tempfile.TemporaryDirectory() as tmp:
+            if int(tags_of(self.client, run_id).get(lineage.COUNT, "0") or 0):
+                table = self.client.download_artifacts(run_id, lineage.TABLE, tmp)
+                events = [e for e in lineage.read_table(Path(table).read_text()) if e.pass_number < until]
+            for event in events:
+                starts.append(
+                    Checkpoint.load(self.client.download_artifacts(run_id, lineage.state_name(event.pass_number), tmp))
+                )
+        digits, members, ends = load_digits(cfg.data), [member], [e.pass_number for e in events] + [until]
+        for event, state in zip(events, starts[1:]):
+            members.append(mutated(members[-1], {key: new for key, (_, new) in event.changes.items()}))
+            self._check_source(event, state)
+        history, kept = [], {}
+        for event, start, end, now in zip([None, *events], starts, ends, members):
+            first = start.passes_done if start is not None else 0
+            origin = f"its copy of run {event.source_run[:8]}" if event is not None else "its config"
+            self.log(f"  run {run_id[:8]}: passes {first + 1}-{end} from {origin}")
+
+            # a stretch stops after its last pass; the one that ends at `until` goes one pass further,
+            # since the engine writes a pass's checkpoint (the state a copy is checked against) only
+            # for members that go on
+            last = end + 1 if end == until and until < passes else end
+
+            def stop(pass_number, live, last=last):
+                return {0} if pass_number == last and last < passes else set()
+
+            def keep(checkpoint, positions, end=end):
+                if checkpoint.passes_done == end:
+                    kept[end] = checkpoint
+
+            (result,) = train(
+                [now], digits, log=None, on_pass=stop, start=start, checkpoint_every=end, on_checkpoint=keep, **options
+            )
+            history += [row for row in result.history if first < row["pass"] <= end]
+        if until in kept:
+            self.states[(run_id, until)] = kept[until]
+        return history, runner.engine_tags(result)
+
+    def _check_source(self, event, state) -> None:
+        """The stored copy equals its source's state at that pass, replayed from the source's own lineage."""
+        import torch
+
+        key = (event.source_run, event.pass_number)
+        if key not in self.states:
+            self.member(event.source_run, until=event.pass_number)
+        source = self.states[key].members[0]
+        mine = state.members[0]
+        for part in ("params", "optim"):
+            theirs, ours = getattr(source, part), getattr(mine, part)
+            if theirs.keys() != ours.keys() or not all(torch.equal(theirs[n], ours[n]) for n in theirs):
+                raise ReproduceError(
+                    f"the copy at pass {event.pass_number} is not run {event.source_run}'s state there ({part} differ)"
+                )
+        self.log(
+            f"  copy at pass {event.pass_number}: equals run {event.source_run[:8]} replayed to that pass, bit for bit"
+        )
 
 
 def same_arithmetic(before: dict[str, str], now: dict[str, str]) -> bool:
@@ -282,7 +377,11 @@ def reproduce(
     stored = load_stored(client, run_id)
     overrides = rebuild_overrides(stored.cfg, stored.overrides)
     log("command: " + " ".join(["zipnet-train", *map(shlex.quote, overrides)]))
-    if stored.sizes[0] > 1 and not single:
+    replayed = bool(int(tags_of(client, run_id).get(lineage.COUNT, "0") or 0)) and not single
+    if replayed:
+        log("a PBT member: each stretch between its copies replayed from its stored copy, each copy from its source")
+        history, engine = Replay(client, log).member(run_id, stored=stored)
+    elif stored.sizes[0] > 1 and not single:
         log(
             f"trained in a population (members per pass: {','.join(map(str, stored.sizes))}; its place: "
             f"{','.join(map(str, stored.positions))}): rerunning it among as many copies of itself"
@@ -292,6 +391,9 @@ def reproduce(
         with tempfile.TemporaryDirectory() as tmp:
             history, engine = rerun_command(overrides, Path(tmp) / "run")
     same = same_arithmetic(stored.engine, engine)
+    if replayed and same and stored.engine.get("zipnet.backend") != "c":  # torch ops: rounding follows K
+        log("trained with torch ops in a population of several, replayed alone: compared within tolerance")
+        same = False
     if not same:
         log(
             "another backend or CPU: "

@@ -3,7 +3,8 @@
 Every member takes one pattern of its own example stream at each step, so the K forward
 and backward passes are one batched computation. A single run is a population of one.
 
-    members.py      Member (what may differ between members), RunResult (one member's outcome)
+    members.py      Member (what may differ between members), RunResult (one member's outcome),
+                    MUTABLE and Copy (what a member may change between passes: PBT's exploit)
     streams.py      each member's dataset, the pass's (shifted) digits, SDLM's curvature sample
     population.py   the stacked parameters, per-member constants, optimiser and dropout masks
     backend.py      the backend contract (prepare a pass, train it, curvature, evaluate) and the
@@ -19,7 +20,7 @@ and backward passes are one batched computation. A single run is a population of
 
 from zipnet.engine.backend import Backend, backend_for
 from zipnet.engine.checkpoint import Checkpoint
-from zipnet.engine.members import BACKENDS, MSE_C, Member, RunResult
+from zipnet.engine.members import BACKENDS, MSE_C, MUTABLE, Copy, Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import hessian_sample, shifted
 from zipnet.engine.torch_ops import input_patches
@@ -30,6 +31,8 @@ __all__ = [
     "BACKENDS",
     "MSE_C",
     "SPLITS",
+    "MUTABLE",
+    "Copy",
     "Member",
     "RunResult",
     "Population",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -105,11 +106,20 @@ class Checkpoint:
     # --- made from a population, and put back into one ----------------------------------------
 
     @classmethod
-    def of(cls, pop, results: list[RunResult], configs: list[dict], shared: dict, passes_done: int) -> Checkpoint:
-        """The population's members now; `results` and `configs` per member, in its order."""
+    def of(
+        cls,
+        pop,
+        results: list[RunResult],
+        configs: list[dict],
+        shared: dict,
+        passes_done: int,
+        places: list[int] | None = None,
+    ) -> Checkpoint:
+        """The population's members now; `results` and `configs` per member, in its order, or for the
+        members at `places` only."""
         optim = pop.optim.state()
         members = []
-        for k, (result, config) in enumerate(zip(results, configs)):
+        for k, result, config in zip(places or range(len(results)), results, configs):
             members.append(
                 MemberState(
                     config=config,
@@ -177,7 +187,18 @@ class Checkpoint:
     def save(self, path: str | Path) -> None:
         """Written whole or not at all: to a temporary file beside `path`, then renamed over it."""
         path = Path(path)
-        payload = {
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(self._payload(), partial)
+        os.replace(partial, path)
+
+    def to_bytes(self) -> bytes:
+        """The file save() writes, as bytes (an MLflow artifact)."""
+        buffer = io.BytesIO()
+        torch.save(self._payload(), buffer)
+        return buffer.getvalue()
+
+    def _payload(self) -> dict:
+        return {
             "format": FORMAT,
             "version": VERSION,
             "config": json.dumps(self.config, sort_keys=True),
@@ -198,9 +219,6 @@ class Checkpoint:
                 for m in self.members
             ],
         }
-        partial = path.with_name(f".{path.name}.partial")
-        torch.save(payload, partial)
-        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -10,6 +11,18 @@ from zipnet.net import InitSpec
 from zipnet.optim import OptimSpec
 
 BACKENDS = ("auto", "torch", "c")
+# What a member may change between passes (population-based training), per optimiser, as config keys.
+# The engine reads these afresh at every pass (the lr schedule at start_pass) or every step (mu,
+# the weight decay), so a member that changes them goes on as if it had had them all along from
+# that pass. Everything else is fixed for a member's life: its init and seeds decided its first
+# weights and its dropout masks, its data.seed its example stream, its table, activation, output
+# and loss the net's shape and what its weights mean, its targets and MSE scaling the objective,
+# its optimiser's name and SDLM's curvature mode the population it trains in.
+MUTABLE = {
+    "sgd": ("optim.lr", "optim.lr_end"),
+    "sdlm": ("optim.lr", "optim.lr_end", "optim.mu"),
+    "adamw": ("optim.lr", "optim.lr_end", "optim.weight_decay"),
+}
 MSE_C = {"mean": 0.2, "sum": 2.0, "half_sum": 1.0}  # E = (c/2) sum_k (d_k - x_k)^2 (LeCun et al. 1998, appendix C)
 
 
@@ -28,6 +41,37 @@ class Member:
     target_positive: float = 1.0
     dropout: float = 0.0  # on H2's output while training; masks drawn from init.seed and the pass
     optim: OptimSpec = OptimSpec()
+
+
+def mutable_values(member: Member) -> dict[str, float | None]:
+    """The member's values of what it may change between passes (MUTABLE), by config key."""
+    return {key: getattr(member.optim, key.split(".", 1)[1]) for key in MUTABLE[member.optim.name]}
+
+
+def mutated(member: Member, values: dict[str, float | None]) -> Member:
+    """The member with other values of its mutable settings; any other key is refused."""
+    allowed = MUTABLE[member.optim.name]
+    for key in values:
+        if key not in allowed:
+            raise ValueError(f"{key} cannot change between passes with optim={member.optim.name}; allowed: {allowed}")
+    fields = {key.split(".", 1)[1]: value for key, value in values.items()}
+    return dataclasses.replace(member, optim=dataclasses.replace(member.optim, **fields))
+
+
+@dataclass
+class Copy:
+    """Population-based training's exploit at the end of a pass: the member at `target` (a position in
+    the members given to train) takes the weights and optimiser state of the one at `source`, and goes
+    on as `member` (the target's settings with other mutable values: MUTABLE)."""
+
+    target: int
+    source: int
+    member: Member
+    source_run: str = ""  # the caller's name for the source (its MLflow run id)
+    source_trial: int | None = None
+    changes: dict[str, tuple] = field(default_factory=dict)  # config key -> (old, new)
+    pass_number: int = 0  # set by the engine: the pass after which it copied
+    state: object | None = None  # set by the engine: the target's Checkpoint just after the copy
 
 
 @dataclass
@@ -49,3 +93,9 @@ class RunResult:
     backend: str = ""
     kernel_build: str = ""
     cpu: str = ""
+    copies: list[Copy] = field(default_factory=list)  # PBT: each exploit of this member, in order
+
+    @property
+    def current(self) -> Member:
+        """The settings it trains with now: its member, or the last copy's."""
+        return self.copies[-1].member if self.copies else self.member

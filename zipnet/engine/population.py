@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from zipnet.engine.members import MSE_C, Member
+from zipnet.engine.members import MSE_C, MUTABLE, Member, mutable_values, mutated
 from zipnet.errors import ConfigError
 from zipnet.net import PARAM_NAMES, SQUASHES, connection_table, h2_mask, init_params
 from zipnet.optim import make_optimiser
@@ -79,6 +79,19 @@ class Population:
         if self.keep_masks is not None:
             self.keep_masks = self.keep_masks.index_select(0, idx).contiguous()
         self.optim.keep(idx)
+
+    def copy_member(self, target: int, source: int, member: Member) -> None:
+        """PBT's exploit: member `target` takes member `source`'s parameters and optimiser state, bit
+        for bit, and goes on with `member`'s settings, which may differ from its own only in what
+        MUTABLE allows (its seeds, data stream, targets and shape stay its own)."""
+        before = self.members[target]
+        if mutated(before, mutable_values(member)) != member:
+            raise ValueError(f"member {target}: a copy may change only {', '.join(MUTABLE[before.optim.name])}")
+        for t in self.params.values():
+            t[target] = t[source]
+        self.optim.copy_member(target, source)
+        self.members[target] = member
+        self.optim.respec(target, member.optim)
 
     def finite(self) -> torch.Tensor:
         """(K,) bool: whether all of a member's parameters are finite."""

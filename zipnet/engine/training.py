@@ -17,13 +17,14 @@ from zipnet import paper
 from zipnet.engine import kernel
 from zipnet.engine.backend import Backend, Prepared, Scores, backend_for
 from zipnet.engine.checkpoint import Checkpoint, fingerprint, member_config, shared_config
-from zipnet.engine.members import Member, RunResult
+from zipnet.engine.members import Copy, Member, RunResult
 from zipnet.engine.population import Population
 from zipnet.engine.streams import Streams, hessian_sample, pass_digits
 from zipnet.errors import ConfigError
 from zipnet.metrics import SPLITS
 
 PassHook = Callable[[int, list[RunResult]], set[int]]
+ExploitHook = Callable[[int, list[RunResult]], list[Copy]]
 CheckpointHook = Callable[[Checkpoint, list[int]], None]
 
 
@@ -42,6 +43,7 @@ def train(
     start: Checkpoint | None = None,
     checkpoint_every: int = 0,
     on_checkpoint: CheckpointHook | None = None,
+    exploit: ExploitHook | None = None,
 ) -> list[RunResult]:
     """Train members in lockstep and return one RunResult each, in the order given.
 
@@ -57,11 +59,16 @@ def train(
     `start`: a checkpoint of these members (in order) to go on from; the results then hold its
     passes too. `on_checkpoint(checkpoint, positions)` gets the live members' state (their
     positions in `members`) every `checkpoint_every` passes and after the last one.
+
+    `exploit(pass_number, live_results)` (population-based training) runs at every pass boundary
+    but the last, after pruning, and may return Copy's: each target member takes its source's
+    weights and optimiser state and goes on with the copy's settings. Each copy, with the target's
+    checkpoint just after it (`Copy.state`), joins the target's `RunResult.copies`.
     """
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
-    configs, shared = [], {}  # what a checkpoint is written for: needed only to read or write one
-    if start is not None or on_checkpoint is not None:
+    configs, shared, prints = [], {}, []  # what a checkpoint is written for: needed only to read or write one
+    if start is not None or on_checkpoint is not None or exploit is not None:
         prints = [fingerprint(d) for d in streams.datasets]
         configs = [member_config(m, prints[d]) for m, d in zip(members, streams.index)]
         shared = shared_config(members, passes, shift, shift_seed)
@@ -118,6 +125,8 @@ def train(
                     break
                 pop.keep(keep)
                 streams.keep(keep)
+            if exploit is not None and pass_number < passes:
+                _exploit(exploit, pass_number, pop, results, active, configs, shared, prints, streams.index)
             if (
                 on_checkpoint is not None
                 and checkpoint_every
@@ -130,6 +139,28 @@ def train(
         results[pos].status = "finished"
         results[pos].params = pop.member_params(k)
     return results
+
+
+def _exploit(
+    exploit: ExploitHook,
+    pass_number: int,
+    pop: Population,
+    results: list[RunResult],
+    active: list[int],
+    configs: list[dict],
+    shared: dict,
+    prints: list[str],
+    member_index: list[int],
+) -> None:
+    """The hook's copies, in the order given: a copy reads its source as it is at that moment."""
+    for copy in exploit(pass_number, [results[pos] for pos in active]) or ():
+        k = active.index(copy.target)
+        pop.copy_member(k, active.index(copy.source), copy.member)
+        configs[copy.target] = member_config(copy.member, prints[member_index[k]])
+        target = results[copy.target]
+        copy.pass_number = pass_number
+        copy.state = Checkpoint.of(pop, [target], [configs[copy.target]], shared, pass_number, places=[k])
+        target.copies.append(copy)
 
 
 def _curvature(

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from zipnet import metrics
 from zipnet import overrides as written
 from zipnet.errors import first_line
+from zipnet.sweeps import pbt
 
 
 class SweepError(ValueError):
@@ -109,6 +110,7 @@ class StudySpec:
     # passes (0: only on give-back), for a worker on another machine to resume it from
     checkpoint_upload_every: int = 0
     outage_timeout: float = 600.0  # how long a worker waits out an unreachable storage server before it stops
+    scheduler: dict | None = None  # {name: pbt, ...}: population-based training within a batch (sweeps/pbt.py)
 
     @property
     def failure_budget(self) -> int:
@@ -144,6 +146,7 @@ class StudySpec:
             "checkpoint_upload_every": self.checkpoint_upload_every,
             "params": {n: p.describe() for n, p in self.params.items()},
             "custom_search_space": self.custom_search_space,
+            "scheduler": {**self.scheduler, "space": pbt.space(self)} if self.scheduler else None,
         }
 
     def fail(self, key: str, message: str):
@@ -179,6 +182,7 @@ SETTINGS = (
     "max_retry",
     "checkpoint_upload_every",
     "outage_timeout",
+    "scheduler",
 )
 
 
@@ -246,6 +250,7 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     spec.pruner = _named(spec, "pruner", pruner or spec.pruner, "median")
     make_sampler(spec, 0)  # unknown names and settings fail here, naming the key
     make_pruner(spec)
+    spec.scheduler = pbt.settings(spec, raw.get("scheduler"))
     return spec
 
 
@@ -538,6 +543,8 @@ def check(spec: StudySpec, composer: Composes, zipnet_config: bool = True) -> Di
         if zipnet_config:
             checks.check(cfg)
             _check_metric(spec, cfg, where)
+            if spec.scheduler:
+                pbt.check_config(spec, str(OmegaConf.select(cfg, "optim.name")), where)
 
     try:
         cfg = composer.compose(base)
@@ -564,6 +571,8 @@ def check(spec: StudySpec, composer: Composes, zipnet_config: bool = True) -> Di
                 spec.fail(f"params.{name}", f"value {value!r}: {first_line(err)}")
             if zipnet_config:
                 _check_metric(spec, trial_cfg, f"params.{name}={value!r}")
+                if spec.scheduler:
+                    pbt.check_config(spec, str(OmegaConf.select(trial_cfg, "optim.name")), f"params.{name}={value!r}")
     return cfg
 
 

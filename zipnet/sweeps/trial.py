@@ -34,6 +34,8 @@ class Link:
     metric: str
     passes: int
     upload_every: int = 0  # the study's checkpoint_upload_every
+    direction: str = "minimize"
+    scheduler: dict | None = None  # the study's PBT settings (zipnet/sweeps/pbt.py), or None
 
     def tags(self) -> dict[str, str]:
         from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -88,7 +90,14 @@ def _study(url: str, name: str):
         study = optuna.load_study(
             study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(spec)
         )
-        studies[(url, name)] = (study, attrs[SPEC]["metric"], attrs[SPEC].get("checkpoint_upload_every", 0))
+        found = attrs[SPEC]
+        studies[(url, name)] = (
+            study,
+            found["metric"],
+            found.get("checkpoint_upload_every", 0),
+            found.get("direction", "minimize"),
+            found.get("scheduler"),
+        )
     return studies[(url, name)]
 
 
@@ -100,7 +109,7 @@ def link(cfg: DictConfig) -> Link | None:
     import optuna
 
     name, url = cfg.trial.study, cfg.trial.storage
-    study, metric, upload_every = _study(url, name)
+    study, metric, upload_every, direction, scheduler = _study(url, name)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(number))
     return Link(
         name,
@@ -111,6 +120,8 @@ def link(cfg: DictConfig) -> Link | None:
         metric,
         int(OmegaConf.select(cfg, "trainer.passes")),
         upload_every,
+        direction if isinstance(direction, str) else direction[0],
+        scheduler,
     )
 
 
@@ -195,8 +206,40 @@ class TrialWatcher(Watcher):
             stop += [job for (job, _, _), prune in zip(members, decided) if prune]
         return stop
 
+    def explores(self) -> bool:
+        return bool(self.link.scheduler)
+
+    @classmethod
+    def exploit(cls, pass_number: int, seen: list) -> list:
+        """PBT's copies at this pass boundary, per study: the bottom of the live members by the
+        study's metric copy the top (zipnet/sweeps/pbt.py)."""
+        from zipnet.engine.members import Copy
+        from zipnet.sweeps import pbt
+
+        by_study: dict[int, list[int]] = {}
+        for i, (_, _, watcher) in enumerate(seen):
+            if watcher.link.scheduler:
+                by_study.setdefault(id(watcher.link.study), []).append(i)
+        copies = []
+        for places in by_study.values():
+            link = seen[places[0]][2].link
+            live = [
+                (seen[i][2].link.number, float(seen[i][1].history[-1][link.metric]), seen[i][1].current) for i in places
+            ]
+            for target, source, member, changes in pbt.choose(link.scheduler, link.direction, pass_number, live):
+                copies.append(
+                    Copy(places[target], places[source], member, source_trial=live[source][0], changes=changes)
+                )
+        return copies
+
     def end(self, job: Job, result) -> None:
         trial, study, number = self.link.trial, self.link.study, self.link.number
+        if self.link.scheduler:  # the schedule it followed; its value below is its metric at the end
+            from zipnet.engine.members import mutable_values
+            from zipnet.sweeps import pbt
+
+            trial.set_user_attr(pbt.COPIES, [pbt.event(copy) for copy in result.copies])
+            trial.set_user_attr(pbt.PARAMS, mutable_values(result.current))
         if result.status == "finished":
             study.tell(number, float(result.history[-1][self.link.metric]), skip_if_finished=True)
         elif result.status == "pruned":

@@ -148,7 +148,7 @@ class _Batch:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[int, dict[str, float], int]] = field(default_factory=list)  # (step, {key: value}, ms)
-    files: dict[str, str] = field(default_factory=dict)  # artifact name -> text
+    files: dict[str, str | bytes] = field(default_factory=dict)  # artifact name -> text (or bytes)
     data: dict | None = None  # the data config, to describe `digits` as datasets
     digits: Any = None
 
@@ -485,7 +485,9 @@ class Tracker:
         with tempfile.TemporaryDirectory() as tmp:
             folder = folder or Path(tmp)
             for name, text in batch.files.items():
-                (folder / name).write_text(text)
+                path = folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
             if any(folder.iterdir()):
                 known = self._artifact_uris.get(run_id)
                 if known is not None:
@@ -597,12 +599,22 @@ class Tracker:
         if lean:
             self._log_model(client, held.run_id, held.result, held.digits, held.params)
 
-    def log_batch(self, run_id: str, metrics: dict[str, float] | None = None, step: int = 0, tags=None, params=None):
-        """Metrics (at `step`), tags and params onto a run, queued behind everything before."""
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        tags=None,
+        params=None,
+        files: dict[str, str | bytes] | None = None,
+    ):
+        """Metrics (at `step`), tags, params and files (artifact name -> text or bytes) onto a run,
+        queued behind everything before."""
         batch = _Batch(
             params={k: str(v)[:6000] for k, v in (params or {}).items()},
             tags={k: str(v) for k, v in (tags or {}).items()},
             metrics=[(step, {k: float(v) for k, v in (metrics or {}).items()}, _now())] if metrics else [],
+            files=dict(files or {}),
         )
         self._queue(run_id, self._write, run_id, batch)
 
