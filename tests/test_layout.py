@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 GENERIC = (
     "hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper",
     "zipnet.overrides",
@@ -36,9 +38,11 @@ def test_the_generic_sweeper_imports_nothing_of_the_trainer():
     assert [m for m in loaded if m in TRAINER or m.startswith("zipnet.engine.")] == []
 
 
-def test_a_plain_apps_study_runs_without_loading_the_trainer(tmp_path):
-    """End to end: a plain app's sweep under Hydra's basic launcher, its task function looking at
-    what the process holds while the sweeper runs it."""
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=population"]], ids=["basic", "population"])
+def test_a_plain_apps_study_runs_without_loading_the_trainer(tmp_path, launcher):
+    """End to end: a plain app's sweep under Hydra's basic launcher and under zipnet's population
+    launcher (which runs a plain app's jobs one by one), its task function looking at what the
+    process holds while the sweeper runs it."""
     app = tmp_path / "app.py"
     app.write_text(
         "import json, sys\n"
@@ -59,6 +63,7 @@ def test_a_plain_apps_study_runs_without_loading_the_trainer(tmp_path):
         "+x=interval(0,1)",
         "hydra.sweeper.n_trials=2",
         f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        *launcher,
     ]
     proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

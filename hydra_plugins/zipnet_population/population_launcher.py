@@ -58,7 +58,7 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from zipnet import runner, session
+        from zipnet import session  # zipnet.runner (torch) only for zipnet's jobs: see below
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -86,6 +86,8 @@ class PopulationLauncher(Launcher):
             returns.append(self._collect(cfg, build, clock))
         if build is None:
             return returns
+        from zipnet import runner
+
         jobs = [ret.return_value if ret.status == JobStatus.COMPLETED else None for ret in returns]
         if any(job is None for job in jobs):
             self._refuse(returns)
