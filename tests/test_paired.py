@@ -177,3 +177,29 @@ def test_every_two_levels_are_compared_in_numeric_order():
     assert table["mean Δ test/error"].tolist() == pytest.approx([0.8, 2.8, 2.0])
     assert table["low Δ test/error"].tolist() == pytest.approx([0.8, 2.8, 2.0])  # no spread: a point interval
     assert list(table["pairs"]) == [3, 3, 3] and table["mcnemar pairs"].tolist() == [0, 0, 0]
+
+
+def test_keys_that_change_together_are_one_factor():
+    """SDLM at its rate against SGD at its: by optim.name alone no two runs share the rest (their
+    rates differ), by both keys every seed is a pair, and a level names both values."""
+    rows = []
+    for seed, (name, lr) in itertools.product(range(4), (("sgd", "0.02"), ("sdlm", "0.0014"))):
+        rows.append(
+            {
+                "run_id": f"{seed}-{name}",
+                "tags.zipnet.status": "finished",
+                "params.seed": str(seed),
+                "params.data.seed": "0",
+                "params.optim.name": name,
+                "params.optim.lr": lr,
+                "metrics.test/error": 5.0 + seed + (0.5 if name == "sgd" else 0.0),
+                "metrics.test/loss": 0.02,
+            }
+        )
+    df = pd.DataFrame(rows)
+    assert report.paired(df, "optim.name")["pairs"].tolist() == [0]
+    table = report.paired(df, "optim.name,optim.lr")
+    assert [(r.a, r.b, r.pairs) for r in table.itertuples()] == [("sdlm, 0.0014", "sgd, 0.02", 4)]
+    assert table["mean Δ test/error"].tolist() == pytest.approx([0.5])
+    with pytest.raises(report.PairingError, match="--paired 'seed' is also a --pair-by key"):
+        report.paired(df, "optim.name,seed")

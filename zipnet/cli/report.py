@@ -27,7 +27,8 @@ together (the target pair) are one factor, under one label (`targets`: pm0.6 for
 every two levels a, b of KEY it gives the mean of b - a over the pairs in final test error
 (points) and test MSE (the final test loss), with a 95% Student t interval (zipnet/stats.py),
 and McNemar's exact test on the per-digit errors pooled over the pairs, read from each run's
-test_misses.json. A run without that file (a lean trial, or one logged before the file existed)
+test_misses.json. `--paired KEY,KEY` takes keys that change together as one factor (SDLM at its
+own rate against SGD at its: `--paired optim.name,optim.lr`). A run without that file (a lean trial, or one logged before the file existed)
 leaves its pairs out of McNemar's test only; scripts/usps_questions.py computes the same test
 from its own store.
 """
@@ -377,21 +378,29 @@ class PairingError(ValueError):
     """A factor or pairing key the selected runs cannot be paired by; the message is one line."""
 
 
+def factor_keys(factor: str) -> list[str]:
+    """The config keys of a --paired factor: one key, or several comma-separated that change together
+    (a level is then their values together: optim.name,optim.lr)."""
+    return [k.strip() for k in factor.split(",") if k.strip()]
+
+
 def _check_pairing(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...]) -> None:
     keys, moving = config_keys(df), varying(df)
     shown = ", ".join(moving) or "none"
-    for option, key in (("--paired", factor), *(("--pair-by", k) for k in pair_by)):
+    named = factor_keys(factor)
+    for option, key in (*(("--paired", k) for k in named), *(("--pair-by", k) for k in pair_by)):
         if key not in keys:
             raise PairingError(
                 f"{option} {key!r} is not a config key of the selected runs; keys that vary between them: {shown}"
             )
-    if factor not in moving:
-        value = df[f"params.{factor}"].iloc[0]
+    if not any(k in moving for k in named):
+        value = ", ".join(str(df[f"params.{k}"].iloc[0]) for k in named)
         raise PairingError(
             f"--paired {factor!r} has one value ({value}) in every selected run; keys that vary between them: {shown}"
         )
-    if factor in pair_by:
-        raise PairingError(f"--paired {factor!r} is also a --pair-by key; pair by other keys than the factor")
+    for key in named:
+        if key in pair_by:
+            raise PairingError(f"--paired {key!r} is also a --pair-by key; pair by other keys than the factor")
 
 
 def _level_order(values: list[str]) -> list[str]:
@@ -409,11 +418,16 @@ def pairs(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY) -> 
     _check_pairing(df, factor, pair_by)
     runs = df[_status(df) == "finished"] if len(df) else df
     runs = runs[runs[[f"metrics.{m}" for m in PAIRED if f"metrics.{m}" in runs]].notna().all(axis=1)]
-    others = [f"params.{k}" for k in config_keys(df) if k != factor]
+    named = factor_keys(factor)
+    others = [f"params.{k}" for k in config_keys(df) if k not in named]
+
+    def value(row, column: str) -> str:
+        return "(not set)" if pd.isna(row[column]) else str(row[column])
+
     cells: dict[tuple, dict[str, list]] = {}
     for _, row in runs.iterrows():
-        rest = tuple("(not set)" if pd.isna(row[c]) else str(row[c]) for c in others)
-        level = "(not set)" if pd.isna(row[f"params.{factor}"]) else str(row[f"params.{factor}"])
+        rest = tuple(value(row, c) for c in others)
+        level = ", ".join(value(row, f"params.{k}") for k in named)
         cells.setdefault(rest, {}).setdefault(level, []).append(row)
     ambiguous = sum(len(v) for cell in cells.values() for v in cell.values() if len(v) > 1)
     order = _level_order(sorted({level for cell in cells.values() for level in cell}))
@@ -586,8 +600,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--paired",
-        metavar="KEY",
-        help="paired differences between the levels of this config key, e.g. model.init (paired.csv/.md)",
+        metavar="KEY[,KEY...]",
+        help="paired differences between the levels of this config key, e.g. model.init, or of several keys "
+        "that change together, e.g. optim.name,optim.lr (paired.csv/.md)",
     )
     parser.add_argument(
         "--pair-by",
