@@ -27,10 +27,10 @@ together (the target pair) are one factor, under one label (`targets`: pm0.6 for
 every two levels a, b of KEY it gives the mean of b - a over the pairs in final test error
 (points) and test MSE (the final test loss), with a 95% Student t interval (zipnet/stats.py),
 and McNemar's exact test on the per-digit errors pooled over the pairs, read from each run's
-test_misses.json. `--paired KEY,KEY` takes keys that change together as one factor (SDLM at its
-own rate against SGD at its: `--paired optim.name,optim.lr`). A run without that file (a lean trial, or one logged before the file existed)
-leaves its pairs out of McNemar's test only; scripts/usps_questions.py computes the same test
-from its own store.
+test_misses.json; a run without that file (a lean trial, or one logged before the file existed)
+leaves its pairs out of McNemar's test only. `--paired KEY,KEY` takes keys that change together
+as one factor (SDLM at its own rate against SGD at its: `--paired optim.name,optim.lr`).
+scripts/usps_questions.py computes the same test from its own store.
 """
 
 from __future__ import annotations
