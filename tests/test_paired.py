@@ -180,10 +180,11 @@ def test_every_two_levels_are_compared_in_numeric_order():
 
 
 def test_keys_that_change_together_are_one_factor():
-    """SDLM at its rate against SGD at its: by optim.name alone no two runs share the rest (their
-    rates differ), by both keys every seed is a pair, and a level names both values."""
+    """SDLM at its rate and mu against SGD at its rate: a pair cannot hold optim.lr or optim.mu
+    equal, so they join the factor optim.name (they change with it in every run); named
+    together, the same. A level names every value, a key SGD lacks as "(not set)"."""
     rows = []
-    for seed, (name, lr) in itertools.product(range(4), (("sgd", "0.02"), ("sdlm", "0.0014"))):
+    for seed, (name, lr, mu) in itertools.product(range(4), (("sgd", "0.02", None), ("sdlm", "0.0014", "0.1"))):
         rows.append(
             {
                 "run_id": f"{seed}-{name}",
@@ -192,14 +193,40 @@ def test_keys_that_change_together_are_one_factor():
                 "params.data.seed": "0",
                 "params.optim.name": name,
                 "params.optim.lr": lr,
+                "params.optim.mu": mu,
                 "metrics.test/error": 5.0 + seed + (0.5 if name == "sgd" else 0.0),
                 "metrics.test/loss": 0.02,
             }
         )
     df = pd.DataFrame(rows)
-    assert report.paired(df, "optim.name")["pairs"].tolist() == [0]
-    table = report.paired(df, "optim.name,optim.lr")
-    assert [(r.a, r.b, r.pairs) for r in table.itertuples()] == [("sdlm, 0.0014", "sgd, 0.02", 4)]
-    assert table["mean Δ test/error"].tolist() == pytest.approx([0.5])
+    # the keys named first, then those that join them in their order
+    for factor, keys in (
+        ("optim.name", "optim.name,optim.lr,optim.mu"),
+        ("optim.mu,optim.name", "optim.mu,optim.name,optim.lr"),
+    ):
+        table = report.paired(df, factor)
+        level = {"sdlm": {"optim.name": "sdlm", "optim.lr": "0.0014", "optim.mu": "0.1"}}
+        level["sgd"] = {"optim.name": "sgd", "optim.lr": "0.02", "optim.mu": "(not set)"}
+        shown = {name: ", ".join(values[k] for k in keys.split(",")) for name, values in level.items()}
+        assert table["factor"].tolist() == [keys]
+        (row,) = table.itertuples()
+        assert sorted([row.a, row.b]) == sorted(shown.values()) and row.pairs == 4
+        sign = 1.0 if row.b == shown["sgd"] else -1.0  # b - a, SGD 0.5 points above SDLM in every seed
+        assert table["mean Δ test/error"].tolist() == pytest.approx([0.5 * sign])
     with pytest.raises(report.PairingError, match="--paired 'seed' is also a --pair-by key"):
         report.paired(df, "optim.name,seed")
+
+
+def test_a_key_one_level_lacks_changes_with_the_keys_it_goes_with():
+    """SGD runs have no optim.mu: the key still groups with optim.name in the effects view, and
+    its level reads "(not set)" (pandas keeps a missing value missing through astype(str))."""
+    rows = [
+        {"run_id": f"{s}-{n}", "tags.zipnet.status": "finished", "params.seed": str(s), "params.optim.name": n}
+        | {"params.optim.mu": mu, "metrics.test/error": 5.0 + s}
+        for s in range(3)
+        for n, mu in (("sgd", None), ("sdlm", "0.1"))
+    ]
+    df = pd.DataFrame(rows)
+    assert [f.keys for f in report.factors(df)] == [("optim.mu", "optim.name"), ("seed",)]
+    table = report.effects(df, "test/error")
+    assert set(table["level"]) >= {"(not set), sgd", "0.1, sdlm"}

@@ -162,7 +162,8 @@ def factors(df: pd.DataFrame) -> list[Factor]:
     each) taken as one factor: their effects cannot be told apart."""
     groups: dict[tuple, list[str]] = {}
     for key in varying(df):
-        partition = tuple(pd.factorize(df[f"params.{key}"].astype(str))[0])
+        # codes in order of first appearance, a missing value one level too: the same runs, the same codes
+        partition = tuple(pd.factorize(df[f"params.{key}"].astype(object), use_na_sentinel=False)[0])
         groups.setdefault(partition, []).append(key)
     out = [Factor(LABELS.get(tuple(keys), " + ".join(keys)), tuple(keys)) for keys in groups.values()]
     return sorted(out, key=lambda f: f.label)
@@ -177,7 +178,8 @@ def levels(df: pd.DataFrame, factor: Factor) -> pd.Series:
     """Each run's level of `factor`."""
     if len(factor.keys) == 1:
         return _levels(df[f"params.{factor.keys[0]}"])
-    values = df[[f"params.{k}" for k in factor.keys]].astype(str)
+    # a key one level lacks (SDLM's mu beside SGD) reads "(not set)", as in a single key's levels
+    values = df[[f"params.{k}" for k in factor.keys]].astype(object).where(lambda v: v.notna(), "(not set)").astype(str)
     if factor.label == "targets":
         return pd.Series([_target_label(*row) for row in values.itertuples(index=False)], index=df.index)
     return values.agg(", ".join, axis=1)
@@ -384,6 +386,16 @@ def factor_keys(factor: str) -> list[str]:
     return [k.strip() for k in factor.split(",") if k.strip()]
 
 
+def together(df: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`keys` and every key that always changes with one of them (SDLM's mu and curvature settings
+    with optim.name), which a pair cannot hold equal either."""
+    out = list(keys)
+    for found in factors(df):
+        if set(found.keys) & set(keys):
+            out += [k for k in found.keys if k not in out]
+    return out
+
+
 def _check_pairing(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...]) -> None:
     keys, moving = config_keys(df), varying(df)
     shown = ", ".join(moving) or "none"
@@ -418,7 +430,7 @@ def pairs(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY) -> 
     _check_pairing(df, factor, pair_by)
     runs = df[_status(df) == "finished"] if len(df) else df
     runs = runs[runs[[f"metrics.{m}" for m in PAIRED if f"metrics.{m}" in runs]].notna().all(axis=1)]
-    named = factor_keys(factor)
+    named = together(df, factor_keys(factor))
     others = [f"params.{k}" for k in config_keys(df) if k not in named]
 
     def value(row, column: str) -> str:
@@ -465,9 +477,10 @@ def paired(df: pd.DataFrame, factor: str, pair_by: tuple[str, ...] = PAIR_BY, mi
     and wrong under b) over the pairs whose runs have per-digit misses. `misses(run_id)` gives
     a run's test_misses.json as a dict, or None; without it there is no McNemar."""
     matched, ambiguous = pairs(df, factor, pair_by)
+    named = ",".join(together(df, factor_keys(factor)))  # the keys a level is made of, as pairs() took them
     rows = []
     for (a, b), both in matched.items():
-        row = {"factor": factor, "a": a, "b": b, "pairs": len(both), "left out": ambiguous}
+        row = {"factor": named, "a": a, "b": b, "pairs": len(both), "left out": ambiguous}
         for metric in PAIRED:
             values = [[float(run[f"metrics.{metric}"]) for run in side] for side in zip(*both)] if both else [[], []]
             d = stats.paired_difference(values[1], values[0]) if len(both) >= 2 else None
