@@ -490,3 +490,47 @@ def test_make_dashboard_serves_the_studies_storage(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
     assert [s["study_name"] for s in studies] == ["it's here"]
+
+
+def test_the_main_thread_imports_mlflow_only_once_the_trackers_worker_has(tmp_path):
+    """A tracker imports mlflow on its worker while the data loads; a main-thread call that imports
+    from mlflow before that import is done can get a half-initialised mlflow (CI saw reopen fail
+    with "cannot import name 'Run' from partially initialized module 'mlflow.entities'"). The
+    worker's open is held until the main thread first waits for the store, so a main-thread import
+    ahead of it is seen every time, not by chance; Python's audit hook sees every fresh import."""
+    script = textwrap.dedent(
+        f"""
+        import sys, threading
+        from zipnet.tracking import runs
+
+        go, opened, early = threading.Event(), threading.Event(), []
+
+        def hook(event, args):
+            if event == "import" and str(args[0]).startswith("mlflow") and not opened.is_set():
+                if threading.current_thread() is threading.main_thread():
+                    early.append(args[0])
+
+        sys.addaudithook(hook)
+        real_open, real_store = runs.Tracker._open, runs.Tracker._store
+
+        def held_open(self):
+            go.wait()
+            try:
+                return real_open(self)
+            finally:
+                opened.set()
+
+        def store(self):
+            go.set()  # the main thread waits for the store: the worker may open it now
+            return real_store(self)
+
+        runs.Tracker._open, runs.Tracker._store = held_open, store
+        tracker = runs.Tracker("sqlite:///{tmp_path}/mlflow.db", figures=False, weights=False)
+        assert tracker.reopen("0" * 32) is None  # no such run: the caller would start one
+        tracker.close()
+        print("early", early[:3])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "early []" in proc.stdout.splitlines(), proc.stdout

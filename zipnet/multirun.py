@@ -51,6 +51,7 @@ class MultirunCallback(Callback):
         if _sweeping(config) or session.current().tracker_for(config) is None:
             return
         self.config = config
+        self.tracker.ready()  # mlflow imported on the tracker's worker first (tracking.runs: IMPORTS)
         from mlflow.entities import Param
 
         sweep_dir = Path(str(config.hydra.sweep.dir))

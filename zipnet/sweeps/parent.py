@@ -28,6 +28,7 @@ def ensure(tracker, study, spec: StudySpec, url: str) -> str:
                 return run_id  # RUNNING again only once this worker trains something (resume)
         except Exception:  # gone from this tracking store: start another
             pass
+    tracker.ready()  # mlflow imported on the tracker's worker first (tracking.runs: IMPORTS)
     from mlflow.entities import Param
 
     run_id = tracker.start(

@@ -268,6 +268,9 @@ class Tracker:
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
         self._monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor
+        # IMPORTS: the worker's _open imports mlflow while the data loads; the main thread imports
+        # from mlflow only after self._store() or ready() (two threads importing mlflow's circular
+        # package at once can get a half-initialised module: ImportError)
         self._opened = self._worker.submit(self._open)
         if figures or weights:  # on the worker while the data loads and the net trains
             self._worker.submit(self._warm, figures, weights)
@@ -301,6 +304,11 @@ class Tracker:
                 models.warm()
         except Exception:  # only a head start: the real calls report their own errors
             pass
+
+    def ready(self) -> Tracker:
+        """Once the store is open, and mlflow imported (IMPORTS): before a caller imports from mlflow."""
+        self._store()
+        return self
 
     def _store(self):
         try:
@@ -379,11 +387,11 @@ class Tracker:
         """Take up a run again (a job resumed from its checkpoint): RUNNING, its old end's error tags
         gone, `tags` set. Returns the last pass it has metrics for (0: none); None where this store's
         experiment has no such live run (the caller starts a new one)."""
+        self.flush()  # an earlier run of this process may still be ending it
+        client, experiment_id = self._store()  # first: mlflow is imported on the worker (IMPORTS)
         from mlflow.entities import RunTag
         from mlflow.exceptions import MlflowException
 
-        self.flush()  # an earlier run of this process may still be ending it
-        client, experiment_id = self._store()
         try:
             run = client.get_run(run_id)
         except MlflowException:
@@ -415,6 +423,7 @@ class Tracker:
     def download(self, artifact_uri: str, name: str, folder: Path) -> Path:
         """A file of a run's artifacts (at `artifact_uri`, as `upload` returned it) into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
+        self._store()  # IMPORTS
         return Path(store.artifact_repository(self.uri, artifact_uri).download_artifacts(name, str(folder)))
 
     def _outputs(self, role: str) -> str:
@@ -684,9 +693,9 @@ class Tracker:
 
     def summarise(self, parent_run_id: str, metric: str = "test/error", direction: str = "minimize") -> dict:
         """Counts by status and the best child by `metric`, logged onto the parent."""
+        df = self.children(parent_run_id)  # first: mlflow is imported on the worker (IMPORTS)
         from mlflow.entities import Metric, RunTag
 
-        df = self.children(parent_run_id)
         summary: dict[str, Any] = {"children": len(df)}
         if len(df):
             status = df.get("tags.zipnet.status")
