@@ -28,6 +28,9 @@ def test_a_stop_signal_ends_the_run_killed(tmp_path, sig, code):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored (CI run under
+        # `nohup ... &`), and Python keeps an ignored SIGINT: Ctrl-C is restored here as a terminal has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in proc.stdout:  # "pass 2" is printed after pass 1 was logged (the engine prints, then watchers log)
         if line.startswith("pass 2"):
