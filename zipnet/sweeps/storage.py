@@ -116,6 +116,10 @@ def open_storage(url: str, spec: StudySpec | None = None):
             storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         else:
             spec = spec or StudySpec(where="storage", study_name="")
+            if path is not None:
+                from zipnet import sqlite
+
+                sqlite.fast_commits()
             kwargs = (
                 {"connect_args": {"timeout": spec.storage_timeout}}
                 if url.startswith("sqlite")

@@ -168,6 +168,10 @@ def open_client(uri: str):
     from mlflow import MlflowClient
 
     path = sqlite_path(uri)
+    if path is not None:
+        from zipnet import sqlite
+
+        sqlite.fast_commits()
     # the first client of a new sqlite store creates the tables: two processes must not race
     lock = FileLock(_lock_path(path)) if path is not None else contextlib.nullcontext()
     try:
