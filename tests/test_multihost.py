@@ -20,12 +20,12 @@ from sweep_helpers import SPACE, Output, assert_study_and_runs_agree, env_for, s
 from zipnet.sweeps.storage import RUN_ID, WORKER, tally
 
 
-def _worker_args(storage: str, name: str, n_trials: int) -> list[str]:
+def _worker_args(storage: str, name: str, n_trials: int, grace: int = 3) -> list[str]:
     return [
         sys.executable,
         "-m",
         "zipnet.cli.train",
-        *study_args(name, n_trials=n_trials, batch=2, storage=storage, heartbeat_interval=1, grace_period=3),
+        *study_args(name, n_trials=n_trials, batch=2, storage=storage, heartbeat_interval=1, grace_period=grace),
         "data.n_train=3000",
         "data.n_test=200",
         "trainer.passes=4",
@@ -181,7 +181,9 @@ def test_a_live_worker_in_another_pid_namespace_keeps_its_trials(tmp_path):
     reason = hosts.unavailable(pid=True)
     if reason:
         pytest.skip(reason)
-    args = _worker_args(f"sqlite:///{tmp_path}/mlruns/optuna.db", "pidns", 8)
+    # liveness is the heartbeat alone, so a generous grace: on a loaded machine a 3 s gap between
+    # heartbeats (a sqlite write waiting on the other worker's) failed live trials in CI
+    args = _worker_args(f"sqlite:///{tmp_path}/mlruns/optuna.db", "pidns", 8, grace=30)
     args[args.index("data.n_train=3000")] = "data.n_train=1000"
     (tmp_path / "mlruns").mkdir()
     inside = hosts.host(socket.gethostname(), pid=True).popen(
