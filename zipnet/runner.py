@@ -154,10 +154,19 @@ def populations(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def run(jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None = None) -> list[Job]:
+More = Callable[[int], list[Job]]  # free lanes -> jobs to train in them (a sweep's refill)
+
+
+def run(
+    jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None = None, more: More | None = None
+) -> list[Job]:
     """Train every job, as few populations as their configs allow; returns the jobs with
     their results (or errors). Checks every job first, so a bad value trains nothing. Time
     goes to `clock` (by default the session's).
+
+    `more(free)`: at a pass boundary where jobs left a population (pruned, diverged or finished),
+    jobs for the free lanes; each joins at its pass 1 (engine.train's refill). One that cannot join
+    (another population's config, or one resumed from a checkpoint) trains after, in its own.
 
     KeyboardInterrupt (Ctrl-C, or a preemption signal) aborts the started jobs as KILLED
     and propagates. Any other error while training a population fails that population's
@@ -169,14 +178,21 @@ def run(jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None 
     for job in jobs:
         job.check()
     groups = populations(jobs)
-    for n, group in enumerate(groups, start=1):
+    n = 0
+    while groups:
+        group = groups.pop(0)
+        n += 1
         if log is not None and len(jobs) > 1:
-            log(f"population {n}/{len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
-        train_population(group, log, bar, clock)
+            log(f"population {n}/{n + len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
+        later: list[Job] = []
+        train_population(group, log, bar, clock, more, later)
+        groups += populations(later)
     return jobs
 
 
-def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> None:
+def train_population(
+    group: list[Job], log: Log | None, bar, clock: Clock, more: More | None = None, later: list[Job] | None = None
+) -> None:
     import torch
 
     from zipnet.data import load_digits
@@ -226,21 +242,48 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 say(f"pass {pass_number}: {group[copy.target].name} copies {group[copy.source].name}; {changes}")
         return copies
 
+    loaded: dict[str, object] = {}  # one load per distinct data config
+
+    def load(job: Job) -> None:
+        key = json.dumps(
+            {k: v for k, v in plain(job.cfg)["data"].items() if not k.startswith("target_")}, sort_keys=True
+        )
+        if key not in loaded:
+            loaded[key] = load_digits(job.cfg.data)
+            if say is not None:
+                d = loaded[key]
+                say(
+                    f"data: {job.cfg.data.source}, {len(d.train_y)} train / {len(d.test_y)} test, "
+                    f"fingerprint {d.fingerprint[:12]}"
+                )
+        job.digits = loaded[key]
+
+    key = population_key(group[0])
+
+    def refill(pass_number: int, free: int) -> list[tuple[Member, object]]:
+        """More jobs for the free lanes: those of this population's config join `part` (and the group)."""
+        joining = []
+        for job in more(free):
+            job.check()
+            if population_key(job) != key or job.resume:
+                later.append(job)
+                continue
+            load(job)
+            group.append(job)
+            part.append(job)
+            place[id(job.member)] = len(group) - 1
+            started.append(job)
+            for watcher in job.watchers:
+                with clock.timing(watcher.kind):
+                    watcher.start(job)
+            if say is not None:
+                say(f"pass {pass_number}: {job.name or 'a job'} joins in a free lane")
+            joining.append((job.member, job.digits))
+        return joining
+
     try:
-        loaded: dict[str, object] = {}  # one load per distinct data config
         for job in group:
-            key = json.dumps(
-                {k: v for k, v in plain(job.cfg)["data"].items() if not k.startswith("target_")}, sort_keys=True
-            )
-            if key not in loaded:
-                loaded[key] = load_digits(job.cfg.data)
-                if say is not None:
-                    d = loaded[key]
-                    say(
-                        f"data: {job.cfg.data.source}, {len(d.train_y)} train / {len(d.test_y)} test, "
-                        f"fingerprint {d.fingerprint[:12]}"
-                    )
-            job.digits = loaded[key]
+            load(job)
         for job in group:
             job.start = _start(job)
             if job.start is not None and say is not None:
@@ -265,6 +308,7 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 checkpoint_every=opts["checkpoint_every"],
                 on_checkpoint=_saver(part, clock) if any(job.checkpoint for job in part) else None,
                 exploit=exploit if any(w.explores() for job in part for w in job.watchers) else None,
+                refill=refill if more is not None else None,
                 **engine_options(opts),
             )
             results.update(zip(map(id, part), trained))
