@@ -4,11 +4,13 @@ study still stops at exactly n_trials (one worker or two), every trial has its o
 every pass once, and a refilled trial ends bit for bit where its single run ends."""
 
 import json
+import signal
 
 from optuna.trial import TrialState
-from sweep_helpers import SPACE, assert_study_and_runs_agree, popen, runs, study_args, zipnet
+from sweep_helpers import SPACE, Output, assert_study_and_runs_agree, load, popen, runs, study_args, zipnet
 
 from zipnet.config import override
+from zipnet.sweeps.storage import INTERRUPTED
 
 HALVING = "{name:successive_halving,min_resource:1,reduction_factor:2}"
 DATA = ["data.n_train=200", "data.n_test=100", "trainer.passes=3", "tracking.figures=false"]
@@ -63,3 +65,29 @@ def test_two_refilling_workers_stop_at_exactly_n_trials(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
     study, _, _ = assert_study_and_runs_agree(tmp_path, "pair", 10)
     assert len(study.get_trials()) == 10  # nothing asked past the target
+
+
+def test_sigterm_gives_back_the_refilled_trials_too(tmp_path):
+    args = [
+        *study_args("term", n_trials=6, batch=3, pruner=HALVING, refill=True),
+        "data.n_train=2000",
+        "data.n_test=100",
+        "trainer.passes=6",
+        "tracking.figures=false",
+        *SPACE,
+    ]
+    proc = popen(tmp_path, *args)
+    output = Output(proc)
+    output.wait_for(lambda line: "refill: trials" in line)
+    output.wait_for(lambda line: ": eval: split test" in line, count=6)  # the refilled trial is past its pass 1
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    out = output.text()
+    assert proc.returncode == 143, out[-3000:]
+    trials = load(tmp_path, "term").get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    interrupted = {t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)}
+    assert [n for n in interrupted if n >= 3], out[-3000:]  # a refilled trial was given back
+    again = zipnet(tmp_path, *args)  # resumed at once: the given-back trials are asked again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_study_and_runs_agree(tmp_path, "term", 6)
