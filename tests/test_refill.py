@@ -28,6 +28,8 @@ def test_a_refilled_study_keeps_its_lanes_filled_and_stops_at_exactly_n_trials(t
     trials = study.get_trials()
     assert len(trials) == 10 and [t for t in trials if t.state == TrialState.PRUNED]
     assert out.count("batch: trials") == 1 and "refill: trials" in out  # one population, not ceil(10 / 4)
+    # a trial is told when it leaves, not when the population ends: later asks learn from it
+    assert min(t.datetime_complete for t in trials) < max(t.datetime_start for t in trials)
     client = runs(tmp_path, "refill")[0]
     by_trial = {int(c.data.tags["zipnet.trial"]): c for c in children}
     for t in trials:

@@ -43,8 +43,9 @@ def _refilled(optim, backend):
     queue = [(_member(OPTIMS[optim], i), _data(60, 20, seed=20 + i)) for i in (3, 4)]
     asked = []
 
-    def refill(pass_number, free):
-        asked.append((pass_number, free))
+    def refill(pass_number, free, left):
+        assert all(r.status in ("pruned", "finished") and r.params is not None for r in left)
+        asked.append((pass_number, free, len(left)))
         joining, queue[:] = queue[:1], queue[1:]
         return joining
 
@@ -62,7 +63,8 @@ def _refilled(optim, backend):
 def test_a_refilled_member_equals_its_single_run_on_the_kernel(optim):
     results, asked, joined = _refilled(optim, "c")
     assert [r.status for r in results] == ["pruned", "finished", "finished", "finished", "finished"]
-    assert asked[0] == (1, 1)  # the pruned member's lane, at the first boundary
+    assert asked[0] == (1, 1, 1)  # the pruned member's lane, at the first boundary
+    assert sum(n for *_, n in asked) == 5  # every member's end is handed over when it leaves
     assert [len(r.history) for r in results] == [1, 3, 3, 3, 3]
     assert results[1].population_sizes == [3, 3, 3]  # the lane stayed filled
     assert results[3].population_sizes == [3, 3, 2]  # beside the first two, then beside the last joiner

@@ -260,10 +260,27 @@ def train_population(
 
     key = population_key(group[0])
 
-    def refill(pass_number: int, free: int) -> list[tuple[Member, object]]:
-        """More jobs for the free lanes: those of this population's config join `part` (and the group)."""
+    ended: set[int] = set()  # ids of jobs ended when they left a refilled population
+
+    def end(job: Job, result: RunResult) -> None:
+        job.result = result
+        if say is not None and result.status == "diverged":
+            name = f"{job.name}: " if len(group) > 1 else ""
+            say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
+        for watcher in job.watchers:
+            with clock.timing(watcher.kind):
+                watcher.end(job, result)
+
+    def refill(pass_number: int, free: int, left: list[RunResult]) -> list[tuple[Member, object]]:
+        """The jobs that left end now (their trials told, so the sampler and the pruner learn from
+        them before the next asks); then more jobs for the free lanes: those of this population's
+        config join `part` (and the group)."""
+        for result in left:
+            job = group[place[id(result.member)]]
+            ended.add(id(job))  # nothing to abort any more
+            end(job, result)
         joining = []
-        for job in more(free):
+        for job in more(free) if free else ():
             job.check()
             if population_key(job) != key or job.resume:
                 later.append(job)
@@ -316,8 +333,11 @@ def train_population(
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         for job in group:
-            job.error = err
+            if id(job) not in ended:
+                job.error = err
         for job in started:
+            if id(job) in ended:
+                continue
             for watcher in job.watchers:
                 watcher.abort(job, status, err)
         if isinstance(err, KeyboardInterrupt) or len(started) == 0 and not _recoverable(err):
@@ -328,13 +348,8 @@ def train_population(
     if bar is not None:
         bar.close()
     for job, result in zip(group, results):
-        job.result = result
-        if say is not None and result.status == "diverged":
-            name = f"{job.name}: " if len(group) > 1 else ""
-            say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
-        for watcher in job.watchers:
-            with clock.timing(watcher.kind):
-                watcher.end(job, result)
+        if id(job) not in ended:
+            end(job, result)
 
 
 def _start(job: Job) -> Checkpoint | None:

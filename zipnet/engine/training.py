@@ -26,7 +26,7 @@ from zipnet.metrics import SPLITS
 PassHook = Callable[[int, list[RunResult]], set[int]]
 ExploitHook = Callable[[int, list[RunResult]], list[Copy]]
 CheckpointHook = Callable[[Checkpoint, list[int]], None]
-RefillHook = Callable[[int, int], list[tuple[Member, object]]]
+RefillHook = Callable[[int, int, list[RunResult]], list[tuple[Member, object]]]
 
 
 def train(
@@ -67,13 +67,13 @@ def train(
     weights and optimiser state and goes on with the copy's settings. Each copy, with the target's
     checkpoint just after it (`Copy.state`), joins the target's `RunResult.copies`.
 
-    `refill(pass_number, free)` (asynchronous successive halving) runs at every pass boundary where
-    members left (pruned, diverged or finished) and fewer than len(members) train on: it may return
-    up to `free` (member, digits) pairs, which join at pass 1 with their own first weights and fresh
-    optimiser state. Their results follow the given members' (positions len(members) on), and
-    every member keeps its own pass index: its lr schedule, shifted digits, dropout masks and
-    curvature sample are those of its single run. `on_pass`'s pass number is then the highest of
-    the pass's members (each result's last row has its own).
+    `refill(pass_number, free, left)` (asynchronous successive halving) runs at every pass boundary
+    where members left (`left`: their results, pruned, diverged or finished, final now) or fewer than
+    len(members) train on: it may return up to `free` (member, digits) pairs, which join at pass 1
+    with their own first weights and fresh optimiser state. Their results follow the given
+    members' (positions len(members) on), and every member keeps its own pass index: its lr
+    schedule, shifted digits, dropout masks and curvature sample are those of its single run.
+    `on_pass`'s pass number is then the highest of the pass's members (each row has its own).
     """
     if refill is not None and exploit is not None:
         raise ConfigError("scheduler", "population-based training copies members at one pass; it cannot refill")
@@ -141,6 +141,7 @@ def train(
                 results[active[k]].params = pop.member_params(k)
             if progress is not None:
                 progress.update(pass_number)
+            left = [results[active[k]] for k in gone]
             if gone:
                 keep = [k for k in range(len(active)) if k not in gone]
                 active, done = [active[k] for k in keep], [done[k] for k in keep]
@@ -155,13 +156,14 @@ def train(
                 for k in ended:
                     results[active[k]].status = "finished"
                     results[active[k]].params = pop.member_params(k)
+                    left.append(results[active[k]])
                 if ended:
                     keep = [k for k in range(len(active)) if k not in ended]
                     active, done = [active[k] for k in keep], [done[k] for k in keep]
                     pop.keep(keep)
                     streams.keep(keep)
-                if len(active) < lanes:
-                    joining = refill(pass_number, lanes - len(active))[: lanes - len(active)]
+                if left or len(active) < lanes:
+                    joining = refill(pass_number, lanes - len(active), left)[: lanes - len(active)]
                     _join(joining, pop, streams, results, active, done, ops, configs, prints, keeps)
     for k, pos in enumerate(active):
         results[pos].status = "finished"
