@@ -172,6 +172,8 @@ def test_every_shipped_study_composes_and_checks(name):
         ({"scheduler": {"name": "pbt", "perturb": {"optim.lr": []}}}, "scheduler.perturb.optim.lr", "factors > 0"),
         ({"scheduler": {"name": "pbt", "perturb": {"data.seed": [2]}}}, "scheduler.perturb", "data.seed cannot"),
         ({"scheduler": {"name": "pbt", "every": 2}}, "scheduler.every", "unknown setting"),
+        ({"refill": "yes"}, "refill", "true or false"),
+        ({"refill": True, "scheduler": {"name": "pbt"}}, "refill", "give one"),
     ],
 )
 def test_a_malformed_study_names_the_key(settings, key, text):

@@ -67,8 +67,11 @@ class SGD:
         self.device = device
         self.lr = torch.zeros(len(self.specs), device=device)
 
-    def start_pass(self, pass_index: int, passes: int = 1) -> list[float]:
-        lrs = [spec.lr_at(pass_index, passes) for spec in self.specs]
+    def start_pass(self, pass_index: int | list[int], passes: int = 1) -> list[float]:
+        """Each member's lr for its pass: one pass index for all, or one per member (a refilled
+        member starts its schedule at pass 0 beside members further on)."""
+        indices = pass_index if isinstance(pass_index, list) else [pass_index] * len(self.specs)
+        lrs = [spec.lr_at(i, passes) for spec, i in zip(self.specs, indices)]
         self.lr.copy_(torch.tensor(lrs))
         return lrs
 
@@ -100,6 +103,28 @@ class SGD:
     def respec(self, k: int, spec: OptimSpec) -> None:
         """Member k goes on with `spec` from the next pass: its lr schedule is read at every start_pass."""
         self.specs[k] = spec
+
+    def extend(self, fresh: SGD) -> None:
+        """Members join: `fresh`, an optimiser of the same rule made for them, its state appended.
+        State one side has not made yet (SDLM's h before its first estimate, AdamW's moments before
+        its first step) is zeros there, as it would be made."""
+        if type(fresh) is not type(self):
+            names = f"{type(self).__name__} and {type(fresh).__name__}"
+            raise ValueError(f"one population trains with one optimiser; got {names}")
+        old = len(self.specs)
+        self.specs = self.specs + fresh.specs
+        for name, value in list(vars(self).items()):
+            other = getattr(fresh, name)
+            if isinstance(value, torch.Tensor):
+                setattr(self, name, torch.cat([value, other.to(value.device)]))
+            elif isinstance(value, dict) and (value or other):
+                like = value or other
+                parts = {}
+                for key, t in like.items():
+                    mine = value.get(key, t.new_zeros((old, *t.shape[1:])))
+                    theirs = other.get(key, t.new_zeros((len(fresh.specs), *t.shape[1:])))
+                    parts[key] = torch.cat([mine, theirs.to(mine.device)])
+                setattr(self, name, parts)
 
     def keep(self, index: torch.Tensor) -> None:
         """Drop members: keep only those at `index` (diverged or pruned ones leave)."""
@@ -139,8 +164,18 @@ class SDLM(SGD):
         super().respec(k, spec)
         self.mu[k] = spec.mu
 
-    def set_curvature(self, h: dict[str, torch.Tensor]) -> None:
-        self.h = {name: t.clone() for name, t in h.items()}
+    def extend(self, fresh: SGD) -> None:
+        if (fresh.curvature, fresh.samples) != (self.curvature, self.samples):
+            raise ValueError("one population estimates h one way")
+        super().extend(fresh)
+
+    def set_curvature(self, h: dict[str, torch.Tensor], rows: list[int] | None = None) -> None:
+        """h for every member, or for the members at `rows` only (the others keep theirs)."""
+        if rows is None:
+            self.h = {name: t.clone() for name, t in h.items()}
+        else:
+            for name, t in h.items():
+                self.h[name][torch.tensor(rows, device=t.device)] = t
         self._step_sizes()
 
     def observe(self, h: dict[str, torch.Tensor]) -> None:
@@ -171,7 +206,7 @@ class AdamW(SGD):
         self.beta2 = _per_member([s.beta2 for s in specs], device)
         self.eps = _per_member([s.eps for s in specs], device)
         self.weight_decay = _per_member([s.weight_decay for s in specs], device)
-        self.t = 0
+        self.t = torch.zeros(len(specs), dtype=torch.int64)  # per member: the steps it took (members join at 0)
         self.m: dict[str, torch.Tensor] = {}
         self.v: dict[str, torch.Tensor] = {}
 
@@ -181,15 +216,16 @@ class AdamW(SGD):
         self.weight_decay[k] = spec.weight_decay
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The moments, and the step count once per member (every member has taken the same steps)."""
-        return {**super().state(), "t": torch.full((len(self.specs),), self.t, dtype=torch.int64)}
+        """The moments, and each member's step count."""
+        return {**super().state(), "t": self.t.clone()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         super().load_state(state)
-        steps = set(state["t"].tolist())
-        if len(steps) != 1:
-            raise ValueError(f"one population's members take the same steps; the state has {sorted(steps)}")
-        self.t = steps.pop()
+        self.t = state["t"].to(torch.int64).clone()
+
+    def copy_member(self, target: int, source: int) -> None:
+        super().copy_member(target, source)
+        self.t[target] = self.t[source]
 
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor]) -> None:
         # one flat (K, P) vector per state: a handful of tensor ops per pattern, not eight times as many
@@ -199,11 +235,12 @@ class AdamW(SGD):
         self.t += 1
         m, v = self.m["flat"], self.v["flat"]
         b1, b2 = self.beta1.view(-1, 1), self.beta2.view(-1, 1)
+        t = self.t.to(device=b1.device, dtype=b1.dtype).view(-1, 1)
         m.mul_(b1).addcmul_(1 - b1, g)
         v.mul_(b2).addcmul_((1 - b2) * g, g)
         lr = self.lr.view(-1, 1)
-        denom = (v / (1 - b2**self.t)).sqrt_().add_(self.eps.view(-1, 1))
-        update = (m * (lr / (1 - b1**self.t))).div_(denom)
+        denom = (v / (1 - b2**t)).sqrt_().add_(self.eps.view(-1, 1))
+        update = (m * (lr / (1 - b1**t))).div_(denom)
         decay = 1 - self.lr * self.weight_decay  # decoupled weight decay, (K,)
         offset = 0
         for p in params.values():

@@ -154,10 +154,19 @@ def populations(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def run(jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None = None) -> list[Job]:
+More = Callable[[int], list[Job]]  # free lanes -> jobs to train in them (a sweep's refill)
+
+
+def run(
+    jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None = None, more: More | None = None
+) -> list[Job]:
     """Train every job, as few populations as their configs allow; returns the jobs with
     their results (or errors). Checks every job first, so a bad value trains nothing. Time
     goes to `clock` (by default the session's).
+
+    `more(free)`: at a pass boundary where jobs left a population (pruned, diverged or finished),
+    jobs for the free lanes; each joins at its pass 1 (engine.train's refill). One that cannot join
+    (another population's config, or one resumed from a checkpoint) trains after, in its own.
 
     KeyboardInterrupt (Ctrl-C, or a preemption signal) aborts the started jobs as KILLED
     and propagates. Any other error while training a population fails that population's
@@ -169,14 +178,21 @@ def run(jobs: list[Job], log: Log | None = print, bar=None, clock: Clock | None 
     for job in jobs:
         job.check()
     groups = populations(jobs)
-    for n, group in enumerate(groups, start=1):
+    n = 0
+    while groups:
+        group = groups.pop(0)
+        n += 1
         if log is not None and len(jobs) > 1:
-            log(f"population {n}/{len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
-        train_population(group, log, bar, clock)
+            log(f"population {n}/{n + len(groups)}: {len(group)} members, {group[0].opts['passes']} passes")
+        later: list[Job] = []
+        train_population(group, log, bar, clock, more, later)
+        groups += populations(later)
     return jobs
 
 
-def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> None:
+def train_population(
+    group: list[Job], log: Log | None, bar, clock: Clock, more: More | None = None, later: list[Job] | None = None
+) -> None:
     import torch
 
     from zipnet.data import load_digits
@@ -226,21 +242,65 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 say(f"pass {pass_number}: {group[copy.target].name} copies {group[copy.source].name}; {changes}")
         return copies
 
+    loaded: dict[str, object] = {}  # one load per distinct data config
+
+    def load(job: Job) -> None:
+        key = json.dumps(
+            {k: v for k, v in plain(job.cfg)["data"].items() if not k.startswith("target_")}, sort_keys=True
+        )
+        if key not in loaded:
+            loaded[key] = load_digits(job.cfg.data)
+            if say is not None:
+                d = loaded[key]
+                say(
+                    f"data: {job.cfg.data.source}, {len(d.train_y)} train / {len(d.test_y)} test, "
+                    f"fingerprint {d.fingerprint[:12]}"
+                )
+        job.digits = loaded[key]
+
+    key = population_key(group[0])
+
+    ended: set[int] = set()  # ids of jobs ended when they left a refilled population
+
+    def end(job: Job, result: RunResult) -> None:
+        job.result = result
+        if say is not None and result.status == "diverged":
+            name = f"{job.name}: " if len(group) > 1 else ""
+            say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
+        for watcher in job.watchers:
+            with clock.timing(watcher.kind):
+                watcher.end(job, result)
+
+    def refill(pass_number: int, free: int, left: list[RunResult]) -> list[tuple[Member, object]]:
+        """The jobs that left end now (their trials told, so the sampler and the pruner learn from
+        them before the next asks); then more jobs for the free lanes: those of this population's
+        config join `part` (and the group)."""
+        for result in left:
+            job = group[place[id(result.member)]]
+            ended.add(id(job))  # nothing to abort any more
+            end(job, result)
+        joining = []
+        for job in more(free) if free else ():
+            job.check()
+            if population_key(job) != key or job.resume:
+                later.append(job)
+                continue
+            load(job)
+            group.append(job)
+            part.append(job)
+            place[id(job.member)] = len(group) - 1
+            started.append(job)
+            for watcher in job.watchers:
+                with clock.timing(watcher.kind):
+                    watcher.start(job)
+            if say is not None:
+                say(f"pass {pass_number}: {job.name or 'a job'} joins in a free lane")
+            joining.append((job.member, job.digits))
+        return joining
+
     try:
-        loaded: dict[str, object] = {}  # one load per distinct data config
         for job in group:
-            key = json.dumps(
-                {k: v for k, v in plain(job.cfg)["data"].items() if not k.startswith("target_")}, sort_keys=True
-            )
-            if key not in loaded:
-                loaded[key] = load_digits(job.cfg.data)
-                if say is not None:
-                    d = loaded[key]
-                    say(
-                        f"data: {job.cfg.data.source}, {len(d.train_y)} train / {len(d.test_y)} test, "
-                        f"fingerprint {d.fingerprint[:12]}"
-                    )
-            job.digits = loaded[key]
+            load(job)
         for job in group:
             job.start = _start(job)
             if job.start is not None and say is not None:
@@ -265,6 +325,7 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
                 checkpoint_every=opts["checkpoint_every"],
                 on_checkpoint=_saver(part, clock) if any(job.checkpoint for job in part) else None,
                 exploit=exploit if any(w.explores() for job in part for w in job.watchers) else None,
+                refill=refill if more is not None else None,
                 **engine_options(opts),
             )
             results.update(zip(map(id, part), trained))
@@ -272,8 +333,11 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         for job in group:
-            job.error = err
+            if id(job) not in ended:
+                job.error = err
         for job in started:
+            if id(job) in ended:
+                continue
             for watcher in job.watchers:
                 watcher.abort(job, status, err)
         if isinstance(err, KeyboardInterrupt) or len(started) == 0 and not _recoverable(err):
@@ -284,13 +348,8 @@ def train_population(group: list[Job], log: Log | None, bar, clock: Clock) -> No
     if bar is not None:
         bar.close()
     for job, result in zip(group, results):
-        job.result = result
-        if say is not None and result.status == "diverged":
-            name = f"{job.name}: " if len(group) > 1 else ""
-            say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
-        for watcher in job.watchers:
-            with clock.timing(watcher.kind):
-                watcher.end(job, result)
+        if id(job) not in ended:
+            end(job, result)
 
 
 def _start(job: Job) -> Checkpoint | None:

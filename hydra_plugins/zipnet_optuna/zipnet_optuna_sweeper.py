@@ -60,6 +60,7 @@ class ZipnetOptunaSweeperConf:
     outage_timeout: float = 600.0  # seconds a worker waits out an unreachable storage server, then stops
     checkpoint_upload_every: int = 0  # a trial's checkpoint to its MLflow run every N passes (0: on give-back only)
     scheduler: Any = None  # null: none; {name: pbt, interval, quantile, perturb, ...} (zipnet/sweeps/pbt.py)
+    refill: bool = False  # true: a pruned or finished trial's lane takes a new trial at the next pass boundary
 
 
 ConfigStore.instance().store(
@@ -103,10 +104,17 @@ class ZipnetOptunaSweeper(Sweeper):
         try:
             spec = from_sweeper(settings, list(arguments))
             app = self.who == "zipnet-train"
-            if spec.scheduler and not (app and "zipnet_population" in str(self.config.hydra.launcher._target_)):
+            population = app and "zipnet_population" in str(self.config.hydra.launcher._target_)
+            if spec.scheduler and not population:
                 spec.fail(
                     "scheduler",
                     "pbt copies members within a population of zipnet's trainer; use zipnet-train with "
+                    "hydra/launcher=population",
+                )
+            if spec.refill and not population:
+                spec.fail(
+                    "refill",
+                    "refills lanes of a population of zipnet's trainer; use zipnet-train with "
                     "hydra/launcher=population",
                 )
             launch = self._launch if app else functools.partial(self._launch_values, objectives=len(spec.directions))
@@ -129,8 +137,14 @@ class ZipnetOptunaSweeper(Sweeper):
             self.composer = Composer(self.hydra_context.config_loader, self.config)
         return self.composer.compose(list(overrides))
 
-    def _launch(self, jobs: list[list[str]], first: int) -> list[str | None]:
-        returns: list[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))
+    def _launch(self, jobs: list[list[str]], first: int, refill=None) -> list[str | None]:
+        """The batch's jobs; with `refill` (a callable: free lanes -> more jobs' overrides), the launcher
+        (hydra/launcher=population) asks it for jobs at pass boundaries, and their returns follow."""
+        self.launcher.refill = refill
+        try:
+            returns: list[JobReturn] = list(self.launcher.launch(jobs, initial_job_idx=first))
+        finally:
+            self.launcher.refill = None
         reasons: list[str | None] = []
         for ret in returns:
             try:

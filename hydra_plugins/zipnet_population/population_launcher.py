@@ -51,6 +51,8 @@ class PopulationLauncher(Launcher):
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
         self.composer = None  # zipnet.composer.Composer, from the first launch on
+        # set by the zipnet_optuna sweeper for a batch with `refill: true`: free lanes -> more jobs' overrides
+        self.refill = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -93,7 +95,30 @@ class PopulationLauncher(Launcher):
             self._refuse(returns)
         ready = [job for job in jobs if isinstance(job, runner.Job)]
         log.info(f"Training {len(ready)} jobs as populations")
-        runner.run(ready, clock=clock)
+        more = None
+        if self.refill is not None:
+
+            def more(free: int) -> list:
+                """Jobs for lanes pruned or finished trials left: composed and collected as the batch's,
+                their returns after the batch's."""
+                found = []
+                for overrides in self.refill(free):
+                    idx = initial_job_idx + len(returns)
+                    with clock.timing("hydra"):
+                        cfg = self.composer.compose(list(overrides))
+                        with open_dict(cfg):
+                            cfg.hydra.job.id = idx
+                            cfg.hydra.job.num = idx
+                    log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} (refilled lane)")
+                    ret = self._collect(cfg, build, clock)
+                    job = ret.return_value if ret.status == JobStatus.COMPLETED else None
+                    returns.append(ret)
+                    jobs.append(job)
+                    if isinstance(job, runner.Job):
+                        found.append(job)
+                return found
+
+        runner.run(ready, clock=clock, more=more)
         for ret, job in zip(returns, jobs):
             if isinstance(job, runner.Job):
                 if job.error is not None:

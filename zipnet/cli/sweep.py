@@ -126,17 +126,29 @@ def local_launch(composer, log=print):
     from zipnet.errors import ConfigError, DataError
     from zipnet.sweeps import trial as trials
 
-    def launch(jobs: list[list[str]], first: int) -> list[str | None]:
-        reasons: list[str | None] = [None] * len(jobs)
+    def launch(jobs: list[list[str]], first: int, refill=None) -> list[str | None]:
+        """`refill` (refill: true): free lanes -> more jobs' overrides; their reasons follow the batch's."""
+        reasons: list[str | None] = []
         built: dict[int, runner.Job] = {}
-        for i, overrides in enumerate(jobs):
+
+        def build(overrides: list[str]) -> runner.Job | None:
+            i = len(reasons)
+            reasons.append(None)
             cfg = composer.compose(overrides)
             try:
                 built[i] = train.job_for(cfg, overrides, grid=True, num=first + i)
             except (ConfigError, DataError) as err:
                 reasons[i] = str(err)
                 trials.refuse(cfg, str(err))
-        runner.run(list(built.values()), log=log)
+            return built.get(i)
+
+        for overrides in jobs:
+            build(overrides)
+
+        def more(free: int) -> list[runner.Job]:
+            return [job for job in map(build, refill(free)) if job is not None]
+
+        runner.run(list(built.values()), log=log, more=more if refill is not None else None)
         for i, job in built.items():
             if job.error is not None:
                 reasons[i] = f"{type(job.error).__name__}: {first_line(job.error)}"

@@ -13,7 +13,8 @@ and backward passes are one batched computation. A single run is a population of
                     hand, evaluation
     kernel_ops.py   the kernel backend: passes, curvature and evaluation on the compiled kernel
     kernel.py       the compiled CPU kernel (kernel.c): built, verified, cached, called by ctypes
-    training.py     train(): the loop over passes, each member's rows, divergence, pruning
+    training.py     train(): the loop over passes, each member's rows, divergence, pruning, and
+                    refilled lanes (each member at its own pass index)
     checkpoint.py   a population at a pass boundary, saved and restored: resumed, it ends bit
                     for bit where the uninterrupted run ends
 """

@@ -42,9 +42,10 @@ class Backend(Protocol):
         ...
 
     def sample_curvature(
-        self, prepared: Prepared, member_index: list[int], sample: list[int]
+        self, prepared: Prepared, member_index: list[int], sample: list[int], members: list[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        """SDLM's h: per member (or per member at `members`: members at another pass draw another
+        sample), the mean over the sample's patterns of its own dataset (no dropout)."""
         ...
 
     def evaluate(

@@ -44,7 +44,7 @@
 #ifndef ZN_BUILD_ID
 #define ZN_BUILD_ID "unversioned"
 #endif
-#define ZN_ABI 2
+#define ZN_ABI 3
 
 enum {
     O_H1W = 0,
@@ -58,7 +58,8 @@ enum {
     N_PARAMS = O_OUTB + 10,
 };
 /* per-member constants */
-enum { C_A, C_S, C_C, C_LR, C_NEG, C_POS, C_MU, C_DECAY, C_B1, C_B2, C_EPS, C_WD, C_DROP, N_CONSTS };
+enum { C_A, C_S, C_C, C_LR, C_NEG, C_POS, C_MU, C_DECAY, C_B1, C_B2, C_EPS, C_WD, C_DROP, C_STEP, N_CONSTS };
+/* C_STEP: adamw, the updates a member took before this call (members may be at different passes) */
 enum { OPT_SGD, OPT_SDLM, OPT_ADAMW };
 
 /* What a whole population shares (one per call). */
@@ -68,7 +69,6 @@ typedef struct {
     int32_t cross_entropy; /* loss: softmax cross-entropy, else (c/2) sum (d - y)^2 */
     int32_t optim;         /* OPT_* */
     int32_t running;       /* sdlm: h as a running average, updated every pattern */
-    int32_t step;          /* adamw: updates taken before this call */
 } Setup;
 
 const char *zn_build(void) { return ZN_BUILD_ID; }
@@ -878,10 +878,11 @@ static int L(train)(float *params, const float *consts, float *state, int nblock
                 }
             }
             if (st->optim == OPT_ADAMW) {
-                const double t = (double)st->step + (double)i + 1.0;
                 float lr_b1[BLK], bc2[BLK];
                 const float *lr = (const float *)&k[C_LR], *b1 = (const float *)&k[C_B1], *b2 = (const float *)&k[C_B2];
+                const float *done = (const float *)&k[C_STEP];
                 LANES {
+                    const double t = (double)done[b] + (double)i + 1.0;
                     lr_b1[b] = lr[b] / (1.0f - (float)pow((double)b1[b], t));
                     bc2[b] = 1.0f - (float)pow((double)b2[b], t);
                 }

@@ -31,7 +31,7 @@ import torch
 from zipnet.net import PARAM_NAMES, SHAPES  # the parameter block: kernel.c's order
 
 SOURCE = Path(__file__).with_name("kernel.c")
-ABI = 2
+ABI = 3
 # flags that decide the arithmetic (part of the build key), and the target (part of the file name)
 ROUNDING = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 # ZIPNET_KERNEL_TARGET (e.g. "-march=x86-64-v3", AVX2) builds for another CPU than this one; same numbers
@@ -54,6 +54,7 @@ CONSTS = (
     "eps",
     "weight_decay",
     "dropout",
+    "step",  # adamw: the updates the member took before the call (a float: exact up to 2^24)
 )
 SPARE = {"A": 1.0, "S": 1.0, "mu": 1.0, "beta1": 0.9, "beta2": 0.999, "eps": 1.0}  # inert values for empty lanes
 OPTIMS = {"sgd": 0, "sdlm": 1, "adamw": 2}
@@ -68,7 +69,6 @@ class Setup(ctypes.Structure):
         ("cross_entropy", ctypes.c_int32),
         ("optim", ctypes.c_int32),
         ("running", ctypes.c_int32),
-        ("step", ctypes.c_int32),
     ]
 
 

@@ -56,7 +56,6 @@ class KernelOps:
             cross_entropy=int(pop.cross_entropy),
             optim=kernel.OPTIMS[name],
             running=int(getattr(optim, "curvature", None) == "running"),
-            step=int(getattr(optim, "t", 0)),
         )
 
     def consts(self) -> torch.Tensor:
@@ -71,6 +70,7 @@ class KernelOps:
             "target_negative": pop.targets[:, 0, 1],
             "target_positive": pop.targets[:, 0, 0],
             "dropout": pop.dropout,
+            "step": getattr(pop.optim, "t", torch.zeros(pop.K)),  # adamw: per member, its steps so far
         }
         for name in ("mu", "hessian_decay", "beta1", "beta2", "eps", "weight_decay"):
             columns[name] = torch.tensor([float(getattr(s, name)) for s in specs])
@@ -166,20 +166,31 @@ class KernelOps:
             )
 
     def sample_curvature(
-        self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int], sample: list[int]
+        self,
+        prepared: tuple[torch.Tensor, torch.Tensor],
+        member_index: list[int],
+        sample: list[int],
+        members: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        """SDLM's h: per member (or per member at `members`), the mean over the sample's patterns of
+        its own dataset (no dropout)."""
         inputs, labels = prepared
         pop = self.pop
-        blk = kernel.LANES[0] if pop.K <= kernel.LANES[0] else choose(pop.K, self.threads, False, self.width)
-        packed = kernel.blocks(kernel.flat(pop.params), blk)
+        places = list(range(pop.K)) if members is None else members
+        K = len(places)
+        rows, consts = kernel.flat(pop.params), self.consts()
+        if members is not None:
+            rows, consts = rows[places].contiguous(), consts[places].contiguous()
+        blk = kernel.LANES[0] if K <= kernel.LANES[0] else choose(K, self.threads, False, self.width)
+        packed = kernel.blocks(rows, blk)
         nblocks = packed.shape[0]
-        dataset = torch.tensor(member_index + [member_index[0]] * (nblocks * blk - pop.K), dtype=torch.int32)
+        lanes = [member_index[k] for k in places]
+        dataset = torch.tensor(lanes + [lanes[0]] * (nblocks * blk - K), dtype=torch.int32)
         total = kernel.curvature_sum(
             self.k,
             blk,
             packed,
-            kernel.blocks(self.consts(), blk, kernel.spare_consts()),
+            kernel.blocks(consts, blk, kernel.spare_consts()),
             self.setup(),
             pop.table,
             inputs,
@@ -188,8 +199,8 @@ class KernelOps:
             sample,
             self.threads,
         )
-        out = {n: torch.empty_like(t) for n, t in pop.params.items()}
-        kernel.unflat(kernel.unblocks(total, pop.K).contiguous(), out)
+        out = {n: torch.empty((K, *t.shape[1:]), dtype=t.dtype) for n, t in pop.params.items()}
+        kernel.unflat(kernel.unblocks(total, K).contiguous(), out)
         return {name: t.div_(len(sample)) for name, t in out.items()}
 
     # --- evaluation -------------------------------------------------------------------------
@@ -203,6 +214,8 @@ class KernelOps:
         for (x, y), want in zip(splits, outputs):
             key = id(x)
             if key not in self._eval_inputs or self._eval_inputs[key][0] is not x:  # laid out once per split
+                if len(self._eval_inputs) >= len(splits):  # the datasets changed (members joined): the old go
+                    self._eval_inputs = {}
                 inputs = kernel.tiles(self.k, torch.stack([kernel.padded_inputs(xd) for xd in x]))
                 self._eval_inputs[key] = (x, inputs, y.to(torch.int32).contiguous())
             _, inputs, labels = self._eval_inputs[key]

@@ -54,17 +54,19 @@ class Population:
 
     # --- per-member state ---------------------------------------------------------------------
 
-    def draw_dropout(self, n: int, pass_index: int) -> None:
-        """Keep masks on H2's 192 outputs for the pass's n patterns, each member from its own seed.
+    def draw_dropout(self, n: int, pass_index: int | list[int]) -> None:
+        """Keep masks on H2's 192 outputs for the pass's n patterns, each member from its own seed and
+        its own pass index (one for all, or one per member).
 
         A member draws the same masks whoever it trains with, so it still equals its single run.
         """
         if not bool((self.dropout > 0).any()):
             self.keep_masks = None
             return
+        indices = pass_index if isinstance(pass_index, list) else [pass_index] * self.K
         masks = []
-        for m in self.members:
-            rng = np.random.default_rng([m.init.seed, pass_index, 1989])
+        for m, index in zip(self.members, indices):
+            rng = np.random.default_rng([m.init.seed, index, 1989])
             masks.append(torch.from_numpy(rng.random((n, 192), dtype=np.float32) >= m.dropout))
         self.keep_masks = torch.stack(masks).to(self.device)
 
@@ -79,6 +81,25 @@ class Population:
         if self.keep_masks is not None:
             self.keep_masks = self.keep_masks.index_select(0, idx).contiguous()
         self.optim.keep(idx)
+
+    def extend(self, members: list[Member]) -> None:
+        """Members join (a freed lane refilled): their own first weights, fresh optimiser state, and
+        the constants they would have in a population of their own."""
+        fresh = Population(members, self.device)
+        for key, mine, theirs in (
+            ("model.activation", self.relu, fresh.relu),
+            ("model.output", self.linear_out, fresh.linear_out),
+            ("loss.name", self.cross_entropy, fresh.cross_entropy),
+        ):
+            if mine != theirs:
+                raise ConfigError(key, "members of one population must agree on it (runner.population_key splits them)")
+        self.same_table = self.same_table and fresh.same_table and np.array_equal(fresh.table, self.table)
+        self.members += fresh.members
+        self.params = {n: torch.cat([t, fresh.params[n]]).contiguous() for n, t in self.params.items()}
+        for name in ("mask", "A", "S", "c", "dropout", "targets"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(fresh, name)]).contiguous())
+        self.keep_masks = None  # drawn again for the next pass
+        self.optim.extend(fresh.optim)
 
     def copy_member(self, target: int, source: int, member: Member) -> None:
         """PBT's exploit: member `target` takes member `source`'s parameters and optimiser state, bit

@@ -29,19 +29,24 @@ class Streams:
             return cls([digits], [0] * members)
         if len(digits) != members:
             raise ValueError(f"train: {len(digits)} datasets for {members} members; give one, or one per member")
-        datasets, index, seen = [], [], {}
+        streams = cls([], [])
+        streams.add(list(digits))
+        return streams
+
+    def add(self, digits: list) -> None:
+        """Members join, one dataset each (one already here is read where it is)."""
+        seen = {getattr(d, "fingerprint", None) or id(d): k for k, d in enumerate(self.datasets)}
         for d in digits:
             key = getattr(d, "fingerprint", None) or id(d)
             if key not in seen:
-                seen[key] = len(datasets)
-                datasets.append(d)
-            index.append(seen[key])
-        sizes = {(len(d.train_y), len(d.test_y)) for d in datasets}
+                seen[key] = len(self.datasets)
+                self.datasets.append(d)
+            self.index.append(seen[key])
+        sizes = {(len(d.train_y), len(d.test_y)) for d in self.datasets}
         if len(sizes) > 1:
             raise ValueError(
                 f"train: members of one population need equal numbers of train and test digits; got {sorted(sizes)}"
             )
-        return cls(datasets, index)
 
     def keep(self, positions: list[int]) -> None:
         """Only the members at `positions` go on (datasets no one reads any more stay; they cost no steps)."""
@@ -54,12 +59,13 @@ class Streams:
         return xs, ys
 
 
-def pass_digits(x: torch.Tensor, shift: int, shift_seed: int, pass_index: int) -> torch.Tensor:
-    """A pass's training digits x (D, N, 1, 16, 16): each dataset moved by the same seeded shifts, or as
-    they are without a shift."""
+def pass_digits(x: torch.Tensor, shift: int, shift_seed: int, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """The training digits of each (dataset, pass index) pair, stacked (P, N, 1, 16, 16): the dataset of
+    x (D, N, 1, 16, 16) moved by its pass's seeded shifts (every dataset by the same ones at one pass).
+    Members at different passes read different pairs; without a shift the pass does not matter."""
     if not shift:
-        return x
-    return torch.stack([shifted(xd, shift, np.random.default_rng([shift_seed, pass_index])) for xd in x])
+        return torch.stack([x[d] for d, _ in pairs])
+    return torch.stack([shifted(x[d], shift, np.random.default_rng([shift_seed, p])) for d, p in pairs])
 
 
 def hessian_sample(n: int, samples: int, pass_index: int) -> list[int]:

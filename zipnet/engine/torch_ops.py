@@ -285,14 +285,24 @@ class TorchOps:
             self.step(patches[index, i], labels[index, i], i)
 
     def sample_curvature(
-        self, prepared: tuple[torch.Tensor, torch.Tensor], member_index: list[int], sample: list[int]
+        self,
+        prepared: tuple[torch.Tensor, torch.Tensor],
+        member_index: list[int],
+        sample: list[int],
+        members: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """SDLM's h: per member, the mean over the sample's patterns of its own dataset (no dropout)."""
+        """SDLM's h: per member (or per member at `members`), the mean over the sample's patterns of
+        its own dataset (no dropout). Every member is computed; `members` picks rows."""
         patches = prepared[0][:, sample]  # (D, S, 25, 64)
         if patches.shape[0] == 1:
-            return self.estimate_curvature(patches[0])
-        index = torch.tensor(member_index, dtype=torch.long, device=self.pop.device)
-        return self.estimate_curvature(patches[index].transpose(0, 1))
+            h = self.estimate_curvature(patches[0])
+        else:
+            index = torch.tensor(member_index, dtype=torch.long, device=self.pop.device)
+            h = self.estimate_curvature(patches[index].transpose(0, 1))
+        if members is None:
+            return h
+        rows = torch.tensor(members, dtype=torch.long, device=self.pop.device)
+        return {name: t.index_select(0, rows) for name, t in h.items()}
 
     def evaluate(
         self, splits: list[tuple[torch.Tensor, torch.Tensor]], member_index: list[int], outputs: tuple[bool, ...]

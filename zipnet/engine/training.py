@@ -26,6 +26,7 @@ from zipnet.metrics import SPLITS
 PassHook = Callable[[int, list[RunResult]], set[int]]
 ExploitHook = Callable[[int, list[RunResult]], list[Copy]]
 CheckpointHook = Callable[[Checkpoint, list[int]], None]
+RefillHook = Callable[[int, int, list[RunResult]], list[tuple[Member, object]]]
 
 
 def train(
@@ -44,6 +45,7 @@ def train(
     checkpoint_every: int = 0,
     on_checkpoint: CheckpointHook | None = None,
     exploit: ExploitHook | None = None,
+    refill: RefillHook | None = None,
 ) -> list[RunResult]:
     """Train members in lockstep and return one RunResult each, in the order given.
 
@@ -64,11 +66,23 @@ def train(
     but the last, after pruning, and may return Copy's: each target member takes its source's
     weights and optimiser state and goes on with the copy's settings. Each copy, with the target's
     checkpoint just after it (`Copy.state`), joins the target's `RunResult.copies`.
+
+    `refill(pass_number, free, left)` (asynchronous successive halving) runs at every pass boundary
+    where members left (`left`: their results, pruned, diverged or finished, final now) or fewer than
+    len(members) train on: it may return up to `free` (member, digits) pairs, which join at pass 1
+    with their own first weights and fresh optimiser state. Their results follow the given
+    members' (positions len(members) on), and every member keeps its own pass index: its lr
+    schedule, shifted digits, dropout masks and curvature sample are those of its single run.
+    `on_pass`'s pass number is then the highest of the pass's members (each row has its own).
     """
+    if refill is not None and exploit is not None:
+        raise ConfigError("scheduler", "population-based training copies members at one pass; it cannot refill")
     dev = torch.device(device)
     streams = Streams.of(digits, len(members))
+    lanes = len(members)  # what a refill fills up to
     configs, shared, prints = [], {}, []  # what a checkpoint is written for: needed only to read or write one
-    if start is not None or on_checkpoint is not None or exploit is not None:
+    keeps = start is not None or on_checkpoint is not None or exploit is not None
+    if keeps:
         prints = [fingerprint(d) for d in streams.datasets]
         configs = [member_config(m, prints[d]) for m, d in zip(members, streams.index)]
         shared = shared_config(members, passes, shift, shift_seed)
@@ -88,26 +102,35 @@ def train(
     if start is not None:
         start.fill(results)
     active = list(range(len(members)))  # positions in `results` of the population's members
-    splits = {split: streams.split(split, dev) for split in SPLITS}
-    sizes = {split: y.shape[1] for split, (_, y) in splits.items()}
-    prepared = None  # the training pass as the backend reads it; made once, or per pass when shifted
+    done = [first] * len(members)  # per place in the population: the passes it has trained
+    splits, sizes, made = {}, {}, None  # every dataset's splits, stacked: made again when datasets join
+    prepared, prepared_for = None, None  # the training pass as the backend reads it, and for which pairs
     with torch.no_grad():
-        for pass_index in range(first, passes):
-            pass_number = pass_index + 1
-            lrs = pop.optim.start_pass(pass_index, passes)
+        while active and min(done) < passes:
+            if made != len(streams.datasets):
+                splits = {split: streams.split(split, dev) for split in SPLITS}
+                sizes = {split: y.shape[1] for split, (_, y) in splits.items()}
+                made, prepared_for = len(streams.datasets), None
+            lrs = pop.optim.start_pass(list(done), passes)
             started = time.perf_counter()
-            if shift or prepared is None:
+            pairs = sorted({(d, p) for d, p in zip(streams.index, done)}) if shift else None
+            if prepared_for is None or (shift and pairs != prepared_for):
                 x, labels = splits["train"]
-                prepared = ops.prepare(pass_digits(x, shift, shift_seed, pass_index), labels)
-            pop.draw_dropout(sizes["train"], pass_index)
-            _curvature(pop, ops, prepared, streams.index, sizes["train"], pass_index)
-            ops.train_pass(prepared, streams.index)
+                if shift:
+                    x, labels = pass_digits(x, shift, shift_seed, pairs), labels[[d for d, _ in pairs]]
+                prepared, prepared_for = ops.prepare(x, labels), pairs or []
+            reads = [pairs.index(pair) for pair in zip(streams.index, done)] if shift else streams.index
+            pop.draw_dropout(sizes["train"], list(done))
+            _curvature(pop, ops, prepared, reads, sizes["train"], done)
+            ops.train_pass(prepared, reads)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
             evaluated = ops.evaluate([splits[split] for split in SPLITS], streams.index, outputs=(False, True))
             timing = {"seconds": seconds, "eval_seconds": time.perf_counter() - started}
             scores = dict(zip(SPLITS, evaluated))  # the outputs of the test split only
-            rows = _rows(pass_number, scores, sizes, lrs, timing, pop.cross_entropy)
+            done = [p + 1 for p in done]
+            rows = _rows(done, scores, sizes, lrs, timing, pop.cross_entropy)
+            pass_number = max(done)
             gone = _record(results, active, rows, scores["test"][2], pop.finite().tolist())
             if log is not None:
                 for pos in active:
@@ -118,27 +141,84 @@ def train(
                 results[active[k]].params = pop.member_params(k)
             if progress is not None:
                 progress.update(pass_number)
+            left = [results[active[k]] for k in gone]
             if gone:
                 keep = [k for k in range(len(active)) if k not in gone]
-                active = [active[k] for k in keep]
-                if not active:
-                    break
+                active, done = [active[k] for k in keep], [done[k] for k in keep]
                 pop.keep(keep)
                 streams.keep(keep)
-            if exploit is not None and pass_number < passes:
+            if exploit is not None and active and pass_number < passes:
                 _exploit(exploit, pass_number, pop, results, active, configs, shared, prints, streams.index)
-            if (
-                on_checkpoint is not None
-                and checkpoint_every
-                and (pass_number % checkpoint_every == 0 or pass_number == passes)
-            ):
-                live = [results[pos] for pos in active]
-                state = Checkpoint.of(pop, live, [configs[pos] for pos in active], shared, pass_number)
-                on_checkpoint(state, list(active))
+            if on_checkpoint is not None and checkpoint_every:
+                _checkpoints(on_checkpoint, checkpoint_every, passes, pop, results, active, done, configs, shared)
+            if refill is not None:
+                ended = [k for k, p in enumerate(done) if p == passes]  # finished: their lanes are free too
+                for k in ended:
+                    results[active[k]].status = "finished"
+                    results[active[k]].params = pop.member_params(k)
+                    left.append(results[active[k]])
+                if ended:
+                    keep = [k for k in range(len(active)) if k not in ended]
+                    active, done = [active[k] for k in keep], [done[k] for k in keep]
+                    pop.keep(keep)
+                    streams.keep(keep)
+                if left or len(active) < lanes:
+                    joining = refill(pass_number, lanes - len(active), left)[: lanes - len(active)]
+                    _join(joining, pop, streams, results, active, done, ops, configs, prints, keeps)
     for k, pos in enumerate(active):
         results[pos].status = "finished"
         results[pos].params = pop.member_params(k)
     return results
+
+
+def _join(
+    joining: list[tuple[Member, object]],
+    pop: Population,
+    streams: Streams,
+    results: list[RunResult],
+    active: list[int],
+    done: list[int],
+    ops: Backend,
+    configs: list[dict],
+    prints: list[str],
+    keeps: bool,
+) -> None:
+    """Refilled members join the population at pass 0, their results after the others'."""
+    if not joining:
+        return
+    new = [member for member, _ in joining]
+    pop.extend(new)
+    streams.add([d for _, d in joining])
+    if keeps:
+        prints.extend(fingerprint(d) for d in streams.datasets[len(prints) :])
+        configs.extend(member_config(m, prints[d]) for m, d in zip(new, streams.index[-len(new) :]))
+    for member in new:
+        active.append(len(results))
+        done.append(0)
+        results.append(RunResult(member=member, backend=ops.name, kernel_build=ops.build, cpu=kernel.cpu_model()))
+
+
+def _checkpoints(
+    on_checkpoint: CheckpointHook,
+    every: int,
+    passes: int,
+    pop: Population,
+    results: list[RunResult],
+    active: list[int],
+    done: list[int],
+    configs: list[dict],
+    shared: dict,
+) -> None:
+    """The live members' state every `every` passes and after the last, one checkpoint per pass count
+    (a refilled population's members may be at different passes)."""
+    by_done: dict[int, list[int]] = {}
+    for k, p in enumerate(done):
+        if p % every == 0 or p == passes:
+            by_done.setdefault(p, []).append(k)
+    for p, places in by_done.items():
+        live = [results[active[k]] for k in places]
+        state = Checkpoint.of(pop, live, [configs[active[k]] for k in places], shared, p, places=places)
+        on_checkpoint(state, [active[k] for k in places])
 
 
 def _exploit(
@@ -164,20 +244,31 @@ def _exploit(
 
 
 def _curvature(
-    pop: Population, ops: Backend, prepared: Prepared, member_index: list[int], n: int, pass_index: int
+    pop: Population, ops: Backend, prepared: Prepared, member_index: list[int], n: int, done: list[int]
 ) -> None:
     """SDLM: "before each pass, estimate h over a few hundred patterns" (LeNet-5) of the pass's n, each
     member on its own dataset at the same places; in "running" mode only before the first pass, then
-    per pattern."""
+    per pattern. Members at another pass index draw another sample: one estimate per pass index."""
     mode = pop.optim.curvature
-    if not (mode == "pass" or (mode == "running" and pass_index == 0)):
+    if mode not in ("pass", "running"):
         return
-    sample = hessian_sample(n, pop.optim.samples, pass_index)
-    pop.optim.set_curvature(ops.sample_curvature(prepared, member_index, sample))
+    groups: dict[int, list[int]] = {}
+    for k, pass_index in enumerate(done):
+        if mode == "pass" or pass_index == 0:
+            groups.setdefault(pass_index, []).append(k)
+    if len(groups) == 1 and len(next(iter(groups.values()))) == pop.K:  # every member at one pass
+        (pass_index,) = groups
+        sample = hessian_sample(n, pop.optim.samples, pass_index)
+        pop.optim.set_curvature(ops.sample_curvature(prepared, member_index, sample))
+        return
+    for pass_index, places in groups.items():
+        sample = hessian_sample(n, pop.optim.samples, pass_index)
+        h = ops.sample_curvature(prepared, member_index, sample, members=places)
+        pop.optim.set_curvature({name: t.to(pop.device) for name, t in h.items()}, rows=places)
 
 
 def _rows(
-    pass_number: int,
+    pass_numbers: list[int],
     scores: dict[str, Scores],
     sizes: dict[str, int],
     lrs: list[float],
@@ -189,7 +280,7 @@ def _rows(
     per_split = {split: (loss.tolist(), misses.tolist()) for split, (loss, misses, _) in scores.items()}
     rows = []
     for k, lr in enumerate(lrs):
-        row: dict[str, float] = {"pass": pass_number}
+        row: dict[str, float] = {"pass": pass_numbers[k]}
         for split, (loss, misses) in per_split.items():
             row[f"{split}/loss"] = float(loss[k])
             row[f"{split}/misses"] = int(misses[k])

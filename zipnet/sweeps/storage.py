@@ -557,9 +557,9 @@ class Coordinator:
 
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
-    def ask(self) -> list:
-        """Up to `batch` trials, never past `n_trials` counted and running; [] when none is left
-        to ask. Raises FailureBudgetExceeded when too many failed."""
+    def ask(self, limit: int | None = None) -> list:
+        """Up to `batch` trials (or `limit`: a refill's free lanes), never past `n_trials` counted and
+        running; [] when none is left to ask. Raises FailureBudgetExceeded when too many failed."""
         spec = self.spec
         with lock(self.url, spec.outage_timeout) as held:
             self.recover()
@@ -574,7 +574,7 @@ class Coordinator:
             snapshot = Snapshot(self.study)
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
-            for _ in range(min(spec.batch, free)):
+            for _ in range(min(spec.batch if limit is None else limit, free)):
                 trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
                 self.mine[trial.number] = trial._trial_id
                 if self.extend is not None:

@@ -111,6 +111,9 @@ class StudySpec:
     checkpoint_upload_every: int = 0
     outage_timeout: float = 600.0  # how long a worker waits out an unreachable storage server before it stops
     scheduler: dict | None = None  # {name: pbt, ...}: population-based training within a batch (sweeps/pbt.py)
+    # asynchronous successive halving: a lane that a pruned or finished trial leaves is refilled
+    # with a trial asked at the next pass boundary, not at the end of the batch
+    refill: bool = False
 
     @property
     def failure_budget(self) -> int:
@@ -147,6 +150,7 @@ class StudySpec:
             "params": {n: p.describe() for n, p in self.params.items()},
             "custom_search_space": self.custom_search_space,
             "scheduler": {**self.scheduler, "space": pbt.space(self)} if self.scheduler else None,
+            "refill": self.refill,
         }
 
     def fail(self, key: str, message: str):
@@ -183,6 +187,7 @@ SETTINGS = (
     "checkpoint_upload_every",
     "outage_timeout",
     "scheduler",
+    "refill",
 )
 
 
@@ -251,6 +256,12 @@ def _settings(spec: StudySpec, raw: dict) -> StudySpec:
     make_sampler(spec, 0)  # unknown names and settings fail here, naming the key
     make_pruner(spec)
     spec.scheduler = pbt.settings(spec, raw.get("scheduler"))
+    refill = raw.get("refill", spec.refill)
+    if not isinstance(refill, bool):
+        spec.fail("refill", f"{refill!r} is not allowed; give true or false")
+    if refill and spec.scheduler:
+        spec.fail("refill", "pbt copies members at one pass; a refilled batch has members at several: give one")
+    spec.refill = refill
     return spec
 
 

@@ -19,10 +19,39 @@ from zipnet.sweeps import app_trial, parent, search_space
 from zipnet.sweeps import storage as stores
 from zipnet.sweeps.study import SPEC, FailureBudgetExceeded, StudySpec, SweepError, check, make_pruner, make_sampler
 
-# job overrides, the first job's index -> for each job: None (zipnet's job told its trial), the
-# value its task function returned or the optuna.TrialPruned it raised (another app's job: the
-# sweeper tells it), or why it failed
-Launch = Callable[[list[list[str]], int], list[str | float | BaseException | None]]
+# job overrides, the first job's index (and, with `refill`, a Refill) -> for each job (the refilled
+# ones after the batch's): None (zipnet's job told its trial), the value its task function returned
+# or the optuna.TrialPruned it raised (another app's job: the sweeper tells it), or why it failed
+Launch = Callable[..., list[str | float | BaseException | None]]
+
+
+class Refill:
+    """A batch's source of more trials (`refill: true`): called by the launcher with the lanes that
+    pruned or finished trials left, it asks that many through the Coordinator (under the study's lock,
+    counted like any ask, so many workers still stop at exactly n_trials) and returns their jobs."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.numbers: list[int] = []  # the trials asked, in the order of their jobs
+        self.spent = False  # nothing more to ask in this batch
+
+    def __call__(self, free: int) -> list[list[str]]:
+        sweep = self.sweep
+        if self.spent or free <= 0:
+            return []
+        try:
+            trials = sweep.coord.ask(limit=free)
+        except FailureBudgetExceeded:  # judged again after the batch, where the sweep stops
+            trials = []
+        if not trials:
+            self.spent = True
+            return []
+        if sweep.extension is not None:
+            trials = sweep._composable(trials)
+        self.numbers += [t.number for t in trials]
+        if trials:
+            sweep.log(f"refill: trials {', '.join(str(t.number) for t in trials)}")
+        return [sweep.spec.fixed + search_space.trial_overrides(sweep.spec, t) + sweep._keys(t.number) for t in trials]
 
 
 class StillRunning(RuntimeError):
@@ -228,8 +257,13 @@ class Sweep:
         clock.reset()
         with clock.timing("optuna"):
             before = parent.best_trial(self.study, spec) if self.tracker is not None else None
-        outcomes = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
-        self.jobs_launched += len(jobs)
+        refill = Refill(self) if spec.refill else None
+        if refill is None:
+            outcomes = self.launch(jobs, self.jobs_launched)  # the coordinator beats for the batch's trials
+        else:  # and for the trials asked to refill its lanes
+            outcomes = self.launch(jobs, self.jobs_launched, refill=refill)
+            numbers += refill.numbers
+        self.jobs_launched += len(outcomes)
         with clock.timing("optuna"):
             for number, outcome in zip(numbers, outcomes):  # another app's job: its value, or pruned
                 if isinstance(outcome, (float, list)):
@@ -246,7 +280,7 @@ class Sweep:
         seconds = clock.reset()
         for kind, value in seconds.items():
             self.seconds[kind] = self.seconds.get(kind, 0.0) + value
-        self.log(split(f"batch of {len(jobs)} done", time.perf_counter() - started, seconds))
+        self.log(split(f"batch of {len(outcomes)} done", time.perf_counter() - started, seconds))
 
     def _composable(self, trials: list) -> list:
         """A custom search space's overrides were not composed before the study ran (`check`
