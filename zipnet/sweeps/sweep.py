@@ -222,7 +222,7 @@ class Sweep:
         jobs = [spec.fixed + search_space.trial_overrides(spec, t) + self._keys(t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
-            self.tracker.client.update_run(self.parent, status="RUNNING")
+            self.tracker.set_status(self.parent, "RUNNING")
         started = time.perf_counter()
         clock = self.session.clock
         clock.reset()

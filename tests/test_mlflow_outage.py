@@ -1,0 +1,171 @@
+"""The MLflow tracking server SIGKILLed mid-batch, kept down past MLflow's own retries (shortened
+to none here) and started again on the same port and stores: a sweep worker trains on, its
+writes spooled on local disk and sent in order once the server answers. The study counts
+exactly n_trials, all COMPLETE, each with one FINISHED run holding every pass's metrics once, its
+files and its model. Down past tracking.outage_timeout, the worker stops in one line and gives
+its trials back; the next worker started in its folder sends what it left, and no run stays RUNNING."""
+
+import re
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import sqlalchemy
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelStatus
+from optuna.trial import TrialState
+from servers import kill_mlflow, start_mlflow, start_mlflow_again
+from sweep_helpers import Output, env_for, study_args
+
+from zipnet import metrics
+from zipnet.sweeps.storage import INTERRUPTED, RUN_ID, tally
+from zipnet.tracking import models
+
+N_TRIALS, PASSES = 4, 4
+QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # no retries of MLflow's own
+
+
+def _worker(cwd, env, name: str, storage: str, *extra: str) -> subprocess.Popen:
+    args = study_args(name, n_trials=N_TRIALS, batch=2, pruner="{name:none}", storage=storage)
+    return subprocess.Popen(
+        [sys.executable, "-m", "zipnet.cli.train", *args]
+        + ["data.n_train=1000", "data.n_test=100", f"trainer.passes={PASSES}", "trainer.progress=off"]
+        + ["tracking.figures=false", "tracking.system_metrics=false", "tracking.flush_seconds=0"]
+        + ["model.init=choice(sqrt,linear)", *extra],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _trial_runs(client: MlflowClient, name: str) -> list:
+    exp = client.get_experiment_by_name("zipnet")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], f"tags.`zipnet.study` = '{name}'")
+
+
+def _wait_for_a_logged_pass(client: MlflowClient, name: str, timeout: float = 300) -> None:
+    """Until the server holds a trial's run with its first pass: mid-batch, more passes to come."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in _trial_runs(client, name) if r.data.tags.get("zipnet.role") == "trial"]
+        if any("test/error" in r.data.metrics for r in runs):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no trial of {name} logged a pass in {timeout} s")
+
+
+def _passes(out: Output) -> int:
+    return sum(1 for line in list(out.lines) if re.search(r": pass \d+$", line))
+
+
+def _study(postgres, name: str) -> list:
+    db = optuna.storages.RDBStorage(
+        postgres.url("optuna", password=True), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool}
+    )
+    return optuna.load_study(study_name=name, storage=db).get_trials()
+
+
+def _assert_every_trial_has_its_whole_run(client: MlflowClient, name: str, trials: list) -> list:
+    """Exactly N_TRIALS COMPLETE, each with one FINISHED run: every pass's metrics once and in order,
+    its files and its READY model; one FINISHED parent; no run of the study left RUNNING."""
+    assert tally(trials).counted == N_TRIALS
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == N_TRIALS, [(t.number, t.state) for t in trials]
+    runs = _trial_runs(client, name)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    parents = [r for r in runs if r.data.tags.get("zipnet.role") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    for t in done:
+        mine = [r for r in runs if r.data.tags.get("zipnet.trial") == str(t.number)]
+        assert len(mine) == 1, (t.number, [(r.info.run_id, r.info.status) for r in mine])
+        run = mine[0]
+        assert run.info.run_id == t.user_attrs[RUN_ID]
+        assert run.info.status == "FINISHED", (t.number, run.data.tags.get("zipnet.error", "")[-3000:])
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        for key in metrics.PER_PASS:
+            if key in run.data.metrics or key in ("test/error", "train/loss"):
+                steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+                assert steps == list(range(1, PASSES + 1)), (t.number, key, steps)
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"weights.pt", "config_resolved.yaml", "overrides.yaml", "test_misses.json"} <= files, files
+        model = models.model_id(client, run.info.run_id)
+        assert model is not None and client.get_logged_model(model).status == LoggedModelStatus.READY
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("down", [30], ids=["down-30s"])
+def test_a_worker_trains_through_an_mlflow_outage_and_every_trial_has_its_whole_run(
+    postgres, tmp_path, monkeypatch, down
+):
+    name = f"mlflow-outage-{down}"
+    with start_mlflow(postgres) as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        client = MlflowClient(tracking_uri=server.url)
+        env = {**env_for(tmp_path), **postgres.env, **server.env, **QUICK}
+        worker = _worker(tmp_path, env, name, postgres.url("optuna"))
+        out = Output(worker)
+        _wait_for_a_logged_pass(client, name)
+        kill_mlflow(server)
+        out.wait_for(lambda line: "unreachable" in line, timeout=down)  # it noticed, and trains on
+        time.sleep(down)  # the outage itself, well past MLflow's own (no) retries
+        assert worker.poll() is None, out.text()[-4000:]
+        start_mlflow_again(server)
+        back, seen = time.monotonic(), _passes(out)
+        out.wait_for(lambda line: "answers again" in line)
+        answered = time.monotonic() - back
+        while _passes(out) <= seen and worker.poll() is None:
+            time.sleep(0.1)
+        print(f"the worker sent its spool {answered:.1f} s and trained on {time.monotonic() - back:.1f} s after")
+        code = worker.wait(timeout=600)
+        text = out.text()
+        assert code == 0, text[-4000:]
+        assert "Traceback" not in text and "could not log" not in text, text[-4000:]
+        _assert_every_trial_has_its_whole_run(client, name, _study(postgres, name))
+        assert not list((tmp_path / "mlruns" / "spool").glob("*/*.json"))  # all of it sent
+
+
+@pytest.mark.slow
+def test_an_outage_past_the_bound_stops_the_worker_and_the_next_one_sends_what_it_left(postgres, tmp_path, monkeypatch):
+    name, bound = "mlflow-outage-bound", 8
+    with start_mlflow(postgres) as server:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        client = MlflowClient(tracking_uri=server.url)
+        env = {**env_for(tmp_path), **postgres.env, **server.env, **QUICK}
+        first = _worker(tmp_path, env, name, postgres.url("optuna"), f"tracking.outage_timeout={bound}")
+        out = Output(first)
+        _wait_for_a_logged_pass(client, name)
+        kill_mlflow(server)
+        code = first.wait(timeout=600)
+        text = out.text()
+        assert code == 2, text[-4000:]
+        assert "Traceback" not in text, text[-4000:]
+        said = [line for line in text.splitlines() if f"unreachable for {bound} s (tracking.outage_timeout" in line]
+        assert len(said) == 1, text[-4000:]
+        assert "trials were given back" in text
+        trials = _study(postgres, name)
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        given_back = [t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(INTERRUPTED)]
+        assert given_back, [(t.number, t.state, t.user_attrs) for t in trials]
+        left = list((tmp_path / "mlruns" / "spool").glob("*/*.json"))
+        assert [p for p in left if p.name != "store.json"]  # the runs' ends among them
+
+        start_mlflow_again(server)
+        second = _worker(tmp_path, env, name, postgres.url("optuna"))
+        out = Output(second)
+        code = second.wait(timeout=600)
+        text = out.text()
+        assert code == 0, text[-4000:]
+        assert "Traceback" not in text and "a stopped worker left" in text, text[-4000:]
+        runs = _assert_every_trial_has_its_whole_run(client, name, _study(postgres, name))
+        status = {r.data.tags.get("zipnet.trial"): r.info.status for r in runs}
+        assert all(status[str(n)] == "KILLED" for n in given_back if str(n) in status), status  # a run, if made
+        assert not list((tmp_path / "mlruns" / "spool").glob("*/*.json"))
