@@ -8,6 +8,7 @@ its trials back; the next worker started in its folder sends what it left, and n
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -22,6 +23,7 @@ from sweep_helpers import Output, env_for, study_args
 from zipnet import metrics
 from zipnet.sweeps.storage import INTERRUPTED, RUN_ID, tally
 from zipnet.tracking import models
+from zipnet.tracking.spool import Spool
 
 N_TRIALS, PASSES = 4, 4
 QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # no retries of MLflow's own
@@ -169,3 +171,74 @@ def test_an_outage_past_the_bound_stops_the_worker_and_the_next_one_sends_what_i
         status = {r.data.tags.get("zipnet.trial"): r.info.status for r in runs}
         assert all(status[str(n)] == "KILLED" for n in given_back if str(n) in status), status  # a run, if made
         assert not list((tmp_path / "mlruns" / "spool").glob("*/*.json"))
+
+
+class _Server:
+    """What a spool sends to, in the spool's own terms: requests taken in order, or refused as an
+    unreachable server refuses them (the error `requests` raises for a refused connection)."""
+
+    def __init__(self):
+        self.down, self.taken = True, []
+        self.tried = threading.Event()
+
+    def deliver(self, request, files):
+        import requests
+
+        self.tried.set()
+        if self.down:
+            raise requests.exceptions.ConnectionError("connection refused")
+        self.taken.append((request["n"], files is not None and (files / "f.txt").read_text()))
+
+
+def _put(spool, tmp_path, n: int) -> None:
+    folder = tmp_path / f"files-{n}"
+    folder.mkdir()
+    (folder / "f.txt").write_text(str(n))
+    spool.put({"op": "log_batch", "run_id": "r", "n": n}, folder if n % 2 else None)
+
+
+def test_the_spool_keeps_requests_through_an_outage_and_sends_them_in_order(tmp_path):
+    server, lines = _Server(), []
+    spool = Spool(tmp_path / "spool", "http://x", server.deliver, lambda r, e: None, timeout=600, log=lines.append)
+    for n in range(5):
+        _put(spool, tmp_path, n)
+    server.tried.wait(60)
+    assert spool.away and len(list(spool.folder.glob("0*.json"))) == 5
+    server.down = False
+    assert spool.drain()
+    assert server.taken == [(0, False), (1, "1"), (2, False), (3, "3"), (4, False)]
+    assert not list(spool.folder.glob("0*")) and any("answers again" in line for line in lines)
+    spool.close()
+    assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").iterdir())
+
+
+def test_a_spool_past_its_bound_stays_on_disk_for_the_next_one(tmp_path):
+    server, lines = _Server(), []
+    first = Spool(tmp_path / "spool", "http://x", server.deliver, lambda r, e: None, timeout=0, log=lines.append)
+    for n in range(3):
+        _put(first, tmp_path, n)
+    assert not first.drain()  # at once: gave up, nothing sent
+    assert first.gave_up and any("unreachable for 0 s (tracking.outage_timeout" in line for line in lines)
+    other = Spool(tmp_path / "spool", "http://y", server.deliver, lambda r, e: None, timeout=600, log=lines.append)
+    other.close()  # another server's spool: not its business
+    first.close()  # its worker ends: the folder stays, unlocked
+    server.down = False
+    second = Spool(tmp_path / "spool", "http://x", server.deliver, lambda r, e: None, timeout=600, log=lines.append)
+    _put(second, tmp_path, 3)
+    assert second.drain()
+    assert [n for n, _ in server.taken] == [0, 1, 2, 3]  # the stopped worker's first, in order
+    second.close()
+    assert not list((tmp_path / "spool").glob("*/*.json"))
+
+
+def test_tracking_outage_settings_name_the_key():
+    from omegaconf import OmegaConf
+
+    from zipnet.errors import ConfigError
+    from zipnet.tracking import settings
+
+    assert settings(OmegaConf.create({"tracking": {}})).outage_timeout == 600
+    for key, value in (("outage_timeout", -1), ("spool_dir", "")):
+        with pytest.raises(ConfigError) as err:
+            settings(OmegaConf.create({"tracking": {key: value}}))
+        assert err.value.key == f"tracking.{key}"
