@@ -102,7 +102,7 @@ def _assert_every_trial_has_its_whole_run(client: MlflowClient, name: str, trial
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("down", [30], ids=["down-30s"])
+@pytest.mark.parametrize("down", [30, 300], ids=["down-30s", "down-300s"])
 def test_a_worker_trains_through_an_mlflow_outage_and_every_trial_has_its_whole_run(
     postgres, tmp_path, monkeypatch, down
 ):

@@ -17,6 +17,7 @@ dropped, and its run ends FAILED with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -187,6 +188,8 @@ class Spool:
         self._thread.join(timeout=30)
         if not _requests(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last worker's: no empty folder left behind
+                self.root.rmdir()
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
