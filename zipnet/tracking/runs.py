@@ -410,8 +410,10 @@ class Tracker:
         all_tags = {**base_tags(role), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        made = self._answer("create_run", lambda: client.create_run(experiment_id, tags=all_tags, run_name=run_name))
-        info = made.info
+        if self._spool is None:  # a local store: nothing to wait out
+            info = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info
+        else:
+            info = self._spool.call("create_run", self._creator(client, experiment_id, all_tags, run_name)).info
         run_id = info.run_id
         self._artifact_uris[run_id] = info.artifact_uri
         _OPEN[run_id] = self
@@ -419,6 +421,27 @@ class Tracker:
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
+
+    @staticmethod
+    def _creator(client, experiment_id: str, tags: dict[str, str], run_name: str | None) -> Callable:
+        """create_run, safe to try again: a try whose answer was lost (a timeout, a cut connection)
+        may have made the run, so the next try first looks for it by a tag only it has."""
+        import secrets
+
+        tags = {**tags, "zipnet.create_id": secrets.token_hex(8)}
+        tried = []
+
+        def create():
+            if tried:
+                found = client.search_runs(
+                    [experiment_id], store.where(tags={"zipnet.create_id": tags["zipnet.create_id"]}), max_results=1
+                )
+                if found:
+                    return found[0]
+            tried.append(True)
+            return client.create_run(experiment_id, tags=tags, run_name=run_name)
+
+        return create
 
     def reopen(
         self, run_id: str, tags: dict[str, str] | None = None, role: str = "run", parent_run_id: str | None = None
