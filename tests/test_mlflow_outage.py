@@ -36,7 +36,7 @@ def _worker(cwd, env, name: str, storage: str, *extra: str) -> subprocess.Popen:
         [sys.executable, "-m", "zipnet.cli.train", *args]
         + ["data.n_train=1000", "data.n_test=100", f"trainer.passes={PASSES}", "trainer.progress=off"]
         + ["tracking.figures=false", "tracking.system_metrics=false", "tracking.flush_seconds=0"]
-        + ["model.init=choice(sqrt,linear)", *extra],
+        + ["model.init=choice(sqrt,linear)", f"tracking.experiment={name}", *extra],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -46,7 +46,7 @@ def _worker(cwd, env, name: str, storage: str, *extra: str) -> subprocess.Popen:
 
 
 def _trial_runs(client: MlflowClient, name: str) -> list:
-    exp = client.get_experiment_by_name("zipnet")
+    exp = client.get_experiment_by_name(name)  # each test's own: its server's account made it
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], f"tags.`zipnet.study` = '{name}'")
