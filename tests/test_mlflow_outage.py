@@ -30,8 +30,8 @@ N_TRIALS, PASSES = 4, 4
 QUICK = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
-def _worker(cwd, env, name: str, storage: str, *extra: str) -> subprocess.Popen:
-    args = study_args(name, n_trials=N_TRIALS, batch=2, pruner="{name:none}", storage=storage)
+def _worker(cwd, env, name: str, storage: str, *extra: str, n_trials: int = N_TRIALS) -> subprocess.Popen:
+    args = study_args(name, n_trials=n_trials, batch=2, pruner="{name:none}", storage=storage)
     return subprocess.Popen(
         [sys.executable, "-m", "zipnet.cli.train", *args]
         + ["data.n_train=1000", "data.n_test=100", f"trainer.passes={PASSES}", "trainer.progress=off"]
@@ -74,12 +74,12 @@ def _study(postgres, name: str) -> list:
     return optuna.load_study(study_name=name, storage=db).get_trials()
 
 
-def _assert_every_trial_has_its_whole_run(client: MlflowClient, name: str, trials: list) -> list:
-    """Exactly N_TRIALS COMPLETE, each with one FINISHED run: every pass's metrics once and in order,
+def _assert_every_trial_has_its_whole_run(client: MlflowClient, name: str, trials: list, n: int = N_TRIALS) -> list:
+    """Exactly n COMPLETE, each with one FINISHED run: every pass's metrics once and in order,
     its files and its READY model; one FINISHED parent; no run of the study left RUNNING."""
-    assert tally(trials).counted == N_TRIALS
+    assert tally(trials).counted == n
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(done) == N_TRIALS, [(t.number, t.state) for t in trials]
+    assert len(done) == n, [(t.number, t.state) for t in trials]
     runs = _trial_runs(client, name)
     assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
     parents = [r for r in runs if r.data.tags.get("zipnet.role") == "study"]
@@ -137,13 +137,13 @@ def test_a_worker_trains_through_an_mlflow_outage_and_every_trial_has_its_whole_
 
 @pytest.mark.slow
 def test_an_outage_past_the_bound_stops_the_worker_and_the_next_one_sends_what_it_left(postgres, tmp_path, monkeypatch):
-    name, bound = "mlflow-outage-bound", 8
+    name, bound, n = "mlflow-outage-bound", 8, 6  # three batches: one is still to start when the server goes
     with start_mlflow(postgres) as server:
         for key, value in server.env.items():
             monkeypatch.setenv(key, value)
         client = MlflowClient(tracking_uri=server.url)
         env = {**env_for(tmp_path), **postgres.env, **server.env, **QUICK}
-        first = _worker(tmp_path, env, name, postgres.url("optuna"), f"tracking.outage_timeout={bound}")
+        first = _worker(tmp_path, env, name, postgres.url("optuna"), f"tracking.outage_timeout={bound}", n_trials=n)
         out = Output(first)
         _wait_for_a_logged_pass(client, name, out)
         kill_mlflow(server)
@@ -162,13 +162,13 @@ def test_an_outage_past_the_bound_stops_the_worker_and_the_next_one_sends_what_i
         assert [p for p in left if p.name != "store.json"]  # the runs' ends among them
 
         start_mlflow_again(server)
-        second = _worker(tmp_path, env, name, postgres.url("optuna"))
+        second = _worker(tmp_path, env, name, postgres.url("optuna"), n_trials=n)
         out = Output(second)
         code = second.wait(timeout=600)
         text = out.text()
         assert code == 0, text[-4000:]
         assert "Traceback" not in text and "a stopped worker left" in text, text[-4000:]
-        runs = _assert_every_trial_has_its_whole_run(client, name, _study(postgres, name))
+        runs = _assert_every_trial_has_its_whole_run(client, name, _study(postgres, name), n)
         status = {r.data.tags.get("zipnet.trial"): r.info.status for r in runs}
         assert all(status[str(n)] == "KILLED" for n in given_back if str(n) in status), status  # a run, if made
         assert not list((tmp_path / "mlruns" / "spool").glob("*/*.json"))

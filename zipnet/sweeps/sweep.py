@@ -201,9 +201,13 @@ class Sweep:
                 f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
                 "whether they are alive; rerun this command once they are done"
             )
-        if self.parent and now.counted >= spec.n_trials and self.jobs_launched:  # a rerun of a done study adds nothing
+        # a rerun of a done study adds nothing, unless its parent never ended (a worker stopped first)
+        if self.parent and now.counted >= spec.n_trials and (self.jobs_launched or not self._parent_ended()):
             parent.complete(self.tracker, self.parent, self.study)
         return now
+
+    def _parent_ended(self) -> bool:
+        return self.tracker.client.get_run(self.parent).info.status == "FINISHED"
 
     def _keys(self, number: int) -> list[str]:
         """How a job finds its trial: zipnet's through its config, another app's through its

@@ -122,6 +122,7 @@ class Spool:
         self.gave_up = False  # the outage outlasted `timeout`: nothing more is sent
         self._signalled = False  # ... and the sender stopped the main thread (zipnet.preempt.stop)
         self._left = self._adopt()
+        self._adopting = bool(self._left)  # sending them: a drain waits for them too (they come first)
         self._thread = threading.Thread(target=self._run, name="zipnet-spool", daemon=True)
         self._thread.start()
 
@@ -173,10 +174,10 @@ class Spool:
         raise StoreError(f"MLflow server {self.uri}: {what}: unreachable past tracking.outage_timeout")
 
     def drain(self) -> bool:
-        """Wait until the server has every request spooled so far; False at once if it never will
-        (the outage outlasted the bound)."""
+        """Wait until the server has every request spooled so far (a stopped worker's it sends
+        included); False at once if it never will (the outage outlasted the bound)."""
         with self._cond:
-            while self._queue and not self.gave_up and self._thread.is_alive():
+            while (self._queue or self._adopting) and not self.gave_up and self._thread.is_alive():
                 self._cond.wait(0.5)  # timed: the main thread's signal handlers run meanwhile
             return not self._queue
 
@@ -220,6 +221,9 @@ class Spool:
                     return
             shutil.rmtree(folder, ignore_errors=True)
             os.close(fd)
+        with self._cond:
+            self._adopting = False
+            self._cond.notify_all()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._closing)
