@@ -41,7 +41,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hosts
@@ -327,6 +327,7 @@ class Mlflow:
     artifacts: Path  # --artifacts-destination: only the server touches it
     log: Path
     pid: int = 0  # the `mlflow server` process (its workers are its children)
+    process: MlflowProcess | None = field(default=None, compare=False, repr=False)  # kill_mlflow, start_mlflow_again
 
     @property
     def env(self) -> dict[str, str]:
@@ -387,6 +388,42 @@ def _stop_group(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+class MlflowProcess:
+    """The `mlflow server` command, and its process now: killed and started again on the same port,
+    runs and artifacts, as a server that crashed and was restarted."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path):
+        self.argv, self.env, self.cwd, self.log = argv, env, cwd, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> subprocess.Popen:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self.proc
+
+
+def kill_mlflow(server: Mlflow) -> None:
+    """SIGKILL the server's process group: gone at once, mid-request, as a crashed host's."""
+    proc = server.process.proc
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def start_mlflow_again(server: Mlflow, timeout: float = 120) -> None:
+    """Start a killed server with its first command: the same port, runs, artifacts and accounts."""
+    if not _wait_healthy(server.process.start(), server.url, server.log, timeout):
+        raise RuntimeError(f"mlflow server at {server.url} exited on its restart\n{_tail(server.log)}")
+
+
 def mlflow_executable() -> str:
     """The `mlflow` command of this interpreter's environment."""
     beside = Path(sys.executable).with_name("mlflow")
@@ -417,36 +454,29 @@ def start_mlflow(
         MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
     )
-    proc = None
+    process = None
     try:
         for attempt in range(STARTUP_TRIES):
             port = free_port(host)
             url = f"http://{host}:{port}"
-            with log.open("ab") as out:
-                proc = subprocess.Popen(
-                    [
-                        mlflow_executable(),
-                        "server",
-                        "--backend-store-uri",
-                        pg.url("mlflow", host=host),
-                        "--artifacts-destination",
-                        str(artifacts),
-                        "--host",
-                        host,
-                        "--port",
-                        str(port),
-                        "--workers",
-                        str(workers),
-                        "--app-name",
-                        "basic-auth",
-                    ],
-                    cwd=root,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            argv = [
+                mlflow_executable(),
+                "server",
+                "--backend-store-uri",
+                pg.url("mlflow", host=host),
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--app-name",
+                "basic-auth",
+            ]
+            process = MlflowProcess(argv, env, root, log)
+            proc = process.start()
             if _wait_healthy(proc, url, log, timeout):
                 break
             if attempt == STARTUP_TRIES - 1:
@@ -467,10 +497,11 @@ def start_mlflow(
             artifacts=artifacts,
             log=log,
             pid=proc.pid,
+            process=process,
         )
     finally:
-        if proc is not None:
-            _stop_group(proc)
+        if process is not None and process.proc is not None:
+            _stop_group(process.proc)
         shutil.rmtree(root, ignore_errors=True)
 
 

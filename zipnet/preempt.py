@@ -4,6 +4,8 @@ Schedulers, `timeout` and spot reclaims send SIGTERM; a closed terminal sends SI
 `signals()` both raise `Preempted`, a KeyboardInterrupt, in the main thread, so every path
 that cleans up after Ctrl-C (runs ended KILLED, trials given back) runs for them too. The
 process then exits 128 + the signal's number, as a shell reports a process killed by it.
+Another thread that finds the process cannot go on (the MLflow server away past its bound,
+zipnet/tracking/spool.py) stops it the same way with `stop(reason)`: exit 2, the reason said.
 """
 
 from __future__ import annotations
@@ -16,23 +18,43 @@ CAUGHT = (signal.SIGTERM, signal.SIGHUP)
 
 
 class Preempted(KeyboardInterrupt):
-    """A stop signal arrived; `signum` says which."""
+    """A stop signal arrived; `signum` says which, `reason` why when another thread sent it (`stop`)."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
+    def __init__(self, signum: int, reason: str | None = None):
+        super().__init__(reason or f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.reason = signum, reason
 
 
 # Signals are delivered to the process, so this state is the process's (main thread only).
 _held: list[int] = []  # signals that arrived inside `critical()`, raised at its end
 _depth = 0
+_reasons: list[str] = []  # why `stop` sent SIGTERM, for the Preempted it raises
+
+
+def _preempted(signum: int) -> Preempted:
+    return Preempted(signum, _reasons.pop(0) if signum == signal.SIGTERM and _reasons else None)
 
 
 def _raise(signum, frame):
-    if _depth:
+    if _depth and not _reasons:  # a `stop` is raised at once: the step it cuts is what cannot finish
         _held.append(signum)
         return
-    raise Preempted(signum)
+    raise _preempted(signum)
+
+
+def active() -> bool:
+    """Whether `signals()` is in force: a stop signal raises Preempted in the main thread."""
+    return signal.getsignal(signal.SIGTERM) is _raise
+
+
+def stop(reason: str) -> bool:
+    """From any thread: the main thread stops as on SIGTERM, saying `reason` (exit 2). Only inside
+    `signals()`; elsewhere nothing happens and this returns False."""
+    if not active():
+        return False
+    _reasons.append(reason)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes a main thread that sleeps
+    return True
 
 
 @contextlib.contextmanager
@@ -46,7 +68,7 @@ def critical():
     finally:
         _depth -= 1
     if not _depth and _held:
-        raise Preempted(_held.pop(0))
+        raise _preempted(_held.pop(0))
 
 
 @contextlib.contextmanager
@@ -64,7 +86,9 @@ def signals():
 
 
 def exit_code(err: KeyboardInterrupt) -> int:
-    """128 + the signal: 143 for SIGTERM, 129 for SIGHUP, 130 for Ctrl-C."""
+    """128 + the signal: 143 for SIGTERM, 129 for SIGHUP, 130 for Ctrl-C; 2 for a `stop` with a reason."""
+    if isinstance(err, Preempted) and err.reason:
+        return 2
     return 128 + (err.signum if isinstance(err, Preempted) else signal.SIGINT)
 
 

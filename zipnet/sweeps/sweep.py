@@ -230,9 +230,13 @@ class Sweep:
                 f"{now.running} trials still run on other workers; this storage has no heartbeat to tell "
                 "whether they are alive; rerun this command once they are done"
             )
-        if self.parent and now.counted >= spec.n_trials and self.jobs_launched:  # a rerun of a done study adds nothing
+        # a rerun of a done study adds nothing, unless its parent never ended (a worker stopped first)
+        if self.parent and now.counted >= spec.n_trials and (self.jobs_launched or not self._parent_ended()):
             parent.complete(self.tracker, self.parent, self.study)
         return now
+
+    def _parent_ended(self) -> bool:
+        return self.tracker.client.get_run(self.parent).info.status == "FINISHED"
 
     def _keys(self, number: int) -> list[str]:
         """How a job finds its trial: zipnet's through its config, another app's through its
@@ -251,7 +255,7 @@ class Sweep:
         jobs = [spec.fixed + search_space.trial_overrides(spec, t) + self._keys(t.number) for t in trials]
         self.log(f"batch: trials {', '.join(map(str, numbers))}")
         if self.parent and not self.jobs_launched:  # a resumed study's parent runs again
-            self.tracker.client.update_run(self.parent, status="RUNNING")
+            self.tracker.set_status(self.parent, "RUNNING")
         started = time.perf_counter()
         clock = self.session.clock
         clock.reset()

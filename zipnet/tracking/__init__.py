@@ -20,9 +20,10 @@ run (a study, or a Hydra multirun). `log_result` is the way in for a result trai
 the harness (`zipnet.engine.train` called from Python): one call logs it whole. Only opening
 the store is waited for; the rest is written by a background thread (zipnet/tracking/runs.py).
 
-Modules: store (URI, settings, the client, filters, search), runs (the Tracker), outputs
-(the run's files), datasets, models (the MLflow model and the registry), study (an Optuna
-study's views). MLflow is imported only where it is used (a grid's parent: zipnet/multirun.py).
+Modules: store (URI, settings, the client, filters, search), runs (the Tracker), writes (its
+writes as plain requests), spool (those requests on local disk until a server has them),
+outputs (the run's files), datasets, models (the MLflow model and the registry), study (an
+Optuna study's views). MLflow is imported only where it is used (a grid's parent: zipnet/multirun.py).
 """
 
 from zipnet.tracking.models import model_uri, register

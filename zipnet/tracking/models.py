@@ -55,12 +55,42 @@ def _quiet(name: str, level: int = logging.ERROR):
         logger.setLevel(before)
 
 
+def net_and_example(result, digits=None):
+    """The member of `result` (an engine RunResult) as a ZipNet, and its input example: the first
+    test digits of `digits`, else a blank digit (all background)."""
+    import numpy as np
+
+    from zipnet.model import ZipNet
+
+    net = ZipNet.from_member(result.params, result.member).eval()
+    if digits is not None:
+        example = digits.test_x[:2].reshape(-1, 16, 16).cpu().numpy()
+    else:
+        example = np.full((1, 16, 16), -1.0, dtype=np.float32)
+    return net, example
+
+
 def log(
     client, uri: str, run_id: str, result, digits=None, experiment_id: str | None = None, params: dict | None = None
 ) -> str:
-    """Log the member of `result` (an engine RunResult) as the model of run `run_id` in the store
-    at `uri`; returns the model's id (its URI is models:/ID). The run's experiment and params
-    are read from the store unless both are given.
+    """Log the member of `result` as the model of run `run_id` in the store at `uri` (`log_net`)."""
+    return log_net(client, uri, run_id, *net_and_example(result, digits), experiment_id, params)
+
+
+def log_net(
+    client,
+    uri: str,
+    run_id: str,
+    net,
+    example,
+    experiment_id: str | None = None,
+    params: dict | None = None,
+    progress: dict | None = None,
+) -> str:
+    """Log `net` as the model of run `run_id`; returns the model's id (its URI is models:/ID). The
+    run's experiment and params are read from the store unless both are given. `progress` keeps
+    the steps done (the model's id once created, whether it is linked), so that a call tried
+    again after a lost connection makes no second model.
 
     The steps of `mlflow.pytorch.log_model`, less its check that the saved model serves its
     input example (a load and a predict per call, two thirds of its time): the model is
@@ -69,23 +99,21 @@ def log(
     import tempfile
 
     import mlflow.pytorch
-    import numpy as np
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
-    from zipnet.model import ZipNet
-
-    net = ZipNet.from_member(result.params, result.member).eval()
-    if digits is not None:
-        example = digits.test_x[:2].reshape(-1, 16, 16).cpu().numpy()
-    else:
-        example = np.full((1, 16, 16), -1.0, dtype=np.float32)  # a blank digit: all background
+    progress = {} if progress is None else progress
     if experiment_id is None or params is None:
         run = client.get_run(run_id)
         experiment_id, params = run.info.experiment_id, run.data.params
-    model = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id, params=params)
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-    about = Model(model.artifact_location, run_id=run_id, model_uuid=model.model_id, model_id=model.model_id)
+    if "model_id" not in progress:
+        made = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id, params=params)
+        progress.update(model_id=made.model_id, artifact_location=made.artifact_location)
+    model_id, location = progress["model_id"], progress["artifact_location"]
+    if not progress.get("linked"):
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
+        progress["linked"] = True
+    about = Model(location, run_id=run_id, model_uuid=model_id, model_id=model_id)
     # mlflow.pytorch warns about every pickled model; loading this one needs zipnet, by design
     with tempfile.TemporaryDirectory() as tmp, use_uri(uri), _quiet("mlflow.pytorch"):
         mlflow.pytorch.save_model(
@@ -98,9 +126,9 @@ def log(
             serialization_format="pickle",
         )
         # straight to the model's location, which MlflowClient.log_model_artifacts reads back first
-        artifact_repository(uri, model.artifact_location).log_artifacts(f"{tmp}/{NAME}")
-    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-    return model.model_id
+        artifact_repository(uri, location).log_artifacts(f"{tmp}/{NAME}")
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    return model_id
 
 
 def warm() -> None:

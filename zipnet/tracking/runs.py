@@ -17,6 +17,10 @@ metrics and weights.pt (five requests to a server, create and end included), and
 best gets the rest then: config files, tables, datasets, figures and its MLflow model.
 Files go straight to the run's artifact location, known from its creation, so no upload
 first reads the run (or the model) back from the server.
+
+Every write is a request (zipnet/tracking/writes.py): to a local store sent at once, to a server
+spooled on local disk and sent in order by the spool's thread (zipnet/tracking/spool.py), so an
+outage of the server stops no training.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 import zipnet
 from zipnet import metrics
 from zipnet.errors import StoreError
-from zipnet.tracking import store
+from zipnet.tracking import store, writes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -255,6 +259,8 @@ class Tracker:
         system_metrics: bool = True,
         trial_outputs: str = "best",
         flush_seconds: float = 5.0,
+        spool_dir: str | None = None,
+        outage_timeout: float = 600.0,
     ):
         self.uri = store.resolve_uri(uri)
         store.check(self.uri)  # a corrupt, read-only or unreachable store fails here, in one line
@@ -272,6 +278,12 @@ class Tracker:
         # from mlflow only after self._store() or ready() (two threads importing mlflow's circular
         # package at once can get a half-initialised module: ImportError)
         self._opened = self._worker.submit(self._open)
+        self._spool = None  # a server's writes wait on local disk for it (zipnet/tracking/spool.py)
+        if self.uri.startswith(("http://", "https://")):  # its sender may start on a stopped worker's spool
+            from zipnet.tracking import spool
+
+            root = Path(spool_dir or spool.DEFAULT_DIR)
+            self._spool = spool.Spool(root, self.uri, self._deliver, self._refused, outage_timeout)
         if figures or weights:  # on the worker while the data loads and the net trains
             self._worker.submit(self._warm, figures, weights)
         _TRACKERS.add(self)
@@ -283,7 +295,17 @@ class Tracker:
         s = store.settings(cfg)
         if not s.enabled:
             return None
-        return cls(s.uri, s.experiment, s.figures, s.weights, s.system_metrics, s.trial_outputs, s.flush_seconds)
+        return cls(
+            s.uri,
+            s.experiment,
+            s.figures,
+            s.weights,
+            s.system_metrics,
+            s.trial_outputs,
+            s.flush_seconds,
+            s.spool_dir,
+            s.outage_timeout,
+        )
 
     # -- the store, and the queue in front of it ----------------------------------------
 
@@ -345,15 +367,39 @@ class Tracker:
         self._queued = [f for f in self._queued if not f.done()]
         self._queued.append(self._worker.submit(work))
 
+    def _send(self, request: dict, files: Path | None = None) -> None:
+        """One write: into the spool for a server, else to the store now."""
+        if self._spool is not None:
+            self._spool.put(request, files)
+        else:
+            self._deliver(request, files)
+
+    def _deliver(self, request: dict, files: Path | None) -> None:
+        writes.send(self._store()[0], self.uri, request, files, self._problems)
+
+    def _refused(self, request: dict, err: BaseException) -> None:
+        """A spooled request the server would not take: its run ends FAILED with the reason."""
+        run_id = request["run_id"]
+        self._problems.setdefault(run_id, "".join(traceback.format_exception(err)))
+        print(f"zipnet: MLflow run {run_id}: could not log ({type(err).__name__}: {err})", file=sys.stderr)
+
+    def _answer(self, what: str, fn: Callable):
+        """`fn()`, a call that needs the server's answer: through a server's outage, patiently."""
+        return self._spool.call(what, fn) if self._spool is not None else fn()
+
     def flush(self) -> None:
-        """Wait until everything queued is in the store."""
+        """Wait until everything queued is in the store (for a server away past the bound: on disk)."""
         for future in list(self._queued):
             future.result()
+        if self._spool is not None:
+            self._spool.drain()
 
     def close(self) -> None:
-        """Flush and stop the worker thread."""
+        """Flush and stop the worker thread (and the spool's)."""
         self.flush()
         self._worker.shutdown(wait=True)
+        if self._spool is not None:
+            self._spool.close()
 
     # -- one run, step by step ---------------------------------------------------------
 
@@ -372,7 +418,10 @@ class Tracker:
         all_tags = {**base_tags(role), **(tags or {})}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        info = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info
+        if self._spool is None:  # a local store: nothing to wait out
+            info = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info
+        else:
+            info = self._spool.call("create_run", self._creator(client, experiment_id, all_tags, run_name)).info
         run_id = info.run_id
         self._artifact_uris[run_id] = info.artifact_uri
         _OPEN[run_id] = self
@@ -380,6 +429,27 @@ class Tracker:
         if watch and self.system_metrics and role in WATCHED:
             self._queue(run_id, self._watch, run_id)
         return run_id
+
+    @staticmethod
+    def _creator(client, experiment_id: str, tags: dict[str, str], run_name: str | None) -> Callable:
+        """create_run, safe to try again: a try whose answer was lost (a timeout, a cut connection)
+        may have made the run, so the next try first looks for it by a tag only it has."""
+        import secrets
+
+        tags = {**tags, "zipnet.create_id": secrets.token_hex(8)}
+        tried = []
+
+        def create():
+            if tried:
+                found = client.search_runs(
+                    [experiment_id], store.where(tags={"zipnet.create_id": tags["zipnet.create_id"]}), max_results=1
+                )
+                if found:
+                    return found[0]
+            tried.append(True)
+            return client.create_run(experiment_id, tags=tags, run_name=run_name)
+
+        return create
 
     def reopen(
         self, run_id: str, tags: dict[str, str] | None = None, role: str = "run", parent_run_id: str | None = None
@@ -415,7 +485,10 @@ class Tracker:
 
     def upload(self, run_id: str, path: Path) -> str:
         """The file into the run's artifacts now, replacing one of its name (one request where the
-        run's location is known); returns that location, for `download` on any machine."""
+        run's location is known); returns that location, for `download` on any machine. Not while
+        the server is known to be away: the caller keeps the last upload."""
+        if self._spool is not None and self._spool.away:
+            raise store.store_error(self.uri, "the tracking server is away")
         known = self._artifact_uris.get(run_id) or self._store()[0].get_run(run_id).info.artifact_uri
         store.artifact_repository(self.uri, known).log_artifact(str(path))
         return known
@@ -424,7 +497,8 @@ class Tracker:
         """A file of a run's artifacts (at `artifact_uri`, as `upload` returned it) into `folder`."""
         folder.mkdir(parents=True, exist_ok=True)
         self._store()  # IMPORTS
-        return Path(store.artifact_repository(self.uri, artifact_uri).download_artifacts(name, str(folder)))
+        repository = store.artifact_repository(self.uri, artifact_uri)
+        return Path(self._answer("download", lambda: repository.download_artifacts(name, str(folder))))
 
     def _outputs(self, role: str) -> str:
         return self.trial_outputs if role == "trial" else "all"
@@ -477,20 +551,18 @@ class Tracker:
             self._queue(run_id, self._write, run_id, live.pending.take())
 
     def _write(self, client, run_id: str, batch: _Batch, folder: Path | None = None) -> None:
-        """A batch in three store calls at most: params, tags and metrics; datasets; files."""
-        from mlflow.entities import Metric, Param, RunTag
-
+        """A batch in three requests at most: params, tags and metrics; datasets; files."""
         from zipnet.tracking import datasets
 
-        metrics = [Metric(k, v, stamp, step) for step, values, stamp in batch.metrics for k, v in values.items()]
-        params = [Param(k, v) for k, v in batch.params.items()]
-        tags = [RunTag(k, v) for k, v in batch.tags.items()]
+        metrics = [[k, v, stamp, step] for step, values, stamp in batch.metrics for k, v in values.items()]
+        params = [[k, v] for k, v in batch.params.items()]
+        tags = [[k, v] for k, v in batch.tags.items()]
         for start in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1,000 metrics a call
             if params or tags or metrics:
-                client.log_batch(run_id, params=params, tags=tags, metrics=metrics[start : start + 1000])
+                self._send(writes.log_batch(run_id, metrics[start : start + 1000], params, tags))
             params, tags = [], []
         if batch.data is not None:
-            client.log_inputs(run_id, datasets=datasets.inputs(batch.data, batch.digits))
+            self._send(writes.log_inputs(run_id, datasets.inputs(batch.data, batch.digits)))
         with tempfile.TemporaryDirectory() as tmp:
             folder = folder or Path(tmp)
             for name, text in batch.files.items():
@@ -498,11 +570,7 @@ class Tracker:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
             if any(folder.iterdir()):
-                known = self._artifact_uris.get(run_id)
-                if known is not None:
-                    store.artifact_repository(self.uri, known).log_artifacts(str(folder))
-                else:  # a run this tracker did not start: MLflow reads its location first
-                    client.log_artifacts(run_id, str(folder))
+                self._send(writes.log_artifacts(run_id, self._artifact_uris.get(run_id)), folder)
 
     def finish(
         self,
@@ -577,7 +645,9 @@ class Tracker:
 
         if self.weights and result.params is not None and result.member is not None:
             known = (self._store()[1], params) if params else (None, None)  # started here: its experiment is ours
-            models.log(client, self.uri, run_id, result, digits, *known)
+            net, example = models.net_and_example(result, digits)
+            with tempfile.TemporaryDirectory() as tmp:
+                self._send(writes.log_model(run_id, Path(tmp), net, example, *known), Path(tmp))
 
     def log_best(self, parent_run_id: str | None, metric: str, direction: str, best_before: float | None) -> str | None:
         """Of the trials that finished under `parent_run_id` since the last call and wait for it
@@ -641,20 +711,14 @@ class Tracker:
         self._queue(run_id, self._end, run_id, status, text, stopped if isinstance(error, BaseException) else None)
 
     def _end(self, client, run_id: str, status: str, text: str | None, zipnet_status: str | None) -> None:
-        from mlflow.entities import RunTag
-
         monitor = self._monitors.pop(run_id, None)
         if monitor is not None:
             monitor.finish()
-        problem = self._problems.pop(run_id, None)
-        if problem is not None and status == "FINISHED":
-            status, text = "FAILED", f"tracking: {problem}"
-        tags = [RunTag("zipnet.error", text[-7900:])] if text is not None else []
-        if zipnet_status is not None:
-            tags.append(RunTag("zipnet.status", zipnet_status))
-        if tags:
-            client.log_batch(run_id, tags=tags)
-        client.set_terminated(run_id, status)
+        self._send(writes.end(run_id, status, text, zipnet_status))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        """The run's status (RUNNING again: a resumed study's parent), queued behind everything before."""
+        self._queue(run_id, lambda client: self._send(writes.update_run(run_id, status)))
 
     # -- one finished member, after the fact ---------------------------------------------
 

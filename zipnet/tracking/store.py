@@ -46,6 +46,8 @@ class Settings:
     system_metrics: bool = True  # CPU and memory of runs that train here (MLflow's monitor)
     trial_outputs: str = "best"  # a study's trials: figures for each batch's best ones, "all", or "lean"
     flush_seconds: float = 5.0  # a live run's metrics reach the store at its first pass, then this often
+    spool_dir: str | None = None  # a server's pending writes, per worker (None: mlruns/spool here)
+    outage_timeout: float = 600.0  # how long a worker spools through an unreachable server before it stops
 
 
 FLAGS = ("enabled", "figures", "weights", "system_metrics")
@@ -70,6 +72,10 @@ def settings(cfg: DictConfig) -> Settings:
             )
         if key == "flush_seconds" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ConfigError("tracking.flush_seconds", f"{value!r} is not allowed; give seconds, 0 or more")
+        if key == "outage_timeout" and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError("tracking.outage_timeout", f"{value!r} is not allowed; give seconds, 0 or more")
+        if key == "spool_dir" and value is not None and not (isinstance(value, str) and value):
+            raise ConfigError("tracking.spool_dir", f"{value!r} is not allowed; give null (mlruns/spool) or a folder")
         if key == "experiment" and not (isinstance(value, str) and value.strip()):
             raise ConfigError("tracking.experiment", f"{value!r} is not allowed; give a non-empty name")
         out[key] = value
