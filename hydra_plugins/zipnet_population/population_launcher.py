@@ -76,11 +76,7 @@ class PopulationLauncher(Launcher):
             log.info(f"Running {len(job_overrides)} jobs one by one: the task function is not zipnet's trainer")
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            with clock.timing("hydra"):
-                cfg = self.composer.compose(list(overrides))
-                with open_dict(cfg):
-                    cfg.hydra.job.id = idx
-                    cfg.hydra.job.num = idx
+            cfg = self._compose(overrides, idx, clock)
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             if build is None:  # not zipnet's task: each job runs whole, in turn
                 returns.append(self._run_one(cfg))
@@ -104,11 +100,7 @@ class PopulationLauncher(Launcher):
                 found = []
                 for overrides in self.refill(free):
                     idx = initial_job_idx + len(returns)
-                    with clock.timing("hydra"):
-                        cfg = self.composer.compose(list(overrides))
-                        with open_dict(cfg):
-                            cfg.hydra.job.id = idx
-                            cfg.hydra.job.num = idx
+                    cfg = self._compose(overrides, idx, clock)
                     log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} (refilled lane)")
                     ret = self._collect(cfg, build, clock)
                     job = ret.return_value if ret.status == JobStatus.COMPLETED else None
@@ -126,6 +118,15 @@ class PopulationLauncher(Launcher):
                 else:
                     ret.return_value = runner.objective(job)
         return returns
+
+    def _compose(self, overrides: Sequence[str], idx: int, clock) -> DictConfig:
+        """Job number `idx`'s config, as Hydra's launchers number their jobs."""
+        with clock.timing("hydra"):
+            cfg = self.composer.compose(list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+        return cfg
 
     def _run_one(self, cfg: DictConfig) -> JobReturn:
         """A job of another Hydra app, as the basic launcher runs it."""
