@@ -7,7 +7,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper  # noqa: F401  (its config, as Hydra's plugin scan loads it)
 import hydra_plugins.zipnet_population.population_launcher  # noqa: F401
@@ -84,3 +84,35 @@ def test_what_hydra_refuses_is_refused_the_same_way(loader_and_master, job):
         Composer(loader, master).compose(job)
     assert str(fast.value) == str(full.value)
     assert isinstance(full.value, ConfigCompositionException) or "targets" in job[0]
+
+
+def test_the_launchers_hydra_config_is_hydras(loader_and_master):
+    """The population launcher sets HydraConfig without Hydra's copy of the hydra node: what a
+    job then reads (HydraConfig.get(), the ${hydra:} resolver, the hydra.yaml text) is what
+    HydraConfig.set_config gives, and the next job's config leaves it alone."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from hydra_plugins.zipnet_population.population_launcher import _set_hydra_config
+
+    loader, master = loader_and_master
+    composer = Composer(loader, master)
+    before = HydraConfig.instance().cfg
+    try:
+        for num, job in enumerate(JOBS[:3]):
+            theirs, ours = composer.compose(job), composer.compose(job)
+            for cfg in (theirs, ours):
+                with open_dict(cfg):
+                    cfg.hydra.job.num = num
+            HydraConfig.instance().set_config(theirs)
+            expected = OmegaConf.to_yaml(HydraConfig.instance().cfg)
+            view = _set_hydra_config(ours)
+            assert HydraConfig.get() is ours.hydra and HydraConfig.get().job.num == num
+            assert OmegaConf.to_yaml(view) == expected
+            assert OmegaConf.create({"x": "${hydra:job.override_dirname}"}).x == ours.hydra.job.override_dirname
+            assert ours.hydra._get_parent() is ours  # interpolations from hydra into the task's keys
+            with pytest.raises(Exception):
+                ours.hydra.job.num = 99  # read-only, as set_config leaves it
+            composer.compose(JOBS[0]).hydra.job.num = 7  # the next job's config is another object
+            assert HydraConfig.get().job.num == num
+    finally:
+        HydraConfig.instance().cfg = before

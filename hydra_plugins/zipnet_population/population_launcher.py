@@ -32,7 +32,7 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +149,7 @@ class PopulationLauncher(Launcher):
             out = os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), subdir))
             with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
                 cfg.hydra.runtime.output_dir = out
-            HydraConfig.instance().set_config(cfg)
-            hydra_cfg = HydraConfig.instance().cfg
+            hydra_cfg = _set_hydra_config(cfg)
             chdir = bool(hydra_cfg.hydra.job.chdir)
             task_cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
             overrides = list(cfg.hydra.overrides.task)
@@ -208,6 +207,19 @@ class PopulationLauncher(Launcher):
     def _in_sweep(self) -> bool:
         sweeper = str(self.config.hydra.sweeper.get("_target_", ""))
         return "zipnet_optuna" in sweeper
+
+
+def _set_hydra_config(cfg: DictConfig) -> DictConfig:
+    """HydraConfig.set_config(cfg) without its copy of the hydra node (a third of a job's setup):
+    the job's cfg is its own, composed for it alone, and its hydra node is read-only from here on,
+    so HydraConfig can hold the node itself. Hydra's own loader shares nodes the same way."""
+    OmegaConf.set_readonly(cfg.hydra, True)
+    view = OmegaConf.create()
+    with flag_override(view, "no_deepcopy_set_nodes", True):
+        view.hydra = cfg.hydra
+    cfg.hydra._set_parent(cfg)  # as set_config leaves it: interpolations from hydra into the task's keys
+    HydraConfig.instance().cfg = view
+    return view
 
 
 def to_yaml(cfg: DictConfig) -> str:
