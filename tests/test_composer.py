@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import ReadonlyConfigError
 
 import hydra_plugins.zipnet_optuna.zipnet_optuna_sweeper  # noqa: F401  (its config, as Hydra's plugin scan loads it)
 import hydra_plugins.zipnet_population.population_launcher  # noqa: F401
@@ -110,7 +111,7 @@ def test_the_launchers_hydra_config_is_hydras(loader_and_master):
             assert OmegaConf.to_yaml(view) == expected
             assert OmegaConf.create({"x": "${hydra:job.override_dirname}"}).x == ours.hydra.job.override_dirname
             assert ours.hydra._get_parent() is ours  # interpolations from hydra into the task's keys
-            with pytest.raises(Exception):
+            with pytest.raises(ReadonlyConfigError):
                 ours.hydra.job.num = 99  # read-only, as set_config leaves it
             composer.compose(JOBS[0]).hydra.job.num = 7  # the next job's config is another object
             assert HydraConfig.get().job.num == num
