@@ -6,8 +6,9 @@ which config files they use (`targets=pm0.8`). So the config-group overrides pic
 composed once by Hydra's own loader; each job is a copy of its base (unpickled: a third of
 a deepcopy's time) with its value overrides applied as Hydra applies them
 (`OmegaConf.update(..., merge=True)` on the struct config), and its `hydra.overrides.task`
-and `hydra.job.override_dirname` set as Hydra sets them. Anything else (`+key`, `~key`, `key@package`, `hydra.*`, or an override the base
-refuses) is composed in full, so errors read exactly as Hydra's.
+and `hydra.job.override_dirname` set as Hydra sets them. Anything else (`+key`, `~key`,
+`key@package`, `hydra.*`, or an override the base refuses) is composed in full, so errors
+read exactly as Hydra's.
 tests/test_composer.py checks every job against full composition.
 """
 
