@@ -51,9 +51,9 @@ def test_every_job_equals_its_full_composition(loader_and_master):
 
 
 def test_the_launchers_yaml_is_omegaconfs(loader_and_master):
-    """The population launcher writes a job's .hydra/ files with libyaml: the text OmegaConf
-    writes, for every job above (quoted strings, lists, the hydra node's enums)."""
-    from hydra_plugins.zipnet_population.population_launcher import to_yaml
+    """A job's .hydra/ files, config_resolved.yaml and its run's config files are written by libyaml:
+    the text OmegaConf writes, for every job above (quoted strings, lists, the hydra node's enums)."""
+    from zipnet.config_yaml import to_yaml
 
     loader, master = loader_and_master
     composer = Composer(loader, master)
@@ -62,6 +62,7 @@ def test_the_launchers_yaml_is_omegaconfs(loader_and_master):
         task = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
         for node in (cfg, task, OmegaConf.create(job)):
             assert to_yaml(node) == OmegaConf.to_yaml(node), job
+        assert to_yaml(task, resolve=True) == OmegaConf.to_yaml(task, resolve=True), job  # config_resolved.yaml
 
 
 def test_a_job_is_its_own_copy(loader_and_master):

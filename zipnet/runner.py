@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from zipnet import config as checks
+from zipnet.config_yaml import to_yaml
 from zipnet.engine import Checkpoint, Copy, Member, RunResult, format_pass, train
 from zipnet.engine import checkpoint as checkpoints
 from zipnet.errors import first_line
@@ -433,7 +434,7 @@ class Output(Watcher):
         if job.out_dir is None:
             return
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        (job.out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(job.cfg, resolve=True))
+        (job.out_dir / "config_resolved.yaml").write_text(to_yaml(job.cfg, resolve=True))
         summary = {
             "status": result.status,
             "diverged_at_pass": result.diverged_at_pass,

@@ -34,6 +34,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, flag_override, open_dict, read_write
 
+from zipnet.config_yaml import to_yaml
+
 log = logging.getLogger(__name__)
 
 
@@ -220,14 +222,3 @@ def _set_hydra_config(cfg: DictConfig) -> DictConfig:
     cfg.hydra._set_parent(cfg)  # as set_config leaves it: interpolations from hydra into the task's keys
     HydraConfig.instance().cfg = view
     return view
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    """OmegaConf.to_yaml's text, emitted by libyaml where PyYAML was built with it: the same text
-    (tests/test_composer.py), a third of the time for a job's hydra.yaml."""
-    import yaml
-
-    if not getattr(yaml, "__with_libyaml__", False):
-        return OmegaConf.to_yaml(cfg)
-    tree = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
-    return yaml.dump(tree, Dumper=yaml.CSafeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False)

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import zipnet
 from zipnet import metrics
+from zipnet.config_yaml import to_yaml
 from zipnet.errors import StoreError
 from zipnet.tracking import store, writes
 
@@ -203,8 +204,8 @@ def figure_title(name: str, overrides: list[str], width: int = 64) -> str:
 
 def _config_files(cfg: DictConfig, overrides: list[str]) -> dict[str, str]:
     return {
-        "config_resolved.yaml": OmegaConf.to_yaml(cfg, resolve=True),
-        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides))),
+        "config_resolved.yaml": to_yaml(cfg, resolve=True),
+        "overrides.yaml": to_yaml(OmegaConf.create(list(overrides))),
     }
 
 
