@@ -82,7 +82,8 @@ def _hold(folder: Path) -> int | None:
 
 
 def _write(path: Path, request: dict) -> None:
-    """Whole or not at all: the sender never reads half a request."""
+    """Whole or not at all: the sender never reads half a request. Not fsynced: the spool is for
+    the server's outages and the worker's stop; a host that loses power loses its trials too."""
     part = path.with_suffix(".part")
     part.write_text(json.dumps(request))
     part.replace(path)
