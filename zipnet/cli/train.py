@@ -191,7 +191,7 @@ def main() -> None:
             from zipnet import tracking
 
             ended = tracking.abort_open_runs("KILLED", err)
-            print(f"zipnet-train: {'; '.join(filter(None, [preempt.describe(err), ended]))}", file=sys.stderr)
+            print(f"zipnet-train: {preempt.describe(err)}; {ended}", file=sys.stderr)
             sys.exit(preempt.exit_code(err))
         except SystemExit as exit_:
             if exit_.code not in (0, None):  # Hydra reports a failed job by exiting 1

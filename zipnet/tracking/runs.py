@@ -850,10 +850,8 @@ atexit.register(flush)  # a process never exits with a run's figures or its end 
 
 def abort_open_runs(status: str, error: BaseException | None = None) -> str:
     """End every run this process left open (Ctrl-C: KILLED; an exception: FAILED), and wait.
-    Returns how they ended, for a line's end: `runs ended KILLED`, which could not be ended, or
-    nothing (none was open)."""
-    left = list(_OPEN.items())
-    for run_id, tracker in left:
+    Returns how they ended, for a line's end: `runs ended KILLED`, or which could not be ended."""
+    for run_id, tracker in list(_OPEN.items()):
         tracker.end(run_id, status, error)
     try:
         flush()
@@ -861,7 +859,7 @@ def abort_open_runs(status: str, error: BaseException | None = None) -> str:
         pass
     unended = [run_id for tracker in list(_TRACKERS) for run_id in tracker.unended]
     if not unended:
-        return f"runs ended {status}" if left else ""
+        return f"runs ended {status}"
     return (
         f"the end of {len(unended)} run(s) could not be written to the store, so MLflow shows them "
         f"RUNNING ({', '.join(run_id[:8] for run_id in unended)})"
