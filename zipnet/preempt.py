@@ -5,7 +5,8 @@ Schedulers, `timeout` and spot reclaims send SIGTERM; a closed terminal sends SI
 that cleans up after Ctrl-C (runs ended KILLED, trials given back) runs for them too. The
 process then exits 128 + the signal's number, as a shell reports a process killed by it.
 Another thread that finds the process cannot go on (the MLflow server away past its bound,
-zipnet/tracking/spool.py) stops it the same way with `stop(reason)`: exit 2, the reason said.
+zipnet/tracking/spool.py; the local store's disk full or read-only, zipnet/tracking/runs.py) stops
+it the same way with `stop(reason)`: exit 2, the reason said.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ def fast_commits() -> None:
 def _pragmas(connection, record) -> None:
     if isinstance(connection, sqlite3.Connection):
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file: every later opener reads it
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file: every later opener reads it
+        except sqlite3.OperationalError:  # a full or read-only disk: the first write says so, at once
+            pass  # (raised here, MLflow would retry opening its store for 100 s)
         cursor.execute("PRAGMA synchronous=NORMAL")  # per connection
         cursor.close()

@@ -167,7 +167,7 @@ def _task(cfg: DictConfig):
         _refuse(cfg, err)
         return None
     if job.error is not None:
-        if isinstance(job.error, (ConfigError, DataError)):
+        if isinstance(job.error, (ConfigError, DataError, StoreError)):
             _refuse(cfg, job.error)
             return None
         raise job.error
@@ -184,11 +184,14 @@ def main() -> None:
     with session.scope() as here, preempt.signals():
         try:
             _app()
-        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP (zipnet.preempt)
             from zipnet import tracking
 
-            tracking.abort_open_runs("KILLED", err)
-            print(f"zipnet-train: {preempt.describe(err)}; runs ended KILLED", file=sys.stderr)
+            tracking.flush()  # the runs' last writes while a stop can still be said (a full disk's)
+        except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM / SIGHUP, or a stop (zipnet.preempt)
+            from zipnet import tracking
+
+            ended = tracking.abort_open_runs("KILLED", err)
+            print(f"zipnet-train: {preempt.describe(err)}; {ended}", file=sys.stderr)
             sys.exit(preempt.exit_code(err))
         except SystemExit as exit_:
             if exit_.code not in (0, None):  # Hydra reports a failed job by exiting 1

@@ -168,7 +168,8 @@ class TrialWatcher(Watcher):
         trial's user attrs; without tracking, only its path (a worker on this machine resumes it)."""
         tracker = session.current().tracker_for(job.cfg)
         where = {"pass": passes_done, "path": str(job.checkpoint.resolve())}
-        if tracker is not None and job.run_id is not None:
+        # a store whose disk was found full or read-only stopped the worker, in one line: the path only
+        if tracker is not None and job.run_id is not None and tracker.fault is None:
             try:
                 where["artifact_uri"] = tracker.upload(job.run_id, job.checkpoint)
             except Exception as err:  # the server is away: the retry finds what was uploaded before

@@ -21,6 +21,11 @@ first reads the run (or the model) back from the server.
 Every write is a request (zipnet/tracking/writes.py): to a local store sent at once, to a server
 spooled on local disk and sent in order by the spool's thread (zipnet/tracking/spool.py), so an
 outage of the server stops no training.
+
+A write that finds the store's disk full, over quota or read-only (ENOSPC, EDQUOT, EROFS, or
+sqlite's own words for them) stops the process as SIGTERM does, in one line naming the folder
+(`stopped_by`): its runs end KILLED or FAILED where the store can still take that, a study's
+running trials are given back, and no later file is tried.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import weakref
@@ -44,7 +51,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import zipnet
-from zipnet import metrics
+from zipnet import metrics, preempt
 from zipnet.config_yaml import to_yaml
 from zipnet.errors import StoreError
 from zipnet.tracking import store, writes
@@ -275,6 +282,11 @@ class Tracker:
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
         self._monitors: dict[str, Any] = {}  # run id -> MLflow's SystemMetricsMonitor
+        # the one line once a write found the store's disk full or read-only: this process stops
+        self.fault: str | None = None
+        self._faulting = threading.Lock()
+        self._artifact_root: Path | None = None  # the experiment's artifact folder, on local disk
+        self.unended: list[str] = []  # runs whose end could not be written (the store's disk)
         # IMPORTS: the worker's _open imports mlflow while the data loads; the main thread imports
         # from mlflow only after self._store() or ready() (two threads importing mlflow's circular
         # package at once can get a half-initialised module: ImportError)
@@ -312,7 +324,13 @@ class Tracker:
 
     def _open(self):
         client = store.open_client(self.uri)
-        return client, store.experiment_id(client, self.experiment, self.uri)
+        found = store.experiment_id(client, self.experiment, self.uri)
+        location = client.get_experiment(found).artifact_location
+        if location.startswith("file:"):
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            self._artifact_root = Path(local_file_uri_to_path(location))
+        return client, found
 
     @staticmethod
     def _warm(figures: bool, weights: bool) -> None:
@@ -336,10 +354,33 @@ class Tracker:
     def _store(self):
         try:
             return self._opened.result()
-        except StoreError:
-            raise
         except Exception as err:
+            self.stopped_by(None, err)  # a full or read-only disk: the process stops, in one line
+            if isinstance(err, StoreError):
+                raise
             raise store.store_error(self.uri, f"cannot be opened ({store.one_line(err)})") from err
+
+    def stopped_by(self, run_id: str | None, err: BaseException) -> bool:
+        """Whether `err` says the store's disk is full or read-only (store.disk_fault), or came after
+        one that did (the run then ends FAILED, quietly). The first stops the process as SIGTERM does,
+        with its one line: raised here on the main thread, signalled from the writer (its runs end
+        KILLED, a study's running trials are given back); outside zipnet-train it is only said."""
+        line = store.disk_fault(err, self.uri, self._artifact_root)
+        if line is None and self.fault is None:
+            return False
+        if run_id is not None:
+            self._problems.setdefault(run_id, line or f"after {self.fault}: {store.one_line(err)}")
+        with self._faulting:
+            if self.fault is not None:
+                return True
+            self.fault = line
+        if not preempt.active():
+            print(f"zipnet: {line}", file=sys.stderr, flush=True)
+        elif threading.current_thread() is threading.main_thread():
+            raise preempt.Preempted(signal.SIGTERM, line)
+        else:
+            preempt.stop(line)
+        return True
 
     @property
     def client(self):
@@ -360,6 +401,8 @@ class Tracker:
             try:
                 job(self._store()[0], *args)
             except Exception as err:
+                if self.stopped_by(run_id, err):
+                    return
                 self._problems.setdefault(run_id, "".join(traceback.format_exception(err)))
                 print(f"zipnet: MLflow run {run_id}: could not log ({type(err).__name__}: {err})", file=sys.stderr)
             finally:
@@ -369,7 +412,10 @@ class Tracker:
         self._queued.append(self._worker.submit(work))
 
     def _send(self, request: dict, files: Path | None = None) -> None:
-        """One write: into the spool for a server, else to the store now."""
+        """One write: into the spool for a server, else to the store now. Once the store's disk
+        was found full or read-only, files and models are not tried again."""
+        if self.fault is not None and request["op"] in ("log_artifacts", "log_model"):
+            raise StoreError(self.fault)
         if self._spool is not None:
             self._spool.put(request, files)
         else:
@@ -490,8 +536,15 @@ class Tracker:
         the server is known to be away: the caller keeps the last upload."""
         if self._spool is not None and self._spool.away:
             raise store.store_error(self.uri, "the tracking server is away")
+        if self.fault is not None:
+            raise StoreError(self.fault)
         known = self._artifact_uris.get(run_id) or self._store()[0].get_run(run_id).info.artifact_uri
-        store.artifact_repository(self.uri, known).log_artifact(str(path))
+        try:
+            store.artifact_repository(self.uri, known).log_artifact(str(path))
+        except OSError as err:
+            if self.stopped_by(run_id, err):
+                raise StoreError(self.fault) from err
+            raise
         return known
 
     def download(self, artifact_uri: str, name: str, folder: Path) -> Path:
@@ -715,7 +768,11 @@ class Tracker:
         monitor = self._monitors.pop(run_id, None)
         if monitor is not None:
             monitor.finish()
-        self._send(writes.end(run_id, status, text, zipnet_status))
+        try:
+            self._send(writes.end(run_id, status, text, zipnet_status))
+        except Exception:
+            self.unended.append(run_id)
+            raise
 
     def set_status(self, run_id: str, status: str) -> None:
         """The run's status (RUNNING again: a resumed study's parent), queued behind everything before."""
@@ -792,11 +849,19 @@ def flush() -> None:
 atexit.register(flush)  # a process never exits with a run's figures or its end still queued
 
 
-def abort_open_runs(status: str, error: BaseException | None = None) -> None:
-    """End every run this process left open (Ctrl-C: KILLED; an exception: FAILED), and wait."""
+def abort_open_runs(status: str, error: BaseException | None = None) -> str:
+    """End every run this process left open (Ctrl-C: KILLED; an exception: FAILED), and wait.
+    Returns how they ended, for a line's end: `runs ended KILLED`, or which could not be ended."""
     for run_id, tracker in list(_OPEN.items()):
         tracker.end(run_id, status, error)
     try:
         flush()
     except Exception:  # the store itself may be what failed; nothing more to do
         pass
+    unended = [run_id for tracker in list(_TRACKERS) for run_id in tracker.unended]
+    if not unended:
+        return f"runs ended {status}"
+    return (
+        f"the end of {len(unended)} run(s) could not be written to the store, so MLflow shows them "
+        f"RUNNING ({', '.join(run_id[:8] for run_id in unended)})"
+    )

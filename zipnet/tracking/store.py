@@ -9,6 +9,7 @@ shared `mlflow server` works unchanged). MLflow is imported only where a store i
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -119,6 +120,43 @@ def store_error(uri: str, problem: str, fix: str = "") -> StoreError:
     return StoreError(f"MLflow store {uri}: {problem}; {way_out}")
 
 
+# what a write that found no room, or no write access, says (OSError's errno; sqlite's own words)
+DISK_FAULTS = {
+    errno.ENOSPC: "the disk is full (no space left on device)",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the folder is read-only (read-only file system)",
+}
+SQLITE_FAULTS = {
+    "database or disk is full": "the disk is full (database or disk is full)",
+    "attempt to write a readonly database": "the folder is read-only (readonly database)",
+}
+
+
+def disk_fault(err: BaseException | None, uri: str, root: Path | None = None) -> str | None:
+    """One line for an error that says the store's disk is full, over quota or read-only (in `err`
+    or the errors it wraps): the folder, what is wrong and the way out. None for any other error.
+    The folder named is `root` (the experiment's artifact folder) for a file under it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        what, where = None, None
+        if isinstance(err, OSError) and err.errno in DISK_FAULTS:
+            what = DISK_FAULTS[err.errno]
+            name = err.filename2 or err.filename  # a copy's target, else the file (a write's names none)
+            where = Path(os.fsdecode(name)) if name is not None else root
+            if where is not None and where != root:
+                where = root if root is not None and where.is_relative_to(root) else where.parent
+        else:
+            what = next((v for k, v in SQLITE_FAULTS.items() if k in str(err)), None)
+            db = sqlite_path(uri)
+            where = db.parent if db is not None else None
+        if what is not None:
+            fix = "make it writable" if "read-only" in what else "free space there"
+            return str(store_error(uri, f"{where or 'its folder'}: {what}", f"{fix} and rerun the same command"))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
@@ -185,6 +223,9 @@ def open_client(uri: str):
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as err:
+        full = disk_fault(err, uri)
+        if full is not None:
+            raise StoreError(full) from err
         fix = f"move or delete {path.name}" if path is not None else "check the store"
         raise store_error(uri, f"cannot be opened ({one_line(err)})", fix) from err
     return client

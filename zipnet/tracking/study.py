@@ -105,5 +105,9 @@ def log_study(tracker, parent_run_id: str, study) -> dict[str, str]:
     """Log the study's views and trials.csv onto the parent run; returns the views skipped."""
     with tempfile.TemporaryDirectory() as tmp:
         skipped = write(study, Path(tmp))
-        tracker.client.log_artifacts(parent_run_id, tmp)
+        try:
+            tracker.client.log_artifacts(parent_run_id, tmp)
+        except OSError as err:  # a full or read-only disk stops the worker in one line
+            if not tracker.stopped_by(parent_run_id, err):
+                raise
     return skipped
