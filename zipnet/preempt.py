@@ -29,6 +29,7 @@ class Preempted(KeyboardInterrupt):
 # Signals are delivered to the process, so this state is the process's (main thread only).
 _held: list[int] = []  # signals that arrived inside `critical()`, raised at its end
 _depth = 0
+_whole = 0  # inside `whole()`: every stop, `stop`'s too, waits for the step's end
 _reasons: list[str] = []  # why `stop` sent SIGTERM, for the Preempted it raises
 
 
@@ -37,7 +38,7 @@ def _preempted(signum: int) -> Preempted:
 
 
 def _raise(signum, frame):
-    if _depth and not _reasons:  # a `stop` is raised at once: the step it cuts is what cannot finish
+    if _whole or (_depth and not _reasons):  # a `stop` is raised at once: the step it cuts is what cannot finish
         _held.append(signum)
         return
     raise _preempted(signum)
@@ -68,7 +69,22 @@ def critical():
         yield
     finally:
         _depth -= 1
-    if not _depth and _held:
+    if not _depth and not _whole and _held:
+        raise _preempted(_held.pop(0))
+
+
+@contextlib.contextmanager
+def whole():
+    """A short step that needs only the storage and must not be cut at all (asking trials: one
+    cut between the storage's insert and the worker's note of it leaves a trial no one gives
+    back): every stop, `stop`'s too, is raised when it is done."""
+    global _whole
+    _whole += 1
+    try:
+        yield
+    finally:
+        _whole -= 1
+    if not _whole and not _depth and _held:
         raise _preempted(_held.pop(0))
 
 

@@ -37,7 +37,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from zipnet import session
+from zipnet import preempt, session
 from zipnet.errors import first_line
 from zipnet.sweeps.heartbeat import Heartbeat, Silence, attribute_beat
 from zipnet.sweeps.snapshot import Snapshot
@@ -575,8 +575,9 @@ class Coordinator:
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
             for _ in range(min(spec.batch if limit is None else limit, free)):
-                trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
-                self.mine[trial.number] = trial._trial_id
+                with preempt.whole():  # a trial in the storage is in `mine` too, for the give-back
+                    trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
+                    self.mine[trial.number] = trial._trial_id
                 if self.extend is not None:
                     self._extend(trial)
                 snapshot.refresh(trial._trial_id)
