@@ -136,6 +136,7 @@ def test_results_record_the_backend_the_build_and_the_cpu():
     assert fast.cpu == slow.cpu == kernel.cpu_model() != ""
 
 
+@pytest.mark.slow  # kept out of CI for the suite's 20 minutes; make test-all runs it
 @needs_kernel
 @pytest.mark.skipif("avx2" not in kernel.cpu_flags(), reason="the CPU has no AVX2")
 def test_an_avx2_build_computes_the_same_numbers_as_the_native_one(tmp_path):

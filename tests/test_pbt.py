@@ -207,6 +207,7 @@ def test_a_perturb_key_that_cannot_change_is_refused_in_one_line(tmp_path, pertu
     assert not (tmp_path / "mlruns" / "optuna.db").exists() and not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # kept out of CI for the suite's 20 minutes; make test-all runs it
 @pytest.mark.skipif(not SHARED_USPS.is_file(), reason=f"needs the shared USPS copy at {SHARED_USPS}")
 def test_the_pbt_usps_preset_runs(tmp_path):
     args = ["-m", "sweeps=pbt_usps", f"data.path={SHARED_USPS}", "data.n_train=300", "data.n_test=100"]
