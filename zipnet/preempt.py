@@ -29,7 +29,7 @@ class Preempted(KeyboardInterrupt):
 # Signals are delivered to the process, so this state is the process's (main thread only).
 _held: list[int] = []  # signals that arrived inside `critical()`, raised at its end
 _depth = 0
-_whole = 0  # inside `whole()`: every stop, `stop`'s too, waits for the step's end
+_whole = 0  # inside `critical(stops_too=True)`: every stop, `stop`'s too, waits for the step's end
 _reasons: list[str] = []  # why `stop` sent SIGTERM, for the Preempted it raises
 
 
@@ -38,7 +38,7 @@ def _preempted(signum: int) -> Preempted:
 
 
 def _raise(signum, frame):
-    if _whole or (_depth and not _reasons):  # a `stop` is raised at once: the step it cuts is what cannot finish
+    if _whole or (_depth and not _reasons):  # a `stop` waits only for critical(stops_too=True)
         _held.append(signum)
         return
     raise _preempted(signum)
@@ -60,31 +60,20 @@ def stop(reason: str) -> bool:
 
 
 @contextlib.contextmanager
-def critical():
+def critical(stops_too: bool = False):
     """A step that must not be cut in half (create a run and record it): a stop signal that
-    arrives inside is raised when the step is done."""
-    global _depth
+    arrives inside is raised when the step is done. A `stop` (another thread's: the step may be
+    what cannot finish) is raised at once, unless `stops_too`: a short step that needs only the
+    storage, such as asking a trial and noting it for the give-back."""
+    global _depth, _whole
     _depth += 1
+    _whole += stops_too
     try:
         yield
     finally:
         _depth -= 1
-    if not _depth and not _whole and _held:
-        raise _preempted(_held.pop(0))
-
-
-@contextlib.contextmanager
-def whole():
-    """A short step that needs only the storage and must not be cut at all (asking trials: one
-    cut between the storage's insert and the worker's note of it leaves a trial no one gives
-    back): every stop, `stop`'s too, is raised when it is done."""
-    global _whole
-    _whole += 1
-    try:
-        yield
-    finally:
-        _whole -= 1
-    if not _whole and not _depth and _held:
+        _whole -= stops_too
+    if not _depth and _held:
         raise _preempted(_held.pop(0))
 
 

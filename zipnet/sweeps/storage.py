@@ -575,7 +575,7 @@ class Coordinator:
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
             for _ in range(min(spec.batch if limit is None else limit, free)):
-                with preempt.whole():  # a trial in the storage is in `mine` too, for the give-back
+                with preempt.critical(stops_too=True):  # a trial in the storage is in `mine` too, for the give-back
                     trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
                     self.mine[trial.number] = trial._trial_id
                 if self.extend is not None:
