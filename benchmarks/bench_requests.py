@@ -227,7 +227,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials per worker")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument(
-        "--outputs", nargs="+", default=["best", "lean"], help="tracking.trial_outputs to count (and tracking off)"
+        "--outputs",
+        nargs="*",
+        default=["best", "lean"],
+        help="tracking.trial_outputs to count (and tracking off; none given: tracking off only)",
     )
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every trial")
     args = parser.parse_args()

@@ -51,9 +51,20 @@ def _write(storage, reports: list[Report]) -> dict[int, bool]:
     if hasattr(rdb, "scoped_session"):
         try:
             patient = getattr(rdb, "attempt", None)  # storage.Patient: waits out an unreachable database
-            return patient("report", _insert, rdb, reports) if patient else _insert(rdb, reports)
+            written = patient("report", _insert, rdb, reports) if patient else _insert(rdb, reports)
         except ImportError:  # an Optuna without these models: the public API below
             pass
+        except BaseException:  # cut or failed: whether the values are in, the storage says
+            let_go = getattr(storage, "let_go", None)
+            for r in reports if let_go is not None else ():
+                let_go(r.trial._trial_id)
+            raise
+        else:
+            held = getattr(storage, "reported", None)  # zipnet.sweeps.held: this worker's trials, in memory
+            for r in reports:
+                if held is not None and written[r.trial._trial_id]:
+                    held(r.trial._trial_id, int(r.step), float(r.value))
+            return written
     from optuna.exceptions import UpdateFinishedTrialError
 
     written = {}
@@ -94,8 +105,8 @@ def _insert(rdb, reports: list[Report]) -> dict[int, bool]:
                         "intermediate_value_type": kind,
                     }
                 )
-        if payload:
-            session.execute(sqlalchemy.insert(values), payload)
+        if payload:  # one statement, however many rows (an executemany would log one per row)
+            session.execute(sqlalchemy.insert(values).values(payload))
         session.commit()
     except BaseException:
         session.rollback()

@@ -94,8 +94,9 @@ def local_file(url: str) -> Path | None:
 
 def open_storage(url: str, spec: StudySpec | None = None):
     """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql), with heartbeats
-    and retries as `spec` sets them, behind Optuna's trial cache (`optuna.storages.get_storage`:
-    a finished trial is read once, then only unfinished and new trials), or `journal:PATH`.
+    and retries as `spec` sets them, behind Optuna's trial cache (a finished trial is read once,
+    then only unfinished and new trials; this worker's own running ones not at all:
+    zipnet.sweeps.held), or `journal:PATH`.
     Opened once per session (zipnet.session): the sweeper, its coordinator and its jobs share
     the one cache; the first to open it (the sweeper, with its spec) sets its heartbeat."""
     storages = session.current().storages
@@ -134,12 +135,10 @@ def open_storage(url: str, spec: StudySpec | None = None):
                     grace_period=spec.grace,
                     heartbeat_stale_trial_callback=StaleTrials(spec.max_retry),
                 )
-            if local_file(url):
-                storage = optuna.storages.get_storage(rdb)
-            else:  # a server: behind the same trial cache, calls that wait out its outages
-                from optuna.storages._cached_storage import _CachedStorage
+            from zipnet.sweeps.held import HeldTrials
 
-                storage = _CachedStorage(Patient(rdb, spec.outage_timeout))
+            # a server: behind the same trial cache, calls that wait out its outages
+            storage = HeldTrials(rdb if local_file(url) else Patient(rdb, spec.outage_timeout))
     except Exception as err:
         raise storage_error(url, err) from err
     storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
@@ -656,12 +655,17 @@ class Coordinator:
 
     def settle(self, numbers: list[int], reasons: dict[int, str]) -> None:
         """After a batch: a trial its job left running (the job failed before it could tell)
-        fails with the job's reason."""
+        fails with the job's reason. One read of the study for the batch: its trials are read from
+        the storage, not answered from this worker's memory (a job elsewhere may have told them)."""
         from optuna.trial import TrialState
 
+        let_go = getattr(self.storage, "let_go", None)
+        if let_go is not None:
+            for number in numbers:
+                let_go(self.trial_id(number))
+        states = {t.number: t.state for t in self.study.get_trials(deepcopy=False)}
         for number in numbers:
-            frozen = self.storage.get_trial(self.trial_id(number))
-            if frozen.state == TrialState.RUNNING:
+            if states.get(number) == TrialState.RUNNING:
                 reason = reasons.get(number, "its job ended without telling a result")
                 self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
                 self.finish(number, "FAIL")

@@ -1,0 +1,230 @@
+"""Optuna's trial cache, answering for this worker's own running trials from memory.
+
+Optuna's cache (`optuna.storages._CachedStorage`) reads a finished trial once, but reads every
+running trial again at each `get_trial` and `get_all_trials`: a worker reading its own batch
+(to ask, to prune, to tell, a job finding its trial) costs a read of each trial's params,
+values and attributes per call, though no one else writes to them. `HeldTrials` keeps each
+trial this process asked (created, or taken from the queue) as it wrote it, from the ask until
+its state changes, and answers for it from memory; every other trial, other workers' running
+ones included, is read from the storage as before, so a pruner still sees their reports.
+
+Only a write that succeeded changes the copy in memory. A trial leaves memory before its state
+is written (tell, fail, give back), and whenever a write to it fails or is cut (a stop signal),
+so that it is read from the storage again. A trial another worker failed meanwhile (its
+heartbeat was judged stale) takes no write: the storage refuses it as before, and a tell of it
+is skipped, as `skip_if_finished` would have skipped it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from optuna.storages._cached_storage import _CachedStorage
+
+
+class HeldTrials(_CachedStorage):
+    def __init__(self, backend):
+        super().__init__(backend)
+        self._held = {}  # trial id -> FrozenTrial, as this process wrote it; RUNNING
+        self._study_ids: dict[str, int] = {}  # a study's id never changes
+
+    # -- what this worker holds ------------------------------------------------------------
+
+    def _study(self, study_id: int):
+        """The cache's record of the study (under the lock), made if there is none yet."""
+        if study_id not in self._studies:
+            from optuna.storages._cached_storage import _StudyInfo
+
+            self._studies[study_id] = _StudyInfo()
+        return self._studies[study_id]
+
+    def _hold(self, study_id: int, frozen) -> None:
+        with self._lock:
+            self._study(study_id)
+            self._add_trials_to_cache(study_id, [frozen])
+            self._studies[study_id].unfinished_trial_ids.add(frozen._trial_id)  # read again once let go
+            self._held[frozen._trial_id] = copy.deepcopy(frozen)
+
+    def let_go(self, trial_id: int) -> None:
+        """Read the trial from the storage from now on (its state may have been written elsewhere)."""
+        with self._lock:
+            self._held.pop(trial_id, None)
+
+    def holds(self, trial_id: int) -> bool:
+        with self._lock:
+            return trial_id in self._held
+
+    def _written(self, trial_id: int, write, change) -> None:
+        """`write()` to the storage, then `change(frozen)` on the copy held, if any."""
+        try:
+            write()
+        except BaseException:
+            self.let_go(trial_id)
+            raise
+        with self._lock:
+            frozen = self._held.get(trial_id)
+            if frozen is not None:
+                change(frozen)
+
+    def reported(self, trial_id: int, step: int, value: float) -> None:
+        """A value written to the storage by zipnet's own statement (zipnet.sweeps.pruning)."""
+        with self._lock:
+            frozen = self._held.get(trial_id)
+            if frozen is not None:
+                frozen.intermediate_values[step] = value
+
+    # -- the storage calls -----------------------------------------------------------------
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        with self._lock:
+            found = self._study_ids.get(study_name)
+        if found is None:
+            found = self._backend.get_study_id_from_name(study_name)
+            with self._lock:
+                self._study_ids[study_name] = found
+        return found
+
+    def delete_study(self, study_id: int) -> None:
+        with self._lock:
+            self._study_ids = {name: sid for name, sid in self._study_ids.items() if sid != study_id}
+            self._held = {tid: t for tid, t in self._held.items() if self._study_of(tid) != study_id}
+        super().delete_study(study_id)
+
+    def _study_of(self, trial_id: int) -> int | None:
+        found = self._trial_id_to_study_id_and_number.get(trial_id)
+        return found[0] if found else None
+
+    def create_new_trial(self, study_id: int, template_trial=None) -> int:
+        from optuna.trial import TrialState
+
+        frozen = self._backend._create_new_trial(study_id, template_trial)
+        if frozen.state == TrialState.RUNNING:  # asked here
+            self._hold(study_id, frozen)
+        else:  # added finished, or to the queue: as Optuna's cache keeps it
+            with self._lock:
+                self._study(study_id)
+                self._add_trials_to_cache(study_id, [frozen])
+        return frozen._trial_id
+
+    def set_trial_param(self, trial_id, param_name, param_value_internal, distribution) -> None:
+        def change(frozen):
+            frozen.params[param_name] = distribution.to_external_repr(param_value_internal)
+            frozen.distributions[param_name] = distribution
+
+        self._written(
+            trial_id,
+            lambda: super(HeldTrials, self).set_trial_param(trial_id, param_name, param_value_internal, distribution),
+            change,
+        )
+
+    def set_trial_intermediate_value(self, trial_id, step, intermediate_value) -> None:
+        self._written(
+            trial_id,
+            lambda: self._backend.set_trial_intermediate_value(trial_id, step, intermediate_value),
+            lambda frozen: frozen.intermediate_values.__setitem__(step, intermediate_value),
+        )
+
+    def set_trial_user_attr(self, trial_id, key, value) -> None:
+        self._written(
+            trial_id,
+            lambda: self._backend.set_trial_user_attr(trial_id, key=key, value=value),
+            lambda frozen: frozen.user_attrs.__setitem__(key, copy.deepcopy(value)),
+        )
+
+    def set_trial_system_attr(self, trial_id, key, value) -> None:
+        self._written(
+            trial_id,
+            lambda: self._backend.set_trial_system_attr(trial_id, key=key, value=value),
+            lambda frozen: frozen.system_attrs.__setitem__(key, copy.deepcopy(value)),
+        )
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        with self._lock:
+            held = self._held.pop(trial_id, None) is not None
+        try:
+            done = self._backend.set_trial_state_values(trial_id, state=state, values=values)
+        except UpdateFinishedTrialError:
+            if not held:
+                raise
+            return False  # finished elsewhere while held here (failed as stale): as a skipped tell
+        if done and state == TrialState.RUNNING:  # taken from the queue (a retry): held from now on
+            frozen = self._backend.get_trial(trial_id)
+            with self._lock:
+                study_id = self._study_of(trial_id)
+            if study_id is not None:
+                self._hold(study_id, frozen)
+        return done
+
+    def get_trial(self, trial_id: int):
+        with self._lock:
+            frozen = self._held.get(trial_id)
+            if frozen is not None:
+                return copy.deepcopy(frozen)
+        return super().get_trial(trial_id)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None):
+        trials = super().get_all_trials(study_id, deepcopy=False)
+        with self._lock:
+            trials = [self._held.get(t._trial_id, t) for t in trials]
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        """Optuna's read of the unfinished and new trials, less the ones held here."""
+        with self._lock:
+            study = self._study(study_id)
+            held = {tid for tid in self._held if self._study_of(tid) == study_id}
+            trials = self._read(study_id, study.unfinished_trial_ids - held, study.last_finished_trial_id, held)
+            if not trials:
+                return
+            self._add_trials_to_cache(study_id, trials)
+            for trial in trials:
+                if not trial.state.is_finished():
+                    study.unfinished_trial_ids.add(trial._trial_id)
+                    continue
+                study.last_finished_trial_id = max(study.last_finished_trial_id, trial._trial_id)
+                study.unfinished_trial_ids.discard(trial._trial_id)
+
+    def _read(self, study_id: int, included: set[int], greater_than: int, held: set[int]) -> list:
+        """RDBStorage._get_trials, leaving out the trials in `held`: through storage.Patient
+        (its waits for an unreachable database) where the backend is one."""
+        backend = self._backend
+        rdb = getattr(backend, "_backend", backend)
+        attempt = getattr(backend, "attempt", None)
+        if not held:
+            return backend._get_trials(
+                study_id, states=None, included_trial_ids=included, trial_id_greater_than=greater_than
+            )
+        if attempt is not None:
+            return attempt("get_all_trials", _get_trials_except, rdb, study_id, included, greater_than, held)
+        return _get_trials_except(rdb, study_id, included, greater_than, held)
+
+
+def _get_trials_except(rdb, study_id: int, included: set[int], greater_than: int, held: set[int]) -> list:
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy import orm
+
+    included = {tid for tid in included if tid <= greater_than}
+    trial = models.TrialModel
+    with _create_scoped_session(rdb.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session)
+        query = (
+            session.query(trial)
+            .options(orm.selectinload(trial.params))
+            .options(orm.selectinload(trial.values))
+            .options(orm.selectinload(trial.user_attributes))
+            .options(orm.selectinload(trial.system_attributes))
+            .options(orm.selectinload(trial.intermediate_values))
+            .filter(trial.study_id == study_id, trial.trial_id.notin_(held))
+        )
+        if included and greater_than > -1:
+            query = query.filter(sqlalchemy.or_(trial.trial_id.in_(included), trial.trial_id > greater_than))
+        elif greater_than > -1:
+            query = query.filter(trial.trial_id > greater_than)
+        return [rdb._build_frozen_trial_from_trial_model(t) for t in query.order_by(trial.trial_id).all()]
