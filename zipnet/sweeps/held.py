@@ -17,7 +17,9 @@ is skipped, as `skip_if_finished` would have skipped it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
 
 from optuna.storages._cached_storage import _CachedStorage
 
@@ -27,6 +29,8 @@ class HeldTrials(_CachedStorage):
         super().__init__(backend)
         self._held = {}  # trial id -> FrozenTrial, as this process wrote it; RUNNING
         self._study_ids: dict[str, int] = {}  # a study's id never changes
+        self._queue: dict[int, tuple[list, dict]] = {}  # trial id -> (params, user attrs) not written yet
+        self._queuing: int | None = None  # the thread inside `together`
 
     # -- what this worker holds ------------------------------------------------------------
 
@@ -73,6 +77,51 @@ class HeldTrials(_CachedStorage):
             if frozen is not None:
                 frozen.intermediate_values[step] = value
 
+    @contextlib.contextmanager
+    def together(self):
+        """Inside, a held trial's params and user attributes (an ask's) are kept, and written at
+        the end in one transaction per trial, or before any other write to the trial. Cut or
+        failed inside: nothing kept is written, and the trials are read from the storage again."""
+        self._queuing = threading.get_ident()
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                dropped, self._queue = list(self._queue), {}
+            for trial_id in dropped:
+                self.let_go(trial_id)
+            raise
+        finally:
+            self._queuing = None
+        for trial_id in list(self._queue):
+            self._flush(trial_id)
+
+    def _kept(self, trial_id: int):
+        """The trial's (params, user attrs) queue while `together` is in force here, else None."""
+        if self._queuing != threading.get_ident():
+            return None
+        with self._lock:
+            if trial_id not in self._held:
+                return None
+            return self._queue.setdefault(trial_id, ([], {}))
+
+    def _flush(self, trial_id: int) -> None:
+        with self._lock:
+            kept = self._queue.pop(trial_id, None)
+        if kept is None or not (kept[0] or kept[1]):
+            return
+        backend = self._backend
+        attempt = getattr(backend, "attempt", None)
+        rdb = getattr(backend, "_backend", backend)
+        try:
+            if attempt is not None:
+                attempt("together", _write_together, rdb, trial_id, *kept)
+            else:
+                _write_together(rdb, trial_id, *kept)
+        except BaseException:
+            self.let_go(trial_id)
+            raise
+
     # -- the storage calls -----------------------------------------------------------------
 
     def get_study_id_from_name(self, study_name: str) -> int:
@@ -107,6 +156,22 @@ class HeldTrials(_CachedStorage):
         return frozen._trial_id
 
     def set_trial_param(self, trial_id, param_name, param_value_internal, distribution) -> None:
+        from optuna.distributions import check_distribution_compatibility
+
+        with self._lock:
+            study_id = self._study_of(trial_id)
+            before = self._studies[study_id].param_distribution.get(param_name) if study_id is not None else None
+        kept = self._kept(trial_id) if before is not None else None  # a first param: Optuna checks it in the study
+        if kept is not None:
+            check_distribution_compatibility(before, distribution)
+            kept[0].append((param_name, param_value_internal, distribution))
+            with self._lock:
+                frozen = self._held[trial_id]
+                frozen.params[param_name] = distribution.to_external_repr(param_value_internal)
+                frozen.distributions[param_name] = distribution
+            return
+        self._flush(trial_id)
+
         def change(frozen):
             frozen.params[param_name] = distribution.to_external_repr(param_value_internal)
             frozen.distributions[param_name] = distribution
@@ -118,6 +183,7 @@ class HeldTrials(_CachedStorage):
         )
 
     def set_trial_intermediate_value(self, trial_id, step, intermediate_value) -> None:
+        self._flush(trial_id)
         self._written(
             trial_id,
             lambda: self._backend.set_trial_intermediate_value(trial_id, step, intermediate_value),
@@ -125,6 +191,13 @@ class HeldTrials(_CachedStorage):
         )
 
     def set_trial_user_attr(self, trial_id, key, value) -> None:
+        kept = self._kept(trial_id)
+        if kept is not None:
+            kept[1][key] = copy.deepcopy(value)
+            with self._lock:
+                self._held[trial_id].user_attrs[key] = copy.deepcopy(value)
+            return
+        self._flush(trial_id)
         self._written(
             trial_id,
             lambda: self._backend.set_trial_user_attr(trial_id, key=key, value=value),
@@ -132,6 +205,7 @@ class HeldTrials(_CachedStorage):
         )
 
     def set_trial_system_attr(self, trial_id, key, value) -> None:
+        self._flush(trial_id)
         self._written(
             trial_id,
             lambda: self._backend.set_trial_system_attr(trial_id, key=key, value=value),
@@ -142,8 +216,12 @@ class HeldTrials(_CachedStorage):
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
+        self._flush(trial_id)
         with self._lock:
-            held = self._held.pop(trial_id, None) is not None
+            frozen = self._held.pop(trial_id, None)
+        held = frozen is not None
+        if held and state.is_finished():
+            return self._tell(frozen, state, values)
         try:
             done = self._backend.set_trial_state_values(trial_id, state=state, values=values)
         except UpdateFinishedTrialError:
@@ -157,6 +235,27 @@ class HeldTrials(_CachedStorage):
             if study_id is not None:
                 self._hold(study_id, frozen)
         return done
+
+    def _tell(self, frozen, state, values) -> bool:
+        """A held trial's end, written as RDBStorage writes it; the trial as told is then known
+        here to the microsecond, and kept as a finished trial (no read of it after its tell)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        backend = self._backend
+        attempt = getattr(backend, "attempt", None)
+        rdb = getattr(backend, "_backend", backend)
+        args = (rdb, frozen._trial_id, state, values)
+        try:
+            completed = attempt("set_trial_state_values", _finish, *args) if attempt else _finish(*args)
+        except UpdateFinishedTrialError:
+            return False  # finished elsewhere while held here (failed as stale): as a skipped tell
+        told = copy.deepcopy(frozen)
+        told.state, told.values, told.datetime_complete = state, values, completed
+        with self._lock:
+            found = self._trial_id_to_study_id_and_number.get(frozen._trial_id)
+            if found is not None:
+                self._studies[found[0]].trials[found[1]] = told
+        return True
 
     def get_trial(self, trial_id: int):
         with self._lock:
@@ -228,3 +327,45 @@ def _get_trials_except(rdb, study_id: int, included: set[int], greater_than: int
         elif greater_than > -1:
             query = query.filter(trial.trial_id > greater_than)
         return [rdb._build_frozen_trial_from_trial_model(t) for t in query.order_by(trial.trial_id).all()]
+
+
+def _write_together(rdb, trial_id: int, params: list, user_attrs: dict) -> None:
+    """A trial's params (one INSERT statement) and user attributes, in one transaction."""
+    import sqlalchemy
+    from optuna import distributions
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        rdb.check_trial_is_updatable(trial_id, trial.state)
+        if params:
+            rows = [
+                {
+                    "trial_id": trial_id,
+                    "param_name": name,
+                    "param_value": value,
+                    "distribution_json": distributions.distribution_to_json(distribution),
+                }
+                for name, value, distribution in params
+            ]
+            session.execute(sqlalchemy.insert(models.TrialParamModel).values(rows))
+        for key, value in user_attrs.items():
+            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+
+def _finish(rdb, trial_id: int, state, values):
+    """RDBStorage.set_trial_state_values for a finished state; returns the trial's datetime_complete."""
+    from datetime import datetime
+
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+        rdb.check_trial_is_updatable(trial_id, trial.state)
+        for objective, value in enumerate(values or ()):
+            rdb._set_trial_value_without_commit(session, trial, objective, value)
+        trial.state = state
+        completed = trial.datetime_complete = datetime.now()
+        return completed

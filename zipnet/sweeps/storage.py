@@ -573,8 +573,10 @@ class Coordinator:
             snapshot = Snapshot(self.study)
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
+            together = getattr(self.storage, "together", contextlib.nullcontext)  # its params in one write
             for _ in range(min(spec.batch if limit is None else limit, free)):
-                with preempt.critical(stops_too=True):  # a trial in the storage is in `mine` too, for the give-back
+                # a trial in the storage is in `mine` too, for the give-back
+                with preempt.critical(stops_too=True), together():
                     trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
                     self.mine[trial.number] = trial._trial_id
                 if self.extend is not None:
