@@ -154,10 +154,21 @@ def unreachable(err: BaseException) -> bool:
     while err is not None:
         if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
+        if _grpc_unavailable(err):  # a gRPC proxy that is down, restarting, or cut off
+            return True
         if type(err).__name__ in ("OperationalError", "InterfaceError"):  # the driver's own (psycopg)
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def _grpc_unavailable(err: BaseException) -> bool:
+    code = getattr(err, "code", None)
+    if not callable(code) or type(err).__module__.split(".")[0] != "grpc":
+        return False
+    import grpc
+
+    return code() == grpc.StatusCode.UNAVAILABLE
 
 
 class StorageUnreachable(SweepError):
@@ -189,6 +200,11 @@ class Patient:
         if name == "record_heartbeat":
             return self._noted(found)
         return self._patient(found, name)
+
+    def noted(self, name: str):
+        """The backend's call `name`, not retried, its failures noted as a heartbeat's are: the beat of
+        a storage without Optuna's heartbeat (heartbeat.attribute_beat)."""
+        return self._noted(getattr(self._backend, name))
 
     def steady(self, grace: float) -> bool:
         with self._guard:
@@ -264,17 +280,21 @@ def _cause(err: BaseException) -> str:
 
 
 def patient(storage) -> Patient | None:
-    """The Patient inside `storage` (from open_storage), or None for a storage that is no
-    server's (sqlite, journal) or a proxy's client."""
-    backend = getattr(storage, "_backend", None)  # optuna's trial cache around the RDB storage
+    """The Patient in `storage` (from open_storage): a proxy's client itself, the RDB storage inside
+    Optuna's trial cache for a server; None for a storage that is no server's (sqlite, journal)."""
+    if isinstance(storage, Patient):
+        return storage
+    backend = getattr(storage, "_backend", None)
     return backend if isinstance(backend, Patient) else None
 
 
 def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
-    """A GrpcStorageProxy to a proxy that answers within storage_timeout."""
+    """A GrpcStorageProxy to a proxy that answers within storage_timeout; its calls then wait out the
+    proxy being away (down, restarting, cut off) for up to outage_timeout, as a database's do."""
     import optuna
 
-    timeout = (spec or StudySpec(where="storage", study_name="")).storage_timeout
+    spec = spec or StudySpec(where="storage", study_name="")
+    timeout = spec.storage_timeout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the gRPC proxy is marked experimental
         storage = optuna.storages.GrpcStorageProxy(host=address[0], port=address[1])
@@ -286,7 +306,7 @@ def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
             f"storage {url}: no proxy answered there within storage_timeout ({timeout:g} s); start one with "
             f"zipnet-storage-proxy --storage URL --host {address[0]} --port {address[1]}"
         ) from None
-    return storage
+    return Patient(storage, spec.outage_timeout)
 
 
 class StaleTrials:
@@ -396,7 +416,8 @@ def proxied(storage) -> bool:
     """Whether the storage is a gRPC proxy's client: zipnet beats through a trial attribute."""
     import optuna
 
-    return isinstance(storage, optuna.storages.GrpcStorageProxy)
+    found = patient(storage)
+    return isinstance(found._backend if found is not None else storage, optuna.storages.GrpcStorageProxy)
 
 
 def worker_id() -> str:
@@ -474,7 +495,11 @@ class Coordinator:
         self.beating = optuna_beats or self.silence is not None
         self._recovering = threading.Lock()  # the main thread and the beating thread both recover
         # another worker's silence is noticed within a beat, not at the next batch
-        record = storage.record_heartbeat if optuna_beats else attribute_beat(storage)
+        if optuna_beats:
+            record = storage.record_heartbeat
+        else:  # a beat that fails is noted (no trial judged stale meanwhile), not retried
+            setter = self.patient.noted("set_trial_system_attr") if self.patient else storage.set_trial_system_attr
+            record = attribute_beat(setter)
         self.heartbeat = Heartbeat(record, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
 
     def trial_id(self, number: int) -> int:
