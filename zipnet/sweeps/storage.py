@@ -123,7 +123,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
             kwargs = (
                 {"connect_args": {"timeout": spec.storage_timeout}}
                 if url.startswith("sqlite")
-                else {"pool_pre_ping": True}
+                else {"pool_pre_ping": True, "connect_args": connect_args(url)}
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
@@ -144,6 +144,35 @@ def open_storage(url: str, spec: StudySpec | None = None):
         raise storage_error(url, err) from err
     storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
     return storage
+
+
+# A network cut (a link down, a partition) sends no reset: without these a call on a connection open
+# across it waits for the kernel's retransmissions (some 15 minutes), and the server keeps the cut
+# worker's locks (the study's advisory lock, the rows of an open transaction) for two hours of its
+# default keepalive. Both ends probe instead: a connection silent or unanswered for about 20 s fails
+# (Patient then tries again on a new one), and the server ends the cut worker's sessions as soon.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
+USER_TIMEOUT_MS = 20_000  # data sent and unacknowledged this long: the connection has failed
+CONNECT_TIMEOUT = 10  # seconds for a new connection (a host that does not answer at all)
+
+
+def connect_args(url: str) -> dict:
+    """The PostgreSQL driver's options for a storage server (see KEEPALIVE): this end's probes and
+    timeouts, and the same asked of the server for this session (`options`, unless the URL sets its own)."""
+    if not url.startswith("postgresql"):
+        return {}
+    from sqlalchemy.engine import make_url
+
+    args = {**KEEPALIVE, "tcp_user_timeout": USER_TIMEOUT_MS, "connect_timeout": CONNECT_TIMEOUT}
+    if "options" not in make_url(url).query:
+        server = {
+            "tcp_keepalives_idle": KEEPALIVE["keepalives_idle"],
+            "tcp_keepalives_interval": KEEPALIVE["keepalives_interval"],
+            "tcp_keepalives_count": KEEPALIVE["keepalives_count"],
+            "tcp_user_timeout": USER_TIMEOUT_MS,
+        }
+        args["options"] = " ".join(f"-c {name}={value}" for name, value in server.items())
+    return args
 
 
 def unreachable(err: BaseException) -> bool:
@@ -383,7 +412,9 @@ def _lock_engine(url: str):
     if url not in _engines:
         import sqlalchemy
 
-        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+        _engines[url] = sqlalchemy.create_engine(
+            url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url)
+        )
     return _engines[url]
 
 
