@@ -672,12 +672,16 @@ class Coordinator:
 
     def finish(self, number: int, state: str, value: float | None = None) -> None:
         """Tell a trial's end (skipped if its job told it already)."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        if state == "COMPLETE":
-            self.study.tell(number, value, skip_if_finished=True)
-        else:
-            self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        try:
+            if state == "COMPLETE":
+                self.study.tell(number, value, skip_if_finished=True)
+            else:
+                self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        except UpdateFinishedTrialError:  # failed as stale by another worker since it was read: not ours (settle)
+            pass
         self._release(number)
 
     def _release(self, number: int) -> None:
@@ -690,6 +694,7 @@ class Coordinator:
         fails with the job's reason."""
         from optuna.trial import TrialState
 
+        taken = []
         for number in numbers:
             frozen = self.storage.get_trial(self.trial_id(number))
             if frozen.state == TrialState.RUNNING:
@@ -697,7 +702,17 @@ class Coordinator:
                 self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
                 self.finish(number, "FAIL")
                 self.log(f"trial {number} failed: {reason}")
+            elif frozen.state == TrialState.FAIL and not any(
+                frozen.user_attrs.get(k) for k in (REASON, INTERRUPTED, SURPLUS)
+            ):
+                taken.append(number)  # no one here failed it: another worker, which found it silent
             self._release(number)
+        if taken:
+            self.log(
+                f"trials {', '.join(map(str, taken))}: lost: another worker failed them as stale and asked them "
+                "again while this worker could not reach the storage; nothing of theirs was told from here, their "
+                "runs ended KILLED; asking fresh trials"
+            )
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
