@@ -26,6 +26,7 @@ from zipnet.sweeps.storage import RUN_ID, WORKER, tally
 
 N_TRIALS = 24  # the kept worker alone needs minutes for what is left after the heal: trials remain to ask
 CUT, KEPT = "worker-cut", "worker-kept"
+UNREACHABLE = ("storage unreachable (", "heartbeat: the storage did not take a beat")  # a call that failed
 
 
 def _worker_args(storage: str, name: str) -> list[str]:
@@ -107,6 +108,9 @@ def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_
             time.sleep(0.5)
         failed_after = time.monotonic() - cut_at
         assert set(_states(storage, name, held).values()) == {TrialState.FAIL}  # told nothing while cut off
+        # and cut on until its own calls have failed, not hung (TCP keepalives and user timeout, ~20 s)
+        outputs[CUT].wait_for(lambda line: line.startswith(UNREACHABLE), timeout=600)
+        unreachable_after = time.monotonic() - cut_at
         cluster.network.heal(hosts[CUT])
         healed = time.monotonic()
         lost = outputs[CUT].wait_for(lambda line: ": lost: " in line, timeout=600)
@@ -154,6 +158,7 @@ def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_
             assert run.info.status == "FINISHED" and by_id[t.user_attrs[RUN_ID]] is run
     print(
         f"partition test: the cut worker's trials {sorted(held)} failed as stale {failed_after:.1f} s after the "
-        f"cut; after the heal it said they were lost in {lost_after:.1f} s and asked fresh trials in "
-        f"{asked_after:.1f} s (heartbeat_interval 1 s, grace_period 3 s)"
+        f"cut, its own first call failed after {unreachable_after:.1f} s; cut {healed - cut_at:.0f} s in all; "
+        f"after the heal it said they were lost in {lost_after:.1f} s and asked fresh trials in {asked_after:.1f} s "
+        "(heartbeat_interval 1 s, grace_period 3 s)"
     )
