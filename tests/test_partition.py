@@ -24,7 +24,7 @@ from sweep_helpers import SPACE, Output, env_for, study_args
 
 from zipnet.sweeps.storage import RUN_ID, WORKER, tally
 
-N_TRIALS = 24  # the kept worker alone needs minutes for what is left after the heal: trials remain to ask
+N_TRIALS = 32  # the kept worker alone needs a minute or more for what is left after the heal: trials remain to ask
 CUT, KEPT = "worker-cut", "worker-kept"
 UNREACHABLE = ("storage unreachable (", "heartbeat: the storage did not take a beat")  # a call that failed
 
@@ -109,7 +109,7 @@ def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_
         failed_after = time.monotonic() - cut_at
         assert set(_states(storage, name, held).values()) == {TrialState.FAIL}  # told nothing while cut off
         # and cut on until its own calls have failed, not hung (TCP keepalives and user timeout, ~20 s)
-        outputs[CUT].wait_for(lambda line: line.startswith(UNREACHABLE), timeout=600)
+        outputs[CUT].wait_for(lambda line: any(what in line for what in UNREACHABLE), timeout=600)
         unreachable_after = time.monotonic() - cut_at
         cluster.network.heal(hosts[CUT])
         healed = time.monotonic()
