@@ -67,6 +67,7 @@ def _states(storage, name: str, numbers: set[int]) -> dict[int, TrialState]:
     return {t.number: t.state for t in trials if t.number in numbers}
 
 
+@pytest.mark.slow
 def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_ones(cluster, tmp_path):
     if cluster.network is None:
         pytest.skip("a partition needs hosts in network namespaces on a bridge (see tests/hosts.py)")
