@@ -6,7 +6,8 @@ refused, their runs end KILLED, not FINISHED), says so in one line, and asks fre
 study ends with exactly n_trials, one run per trial, and neither worker writes a traceback.
 
 The test waits for events, not for time: the cut lasts until the storage shows the cut worker's
-trials failed, and the study is big enough that trials are left to ask once the link is back."""
+trials failed and its own calls failed (not hung), and meanwhile this process holds the study's
+lock, so that trials are left for the cut worker to ask once the link is back."""
 
 import re
 import subprocess
@@ -22,9 +23,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from sweep_helpers import SPACE, Output, env_for, study_args
 
-from zipnet.sweeps.storage import RUN_ID, WORKER, tally
+from zipnet.sweeps.storage import RUN_ID, WORKER, lock, tally
 
-N_TRIALS = 32  # the kept worker alone needs a minute or more for what is left after the heal: trials remain to ask
+N_TRIALS = 16
 CUT, KEPT = "worker-cut", "worker-kept"
 UNREACHABLE = ("storage unreachable (", "heartbeat: the storage did not take a beat")  # a call that failed
 
@@ -68,11 +69,13 @@ def _states(storage, name: str, numbers: set[int]) -> dict[int, TrialState]:
 
 
 @pytest.mark.slow
-def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_ones(cluster, tmp_path):
+def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_ones(cluster, tmp_path, monkeypatch):
     if cluster.network is None:
         pytest.skip("a partition needs hosts in network namespaces on a bridge (see tests/hosts.py)")
     name = "partition"
     env = cluster.env(env_for(tmp_path))
+    for key, value in cluster.postgres.env.items():  # this process takes the study's lock as a worker does
+        monkeypatch.setenv(key, value)
     # read straight from the server, one connection per read (this process is never cut off)
     storage = optuna.storages.RDBStorage(
         cluster.postgres.url("optuna", password=True), engine_kwargs={"poolclass": sqlalchemy.pool.NullPool}
@@ -109,16 +112,19 @@ def test_a_worker_cut_off_past_the_grace_period_loses_its_trials_and_asks_fresh_
             time.sleep(0.5)
         failed_after = time.monotonic() - cut_at
         assert set(_states(storage, name, held).values()) == {TrialState.FAIL}  # told nothing while cut off
-        # and cut on until its own calls have failed, not hung (TCP keepalives and user timeout, ~20 s)
-        outputs[CUT].wait_for(lambda line: any(what in line for what in UNREACHABLE), timeout=600)
-        unreachable_after = time.monotonic() - cut_at
-        cluster.network.heal(hosts[CUT])
-        healed = time.monotonic()
-        lost = outputs[CUT].wait_for(lambda line: ": lost: " in line, timeout=600)
-        lost_after = time.monotonic() - healed
-        before = sum(1 for line in outputs[CUT].lines[: outputs[CUT].lines.index(lost)] if "batch: trials" in line)
-        outputs[CUT].wait_for(lambda line: "batch: trials" in line, count=before + 1, timeout=600)
-        asked_after = time.monotonic() - healed
+        # the gate: this process holds the study's lock, so no worker asks (the kept worker still beats
+        # and finishes what it holds) and trials are left for the cut worker, however long the cut lasts
+        with lock(cluster.storage):
+            # cut on until its own calls have failed, not hung (TCP keepalives and user timeout, ~20 s)
+            outputs[CUT].wait_for(lambda line: any(what in line for what in UNREACHABLE), timeout=600)
+            unreachable_after = time.monotonic() - cut_at
+            cluster.network.heal(hosts[CUT])
+            healed = time.monotonic()
+            lost = outputs[CUT].wait_for(lambda line: ": lost: " in line, timeout=600)
+            lost_after = time.monotonic() - healed
+        asked = sum(1 for line in outputs[CUT].lines[: outputs[CUT].lines.index(lost)] if "batch: trials" in line)
+        outputs[CUT].wait_for(lambda line: "batch: trials" in line, count=asked + 1, timeout=600)
+        asked_after = time.monotonic() - healed  # the gate's time included
         codes = {h: w.wait(timeout=900) for h, w in workers.items()}
     finally:
         cluster.network.heal(hosts[CUT])
