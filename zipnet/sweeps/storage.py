@@ -123,7 +123,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
             kwargs = (
                 {"connect_args": {"timeout": spec.storage_timeout}}
                 if url.startswith("sqlite")
-                else {"pool_pre_ping": True}
+                else {"pool_pre_ping": True, "connect_args": connect_args(url)}
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
@@ -144,6 +144,35 @@ def open_storage(url: str, spec: StudySpec | None = None):
         raise storage_error(url, err) from err
     storages[url] = storages[without_password(url)] = storage  # the session's jobs reach it by either
     return storage
+
+
+# A network cut (a link down, a partition) sends no reset: without these a call on a connection open
+# across it waits for the kernel's retransmissions (some 15 minutes), and the server keeps the cut
+# worker's locks (the study's advisory lock, the rows of an open transaction) for two hours of its
+# default keepalive. Both ends probe instead: a connection silent or unanswered for about 20 s fails
+# (Patient then tries again on a new one), and the server ends the cut worker's sessions as soon.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
+USER_TIMEOUT_MS = 20_000  # data sent and unacknowledged this long: the connection has failed
+CONNECT_TIMEOUT = 10  # seconds for a new connection (a host that does not answer at all)
+
+
+def connect_args(url: str) -> dict:
+    """The PostgreSQL driver's options for a storage server (see KEEPALIVE): this end's probes and
+    timeouts, and the same asked of the server for this session (`options`, unless the URL sets its own)."""
+    if not url.startswith("postgresql"):
+        return {}
+    from sqlalchemy.engine import make_url
+
+    args = {**KEEPALIVE, "tcp_user_timeout": USER_TIMEOUT_MS, "connect_timeout": CONNECT_TIMEOUT}
+    if "options" not in make_url(url).query:
+        server = {
+            "tcp_keepalives_idle": KEEPALIVE["keepalives_idle"],
+            "tcp_keepalives_interval": KEEPALIVE["keepalives_interval"],
+            "tcp_keepalives_count": KEEPALIVE["keepalives_count"],
+            "tcp_user_timeout": USER_TIMEOUT_MS,
+        }
+        args["options"] = " ".join(f"-c {name}={value}" for name, value in server.items())
+    return args
 
 
 def unreachable(err: BaseException) -> bool:
@@ -403,7 +432,9 @@ def _lock_engine(url: str):
     if url not in _engines:
         import sqlalchemy
 
-        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+        _engines[url] = sqlalchemy.create_engine(
+            url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url)
+        )
     return _engines[url]
 
 
@@ -666,12 +697,16 @@ class Coordinator:
 
     def finish(self, number: int, state: str, value: float | None = None) -> None:
         """Tell a trial's end (skipped if its job told it already)."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        if state == "COMPLETE":
-            self.study.tell(number, value, skip_if_finished=True)
-        else:
-            self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        try:
+            if state == "COMPLETE":
+                self.study.tell(number, value, skip_if_finished=True)
+            else:
+                self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        except UpdateFinishedTrialError:  # failed as stale by another worker since it was read: not ours (settle)
+            pass
         self._release(number)
 
     def _release(self, number: int) -> None:
@@ -684,6 +719,7 @@ class Coordinator:
         fails with the job's reason."""
         from optuna.trial import TrialState
 
+        taken = []
         for number in numbers:
             frozen = self.storage.get_trial(self.trial_id(number))
             if frozen.state == TrialState.RUNNING:
@@ -691,7 +727,17 @@ class Coordinator:
                 self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
                 self.finish(number, "FAIL")
                 self.log(f"trial {number} failed: {reason}")
+            elif frozen.state == TrialState.FAIL and not any(
+                frozen.user_attrs.get(k) for k in (REASON, INTERRUPTED, SURPLUS)
+            ):
+                taken.append(number)  # no one here failed it: another worker, which found it silent
             self._release(number)
+        if taken:
+            self.log(
+                f"trials {', '.join(map(str, taken))}: lost: another worker failed them as stale and asked them "
+                "again while this worker could not reach the storage; nothing of theirs was told from here, their "
+                "runs ended KILLED; asking fresh trials"
+            )
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""
