@@ -42,6 +42,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_tracking.py --passes 1,23 --skip-sweep
 
 ui: $(STAMP)
 	$(BIN)/python -m zipnet.tracking.ui --port $(PORT)

@@ -33,8 +33,9 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, float]:
-    """Wall and CPU seconds of one `zipnet-train` process."""
+def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, float, dict[str, float]]:
+    """Wall and CPU seconds of one `zipnet-train` process, and (tracked) the seconds its MLflow
+    thread spent by kind, from the run's last line (`tracking: MLflow's thread ...`)."""
     cmd = [
         sys.executable,
         "-m",
@@ -50,7 +51,16 @@ def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, 
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"zipnet-train failed:\n{proc.stderr[-3000:]}")
-    return seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu
+    return seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu, _split(proc.stdout)
+
+
+def _split(out: str) -> dict[str, float]:
+    """{kind: seconds} from the line `tracking: MLflow's thread T s: KIND S s, KIND S s, ...`."""
+    line = next((ln for ln in out.splitlines() if ln.startswith("tracking: MLflow's thread")), None)
+    if line is None:
+        return {}
+    parts = line.split(": ", 2)[2].split(", ")
+    return {part.rsplit(" ", 2)[0]: float(part.rsplit(" ", 2)[1]) for part in parts}
 
 
 def sweep_like(members: int, batches: int, passes: int, uri: str | None) -> dict:
@@ -134,7 +144,9 @@ def main() -> None:
         uri = f"sqlite:///{work}/mlruns/mlflow.db"
         if not args.skip_single:
             single(1, False, work, uri)  # the data cache and the kernel, built once
-            print(f"first tracked run, new store (tables created): {single(1, True, work, uri)[0]:6.2f} s wall")
+            wall, _, split = single(1, True, work, uri)
+            print(f"first tracked run, new store (tables created): {wall:6.2f} s wall")
+            print("  its MLflow thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
             print(
                 f"{'single zipnet-train':<20} {'untracked s':>12} {'tracked s':>10} {'added s':>8}   "
                 f"{'CPU untracked s':>15} {'tracked s':>10} {'added s':>8}"
@@ -151,6 +163,10 @@ def main() -> None:
                     f"{f'{passes} pass(es)':<20} {off:12.2f} {on:10.2f} {on - off:8.2f}   "
                     f"{off_cpu:15.2f} {on_cpu:10.2f} {on_cpu - off_cpu:8.2f}"
                 )
+                kinds = times[True][0][2]
+                split = {k: statistics.median(t[2].get(k, 0.0) for t in times[True]) for k in kinds}
+                print("  where the tracked run's MLflow thread spent it (median):")
+                print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in split.items()))
         if not args.skip_sweep:
             trials = args.members * args.batches
             off = sweep_like(args.members, args.batches, args.sweep_passes, None)

@@ -12,6 +12,7 @@ listen on `network.address` (see servers.py). Nothing here routes beyond the bri
             worker = net.host("worker-1", pid=True).popen(["zipnet-train", ...], env=env)
             os.kill(worker.pid, signal.SIGTERM)         # the command itself, not a wrapper
             worker.wait(timeout=60)
+            net.cut(net.hosts[0])                       # its link down: a partition (net.heal: up again)
 
     host("box-2").run(["hostname"])                     # a hostname alone: no network namespace
     with host(socket.gethostname(), pid=True) as twin:  # this hostname, another pid namespace
@@ -203,6 +204,18 @@ class Network:
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "link", "set", "lo", "up")
         return made
+
+    def _veth(self, host: Host) -> str:
+        return self._veths[self.hosts.index(host)]
+
+    def cut(self, host: Host) -> None:
+        """A partition: the host's link to the bridge goes down (its veth on this side). Nothing is
+        refused or reset: packets either way are dropped, as when a switch port or a cable fails."""
+        _ip("link", "set", self._veth(host), "down")
+
+    def heal(self, host: Host) -> None:
+        """The host's link is up again: what it sends reaches the bridge, and the servers, once more."""
+        _ip("link", "set", self._veth(host), "up")
 
     def close(self) -> None:
         for h in self.hosts:

@@ -517,18 +517,20 @@ class StorageProxy:
 
 @contextlib.contextmanager
 def start_storage_proxy(
-    backend: str, env: dict[str, str] | None = None, host: str = "127.0.0.1", timeout: float = 60
+    backend: str, env: dict[str, str] | None = None, host: str = "127.0.0.1", timeout: float = 60, port: int = 0
 ) -> Iterator[StorageProxy]:
-    """`zipnet-storage-proxy --storage BACKEND` on a free port of `host`, answering before this yields;
-    `env` carries the backend's credentials (the workers need none). Stopped with SIGTERM at the end."""
+    """`zipnet-storage-proxy --storage BACKEND` on `port` (0: a free port) of `host`, answering before
+    this yields; `env` carries the backend's credentials (the workers need none). Stopped with SIGTERM
+    at the end."""
     import optuna
 
     root = Path(tempfile.mkdtemp(prefix="zipnet-proxy-"))
     log = root / "proxy.log"
     proc = None
     try:
+        given = port
         for attempt in range(STARTUP_TRIES):
-            port = free_port(host)
+            port = given or free_port(host)
             with log.open("ab") as out:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "zipnet.cli.storage_proxy", "--storage", backend]

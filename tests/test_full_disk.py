@@ -10,7 +10,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -136,24 +135,33 @@ def test_a_store_on_a_full_disk_from_the_start_fails_in_one_line_and_runs_once_t
     assert list(statuses(tmp_path / "mlruns" / "mlflow.db").values()) == ["FINISHED"]
 
 
-# Known race, kept out of CI until fixed: when the disk fills while a batch's trials are being told,
-# a trial can be COMPLETE in Optuna while its run ends FAILED (seen in 1 of 4 runs); make test-all runs it.
-@pytest.mark.slow
 def test_a_study_whose_artifact_folder_fills_stops_gives_its_trials_back_and_a_rerun_completes(tmp_path, tmpfs):
-    name, n = "full-disk", 6
+    name, n, passes = "full-disk", 6, 6
     artifacts = tmpfs(tmp_path / "mlruns" / "artifacts")
-    args = [*study_args(name, n_trials=n, batch=2, pruner="{name:none}"), *SMALL, "trainer.passes=4"]
-    args += ["tracking.figures=false", "model.init=choice(sqrt,linear)"]
+    args = [*study_args(name, n_trials=n, batch=2, pruner="{name:none}"), *SMALL, f"trainer.passes={passes}"]
+    args += ["data.n_train=3000", "tracking.figures=false", "model.init=choice(sqrt,linear)"]  # passes of 0.1 s
     # a checkpoint uploaded into each trial's run after every pass: the batch's writes reach the folder mid-trial
     args += ["trainer.checkpoint_every=1", "hydra.sweeper.checkpoint_upload_every=1"]
     proc = popen(tmp_path, *args)
     out = Output(proc)
     out.wait_for(lambda line: "batch: trials 2, 3" in line)
     db = tmp_path / "mlruns" / "mlflow.db"
-    while list(statuses(db, "trial").values()).count("FINISHED") < 2:  # the first batch's runs, whole
-        assert proc.poll() is None, out.text()[-4000:]
-        time.sleep(0.1)
-    ballast = fill(artifacts)
+    # the disk fills while the second batch trains (held by SIGSTOP at the end of a pass, three or more
+    # passes before its end and its tells) once the first batch's runs are whole: no tell meets the fault
+    # (a trial told while its run's files are still being written would keep its value, its run FAILED)
+    first_done = 2 * passes  # the first batch's "eval: split test" lines
+    for done in range(first_done + 2, first_done + 2 * (passes - 3) + 1, 2):
+        out.wait_for(lambda line: PASS_DONE in line, count=done)
+        proc.send_signal(signal.SIGSTOP)
+        if list(statuses(db, "trial").values()).count("FINISHED") == 2:
+            break
+        proc.send_signal(signal.SIGCONT)
+    else:
+        pytest.fail("the first batch's runs were not FINISHED before the second batch's last passes")
+    try:
+        ballast = fill(artifacts)
+    finally:
+        proc.send_signal(signal.SIGCONT)
     code = proc.wait(timeout=300)
     text = out.text()
     assert code == 2, text[-4000:]

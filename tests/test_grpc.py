@@ -3,6 +3,7 @@
 no lock: the workers beat through a trial attribute and give back what they asked past the
 target. Real processes throughout: the proxy, the workers, the stores."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -133,6 +134,38 @@ def test_sigterm_behind_the_proxy_gives_the_trials_back_and_a_rerun_completes(tm
         again = zipnet(tmp_path, *args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_study_and_runs_agree(tmp_path, "grpc_term", 4, reader)
+
+
+def test_two_workers_wait_out_the_proxy_going_away_and_the_study_counts_exactly_n_trials(tmp_path, request):
+    """The proxy is SIGKILLed mid-study, once both workers have trials running, and a new one starts on
+    the same port after both said so. Their calls wait it out; no one's trial is judged stale for
+    the beats the outage swallowed; the study ends at n_trials."""
+    backend, env, reader = _backend("sqlite", tmp_path, request)
+    name, n = "grpc_away", 8
+    with start_storage_proxy(backend, env) as proxy:
+        port = int(proxy.url.rpartition(":")[2])
+        args = [*study_args(name, n_trials=n, batch=2, storage=proxy.url, heartbeat_interval=1, grace_period=2)]
+        args += ["data.n_train=1000", "data.n_test=100", "trainer.passes=3", "tracking.figures=false", *SPACE]
+        procs = [popen(tmp_path, *args) for _ in range(2)]
+        outs = [Output(p) for p in procs]
+        for out in outs:
+            out.wait_for(lambda line: "batch: trials" in line)
+        os.killpg(proxy.proc.pid, signal.SIGKILL)
+        proxy.proc.wait()
+        for out in outs:  # each worker has found the proxy gone, in one line, and waits
+            out.wait_for(lambda line: "storage unreachable (" in line, timeout=120)
+        with start_storage_proxy(backend, env, port=port):
+            codes = [p.wait(timeout=600) for p in procs]
+    texts = [out.text() for out in outs]
+    assert codes == [0, 0], [t[-3000:] for t in texts]
+    for text in texts:
+        assert "Traceback" not in text, text[-3000:]
+        assert "storage unreachable (" in text, text[-3000:]
+        assert "storage answers again after" in text, text[-3000:]
+        assert "stopped beating" not in text, text[-3000:]  # a beat the outage swallowed is not silence
+    study, parent, children = assert_study_and_runs_agree(tmp_path, name, n, reader)
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS)]
+    assert not failed, [(t.number, t.user_attrs) for t in failed]
 
 
 def _proxy(*args: str) -> subprocess.CompletedProcess:

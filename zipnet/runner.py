@@ -8,7 +8,9 @@ zipnet_optuna sweeper (a batch of trials) and zipnet-reproduce all come through 
 
 A watcher follows one job: its output folder, its MLflow run, its Optuna trial. It starts
 before the first pass, sees each pass as it comes (and may stop its job there: pruning),
-and ends with the result, or is aborted (KILLED, FAILED) when training raises.
+and ends with the result, or is aborted (KILLED, FAILED) when training raises. Watchers end in
+the reverse of their start, as nested contexts do: a trial's watcher, started after its run's,
+tells the trial before the run ends, and a trial found taken (Job.lost) ends its run KILLED.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class Job:
     metric: str = "test/error"  # what its task function returns (a sweep's trial: the study's metric)
     resume: list[Path] = field(default_factory=list)  # checkpoints it may go on from, the newest first
     start: Checkpoint | None = None  # the one it goes on from: the newest of `resume` written for its config
+    lost: str | None = None  # why its result is no longer its own (its trial was taken): its run ends KILLED
 
     @property
     def checkpoint(self) -> Path | None:
@@ -268,7 +271,7 @@ def train_population(
         if say is not None and result.status == "diverged":
             name = f"{job.name}: " if len(group) > 1 else ""
             say(f"{name}diverged at pass {result.diverged_at_pass}: stopped; lower optim.lr or change the init")
-        for watcher in job.watchers:
+        for watcher in reversed(job.watchers):  # the trial's verdict before its run's end
             with clock.timing(watcher.kind):
                 watcher.end(job, result)
 
@@ -495,6 +498,9 @@ class Tracked(Watcher):
         from zipnet.tracking import lineage
 
         self._log(job, result.history)  # the pass a member diverged in
+        if job.lost is not None:  # its trial is another worker's now: this run is not the trial's result
+            self.tracker.end(job.run_id, "KILLED", job.lost)
+            return
         if result.copies:  # PBT: its lineage, and its state after each copy (what a replay starts from)
             tags, files = lineage.outputs(result.copies)
             self.tracker.log_batch(job.run_id, tags=tags, files=files)

@@ -156,6 +156,9 @@ def _build(cfg: DictConfig) -> runner.Job | None:
         return None
 
 
+_single: list = []  # the tracker of a single (not multirun) run: what it cost is said at the end
+
+
 def _task(cfg: DictConfig):
     """zipnet-train's task function: build the job and train it; returns its objective."""
     job = _build(cfg)
@@ -172,7 +175,13 @@ def _task(cfg: DictConfig):
             return None
         raise job.error
     if job.run_id is not None:
-        print(f"mlflow: run {job.run_id} at {session.current().tracker_for(cfg).uri}")
+        tracker = session.current().tracker_for(cfg)
+        print(f"mlflow: run {job.run_id} at {tracker.uri}")
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.get().mode == RunMode.RUN:  # one run: what its tracking cost, once written
+            _single.append(tracker)
     return runner.objective(job)
 
 
@@ -187,6 +196,8 @@ def main() -> None:
             from zipnet import tracking
 
             tracking.flush()  # the runs' last writes while a stop can still be said (a full disk's)
+            for tracker in _single:
+                print(f"tracking: {tracker.split()}")
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM / SIGHUP, or a stop (zipnet.preempt)
             from zipnet import tracking
 

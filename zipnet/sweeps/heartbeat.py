@@ -32,11 +32,11 @@ from zipnet.errors import first_line
 BEAT = "zipnet.beat"  # the trial system attribute a beat rewrites where the storage has no heartbeat of its own
 
 
-def attribute_beat(storage) -> Callable[[int], None]:
-    """A beat through any storage: the trial's `zipnet.beat` attribute, set to a new value."""
+def attribute_beat(set_system_attr: Callable[[int, str, object], None]) -> Callable[[int], None]:
+    """A beat through any storage's `set_trial_system_attr`: the trial's `zipnet.beat`, set to a new value."""
 
     def record(trial_id: int) -> None:
-        storage.set_trial_system_attr(trial_id, BEAT, time.time())  # only its change is read, never the time
+        set_system_attr(trial_id, BEAT, time.time())  # only its change is read, never the time
 
     return record
 
@@ -64,7 +64,7 @@ class Silence:
 
 
 class Heartbeat:
-    """Beats with `record(trial_id)`: Optuna's `storage.record_heartbeat`, or `attribute_beat(storage)`."""
+    """Beats with `record(trial_id)`: Optuna's `storage.record_heartbeat`, or an `attribute_beat`."""
 
     def __init__(
         self,

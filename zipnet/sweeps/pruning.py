@@ -25,6 +25,7 @@ class Report:
     value: float
     step: int
     may_prune: bool  # False at the trial's last pass: nothing left to save
+    refused: bool = False  # set by report_and_prune: the trial had ended (another worker failed it as stale)
 
 
 def report_and_prune(study, reports: list[Report]) -> list[bool]:
@@ -32,13 +33,15 @@ def report_and_prune(study, reports: list[Report]) -> list[bool]:
     if not reports:
         return []
     written = _write(study._storage, reports)
+    for r in reports:
+        r.refused = not written.get(r.trial._trial_id)
     snapshot = Snapshot(study)
     view = snapshot.study(study.sampler, study.pruner)
     by_id = {t._trial_id: t for t in snapshot.trials}
     out = []
     for r in reports:
         frozen = by_id.get(r.trial._trial_id)
-        if not r.may_prune or not written.get(r.trial._trial_id) or frozen is None or frozen.state.is_finished():
+        if not r.may_prune or r.refused or frozen is None or frozen.state.is_finished():
             out.append(False)
             continue
         out.append(bool(study.pruner.prune(view, frozen)))

@@ -124,7 +124,7 @@ def open_storage(url: str, spec: StudySpec | None = None):
             kwargs = (
                 {"connect_args": {"timeout": spec.storage_timeout}}
                 if url.startswith("sqlite")
-                else {"pool_pre_ping": True}
+                else {"pool_pre_ping": True, "connect_args": connect_args(url)}
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
@@ -145,6 +145,35 @@ def open_storage(url: str, spec: StudySpec | None = None):
     return storage
 
 
+# A network cut (a link down, a partition) sends no reset: without these a call on a connection open
+# across it waits for the kernel's retransmissions (some 15 minutes), and the server keeps the cut
+# worker's locks (the study's advisory lock, the rows of an open transaction) for two hours of its
+# default keepalive. Both ends probe instead: a connection silent or unanswered for about 20 s fails
+# (Patient then tries again on a new one), and the server ends the cut worker's sessions as soon.
+KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 5, "keepalives_count": 3}
+USER_TIMEOUT_MS = 20_000  # data sent and unacknowledged this long: the connection has failed
+CONNECT_TIMEOUT = 10  # seconds for a new connection (a host that does not answer at all)
+
+
+def connect_args(url: str) -> dict:
+    """The PostgreSQL driver's options for a storage server (see KEEPALIVE): this end's probes and
+    timeouts, and the same asked of the server for this session (`options`, unless the URL sets its own)."""
+    if not url.startswith("postgresql"):
+        return {}
+    from sqlalchemy.engine import make_url
+
+    args = {**KEEPALIVE, "tcp_user_timeout": USER_TIMEOUT_MS, "connect_timeout": CONNECT_TIMEOUT}
+    if "options" not in make_url(url).query:
+        server = {
+            "tcp_keepalives_idle": KEEPALIVE["keepalives_idle"],
+            "tcp_keepalives_interval": KEEPALIVE["keepalives_interval"],
+            "tcp_keepalives_count": KEEPALIVE["keepalives_count"],
+            "tcp_user_timeout": USER_TIMEOUT_MS,
+        }
+        args["options"] = " ".join(f"-c {name}={value}" for name, value in server.items())
+    return args
+
+
 def unreachable(err: BaseException) -> bool:
     """Whether the error says the database could not be reached (refused, cut, restarting), not
     that it refused what was asked: Optuna wraps the driver's error in its own."""
@@ -153,10 +182,21 @@ def unreachable(err: BaseException) -> bool:
     while err is not None:
         if isinstance(err, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
+        if _grpc_unavailable(err):  # a gRPC proxy that is down, restarting, or cut off
+            return True
         if type(err).__name__ in ("OperationalError", "InterfaceError"):  # the driver's own (psycopg)
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def _grpc_unavailable(err: BaseException) -> bool:
+    code = getattr(err, "code", None)
+    if not callable(code) or type(err).__module__.split(".")[0] != "grpc":
+        return False
+    import grpc
+
+    return code() == grpc.StatusCode.UNAVAILABLE
 
 
 class StorageUnreachable(SweepError):
@@ -188,6 +228,11 @@ class Patient:
         if name == "record_heartbeat":
             return self._noted(found)
         return self._patient(found, name)
+
+    def noted(self, name: str):
+        """The backend's call `name`, not retried, its failures noted as a heartbeat's are: the beat of
+        a storage without Optuna's heartbeat (heartbeat.attribute_beat)."""
+        return self._noted(getattr(self._backend, name))
 
     def steady(self, grace: float) -> bool:
         with self._guard:
@@ -263,17 +308,21 @@ def _cause(err: BaseException) -> str:
 
 
 def patient(storage) -> Patient | None:
-    """The Patient inside `storage` (from open_storage), or None for a storage that is no
-    server's (sqlite, journal) or a proxy's client."""
-    backend = getattr(storage, "_backend", None)  # optuna's trial cache around the RDB storage
+    """The Patient in `storage` (from open_storage): a proxy's client itself, the RDB storage inside
+    Optuna's trial cache for a server; None for a storage that is no server's (sqlite, journal)."""
+    if isinstance(storage, Patient):
+        return storage
+    backend = getattr(storage, "_backend", None)
     return backend if isinstance(backend, Patient) else None
 
 
 def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
-    """A GrpcStorageProxy to a proxy that answers within storage_timeout."""
+    """A GrpcStorageProxy to a proxy that answers within storage_timeout; its calls then wait out the
+    proxy being away (down, restarting, cut off) for up to outage_timeout, as a database's do."""
     import optuna
 
-    timeout = (spec or StudySpec(where="storage", study_name="")).storage_timeout
+    spec = spec or StudySpec(where="storage", study_name="")
+    timeout = spec.storage_timeout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the gRPC proxy is marked experimental
         storage = optuna.storages.GrpcStorageProxy(host=address[0], port=address[1])
@@ -285,7 +334,7 @@ def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
             f"storage {url}: no proxy answered there within storage_timeout ({timeout:g} s); start one with "
             f"zipnet-storage-proxy --storage URL --host {address[0]} --port {address[1]}"
         ) from None
-    return storage
+    return Patient(storage, spec.outage_timeout)
 
 
 class StaleTrials:
@@ -382,7 +431,9 @@ def _lock_engine(url: str):
     if url not in _engines:
         import sqlalchemy
 
-        _engines[url] = sqlalchemy.create_engine(url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool)
+        _engines[url] = sqlalchemy.create_engine(
+            url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url)
+        )
     return _engines[url]
 
 
@@ -395,7 +446,8 @@ def proxied(storage) -> bool:
     """Whether the storage is a gRPC proxy's client: zipnet beats through a trial attribute."""
     import optuna
 
-    return isinstance(storage, optuna.storages.GrpcStorageProxy)
+    found = patient(storage)
+    return isinstance(found._backend if found is not None else storage, optuna.storages.GrpcStorageProxy)
 
 
 def worker_id() -> str:
@@ -473,7 +525,11 @@ class Coordinator:
         self.beating = optuna_beats or self.silence is not None
         self._recovering = threading.Lock()  # the main thread and the beating thread both recover
         # another worker's silence is noticed within a beat, not at the next batch
-        record = storage.record_heartbeat if optuna_beats else attribute_beat(storage)
+        if optuna_beats:
+            record = storage.record_heartbeat
+        else:  # a beat that fails is noted (no trial judged stale meanwhile), not retried
+            setter = self.patient.noted("set_trial_system_attr") if self.patient else storage.set_trial_system_attr
+            record = attribute_beat(setter)
         self.heartbeat = Heartbeat(record, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
 
     def trial_id(self, number: int) -> int:
@@ -642,12 +698,16 @@ class Coordinator:
 
     def finish(self, number: int, state: str, value: float | None = None) -> None:
         """Tell a trial's end (skipped if its job told it already)."""
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
-        if state == "COMPLETE":
-            self.study.tell(number, value, skip_if_finished=True)
-        else:
-            self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        try:
+            if state == "COMPLETE":
+                self.study.tell(number, value, skip_if_finished=True)
+            else:
+                self.study.tell(number, state=getattr(TrialState, state), skip_if_finished=True)
+        except UpdateFinishedTrialError:  # failed as stale by another worker since it was read: not ours (settle)
+            pass
         self._release(number)
 
     def _release(self, number: int) -> None:
@@ -665,14 +725,26 @@ class Coordinator:
         if let_go is not None:
             for number in numbers:
                 let_go(self.trial_id(number))
-        states = {t.number: t.state for t in self.study.get_trials(deepcopy=False)}
+        trials = {t.number: t for t in self.study.get_trials(deepcopy=False)}
+        taken = []
         for number in numbers:
-            if states.get(number) == TrialState.RUNNING:
+            frozen = trials[number]
+            if frozen.state == TrialState.RUNNING:
                 reason = reasons.get(number, "its job ended without telling a result")
                 self.storage.set_trial_user_attr(self.trial_id(number), REASON, reason[:500])
                 self.finish(number, "FAIL")
                 self.log(f"trial {number} failed: {reason}")
+            elif frozen.state == TrialState.FAIL and not any(
+                frozen.user_attrs.get(k) for k in (REASON, INTERRUPTED, SURPLUS)
+            ):
+                taken.append(number)  # no one here failed it: another worker, which found it silent
             self._release(number)
+        if taken:
+            self.log(
+                f"trials {', '.join(map(str, taken))}: lost: another worker failed them as stale and asked them "
+                "again while this worker could not reach the storage; nothing of theirs was told from here, their "
+                "runs ended KILLED; asking fresh trials"
+            )
 
     def give_back(self) -> None:
         """Fail this worker's running trials and ask them again now (Ctrl-C, preemption)."""

@@ -148,6 +148,17 @@ class TrialWatcher(Watcher):
         self.link = found
         self.written = 0  # the passes of the last checkpoint this job wrote
         self.uploaded = 0  # ... and of the last it uploaded
+        self.lost = False  # its trial ended without it: failed as stale while this worker could not reach the storage
+
+    def _taken(self, job: Job) -> None:
+        """The trial is no longer this job's: another worker failed it as stale (this worker's beats did
+        not reach the storage for the grace period) and asked it again. Nothing more is told for it, the
+        job stops, and its run ends KILLED (the worker says so in one line when the batch settles)."""
+        self.lost = True
+        job.lost = (
+            f"trial {self.link.number} was failed as stale and asked again while this worker could not "
+            "reach the storage"
+        )
 
     def start(self, job: Job) -> None:
         job.metric = self.link.metric
@@ -178,7 +189,13 @@ class TrialWatcher(Watcher):
                     f"MLflow ({first_line(err)}); the last one there stays"
                 )
                 return
-        self.link.trial.set_user_attr(CHECKPOINT, json.dumps(where))
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
+            self.link.trial.set_user_attr(CHECKPOINT, json.dumps(where))
+        except UpdateFinishedTrialError:
+            self._taken(job)
+            return
         self.uploaded = passes_done
 
     def on_pass(self, job: Job, result) -> bool:
@@ -204,7 +221,10 @@ class TrialWatcher(Watcher):
                     )
                 )
             decided = pruning.report_and_prune(members[0][2].link.study, reports)
-            stop += [job for (job, _, _), prune in zip(members, decided) if prune]
+            for (job, _, watcher), report in zip(members, reports):
+                if report.refused:
+                    watcher._taken(job)
+            stop += [job for (job, _, watcher), prune in zip(members, decided) if prune or watcher.lost]
         return stop
 
     def explores(self) -> bool:
@@ -234,6 +254,18 @@ class TrialWatcher(Watcher):
         return copies
 
     def end(self, job: Job, result) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        if not self.lost and self.link.frozen().state.is_finished():  # taken after its last report
+            self._taken(job)
+        if self.lost:
+            return
+        try:
+            self._tell(result)
+        except UpdateFinishedTrialError:  # taken between that read and the tell
+            self._taken(job)
+
+    def _tell(self, result) -> None:
         trial, study, number = self.link.trial, self.link.study, self.link.number
         if self.link.scheduler:  # the schedule it followed; its value below is its metric at the end
             from zipnet.engine.members import mutable_values

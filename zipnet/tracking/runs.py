@@ -31,6 +31,7 @@ running trials are given back, and no later file is tried.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import signal
@@ -70,6 +71,9 @@ NOT_TRAINING = (
     "trial.",
 )
 # engine status -> MLflow run status
+# what the writer thread's seconds go to (Tracker.split): mlflow's import and the store's opening
+# (a new sqlite store: its tables), the figures and other files, the model, and every other write
+SPENT = ("import and store", "figures and files", "model", "writes")
 STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "error": "FAILED", "killed": "KILLED"}
 WATCHED = ("run", "multirun", "study")  # roles whose runs last as long as their training: CPU and memory logged
 
@@ -278,6 +282,7 @@ class Tracker:
         self._held: dict[str | None, list[_Held]] = {}  # parent run -> trials of the batch waiting for log_best
         self._artifact_uris: dict[str, str] = {}  # run id -> its artifact location, from its creation
         self.busy = 0.0  # seconds the writer thread spent writing
+        self.spent: dict[str, float] = dict.fromkeys(SPENT, 0.0)  # ... by what it did (`split`)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
@@ -322,27 +327,43 @@ class Tracker:
 
     # -- the store, and the queue in front of it ----------------------------------------
 
+    @contextlib.contextmanager
+    def _spending(self, kind: str):
+        """Time the block (on the writer thread) as `kind` of `spent`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[kind] += time.perf_counter() - started
+
+    def split(self) -> str:
+        """Where the writer thread's seconds went, in one line."""
+        parts = ", ".join(f"{kind} {self.spent[kind]:.2f} s" for kind in SPENT)
+        return f"MLflow's thread {sum(self.spent.values()):.2f} s: {parts}"
+
     def _open(self):
-        client = store.open_client(self.uri)
-        found = store.experiment_id(client, self.experiment, self.uri)
-        location = client.get_experiment(found).artifact_location
+        with self._spending("import and store"):
+            client = store.open_client(self.uri)
+            found = store.experiment_id(client, self.experiment, self.uri)
+            location = client.get_experiment(found).artifact_location
         if location.startswith("file:"):
             from mlflow.utils.file_utils import local_file_uri_to_path
 
             self._artifact_root = Path(local_file_uri_to_path(location))
         return client, found
 
-    @staticmethod
-    def _warm(figures: bool, weights: bool) -> None:
+    def _warm(self, figures: bool, weights: bool) -> None:
         """What the first run's end would pay once per process, paid early: the first figure
         loads matplotlib and its fonts, the first model scans the installed packages."""
         from zipnet.tracking import models, outputs
 
         try:
             if figures:
-                outputs.warm()
+                with self._spending("figures and files"):
+                    outputs.warm()
             if weights:
-                models.warm()
+                with self._spending("model"):
+                    models.warm()
         except Exception:  # only a head start: the real calls report their own errors
             pass
 
@@ -397,7 +418,7 @@ class Tracker:
         log is kept against the run, which then ends FAILED with the reason."""
 
         def work():
-            started = time.perf_counter()
+            started, before = time.perf_counter(), sum(self.spent.values())
             try:
                 job(self._store()[0], *args)
             except Exception as err:
@@ -406,7 +427,9 @@ class Tracker:
                 self._problems.setdefault(run_id, "".join(traceback.format_exception(err)))
                 print(f"zipnet: MLflow run {run_id}: could not log ({type(err).__name__}: {err})", file=sys.stderr)
             finally:
-                self.busy += time.perf_counter() - started
+                took = time.perf_counter() - started
+                self.busy += took
+                self.spent["writes"] += took - (sum(self.spent.values()) - before)  # what no kind above took
 
         self._queued = [f for f in self._queued if not f.done()]
         self._queued.append(self._worker.submit(work))
@@ -679,15 +702,16 @@ class Tracker:
         from zipnet.tracking import outputs
 
         with tempfile.TemporaryDirectory() as tmp:
-            at_1pct = outputs.write(
-                Path(tmp),
-                result,
-                digits,
-                figures=self.figures and status != "pruned" and kind == "all",
-                weights=self.weights,
-                tables=kind != "lean",
-                title=title,
-            )
+            with self._spending("figures and files"):
+                at_1pct = outputs.write(
+                    Path(tmp),
+                    result,
+                    digits,
+                    figures=self.figures and status != "pruned" and kind == "all",
+                    weights=self.weights,
+                    tables=kind != "lean",
+                    title=title,
+                )
             if at_1pct is not None and result.history:  # outputs are those of the last pass evaluated
                 batch.metrics.append((int(result.history[-1]["pass"]), {REJECT_METRIC: at_1pct}, _now()))
             self._write(client, run_id, batch, Path(tmp))
@@ -697,7 +721,9 @@ class Tracker:
     def _log_model(self, client, run_id: str, result, digits, params: dict | None) -> None:
         from zipnet.tracking import models
 
-        if self.weights and result.params is not None and result.member is not None:
+        if not (self.weights and result.params is not None and result.member is not None):
+            return
+        with self._spending("model"):
             known = (self._store()[1], params) if params else (None, None)  # started here: its experiment is ours
             net, example = models.net_and_example(result, digits)
             with tempfile.TemporaryDirectory() as tmp:
@@ -726,7 +752,8 @@ class Tracker:
         lean = held.outputs == "lean"
         with tempfile.TemporaryDirectory() as tmp:
             drawn = {"figures": self.figures, "weights": False, "tables": lean}
-            outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.title)
+            with self._spending("figures and files"):
+                outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.title)
             batch = _merge(_Batch(tags={"zipnet.outputs": "best"}), held.later)
             self._write(client, held.run_id, batch, Path(tmp))
         if lean:
