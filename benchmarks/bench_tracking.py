@@ -35,7 +35,7 @@ def _cpu(who: int) -> float:
 
 def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, float, dict[str, float]]:
     """Wall and CPU seconds of one `zipnet-train` process, and (tracked) the seconds its MLflow
-    thread spent by kind, from the run's last line (`tracking: MLflow's thread ...`)."""
+    thread spent by kind, from its line on stderr (`tracking: MLflow's thread ...`)."""
     cmd = [
         sys.executable,
         "-m",
@@ -51,7 +51,7 @@ def single(passes: int, tracked: bool, workdir: Path, uri: str) -> tuple[float, 
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"zipnet-train failed:\n{proc.stderr[-3000:]}")
-    return seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu, _split(proc.stdout)
+    return seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu, _split(proc.stderr)
 
 
 def _split(out: str) -> dict[str, float]:

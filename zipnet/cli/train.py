@@ -196,8 +196,8 @@ def main() -> None:
             from zipnet import tracking
 
             tracking.flush()  # the runs' last writes while a stop can still be said (a full disk's)
-            for tracker in _single:
-                print(f"tracking: {tracker.split()}")
+            for tracker in _single:  # (on stderr: stdout's last line stays the run's)
+                print(f"tracking: {tracker.split()}", file=sys.stderr)
         except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM / SIGHUP, or a stop (zipnet.preempt)
             from zipnet import tracking
 
