@@ -193,7 +193,8 @@ def test_a_live_worker_in_another_pid_namespace_keeps_its_trials(tmp_path):
         args, cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     outs = [outside.communicate(timeout=600)[0], inside.stdout.read()]
-    assert [outside.returncode, inside.wait(timeout=60)] == [0, 0], [o[-2000:] for o in outs]
+    why = [[line for line in o.splitlines() if "failed" in line or "Error" in line][-12:] for o in outs]
+    assert [outside.returncode, inside.wait(timeout=60)] == [0, 0], why
     study = optuna.load_study(study_name="pidns", storage=f"sqlite:///{tmp_path}/mlruns/optuna.db")
     assert not [t for t in study.get_trials() if t.state == TrialState.FAIL]  # nothing stolen, nothing failed
     assert_study_and_runs_agree(tmp_path, "pidns", 8)
