@@ -31,7 +31,6 @@ running trials are given back, and no later file is tried.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import math
 import signal
@@ -55,6 +54,7 @@ import zipnet
 from zipnet import metrics, preempt
 from zipnet.config_yaml import to_yaml
 from zipnet.errors import StoreError
+from zipnet.session import Clock
 from zipnet.tracking import store, writes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,7 +282,7 @@ class Tracker:
         self._held: dict[str | None, list[_Held]] = {}  # parent run -> trials of the batch waiting for log_best
         self._artifact_uris: dict[str, str] = {}  # run id -> its artifact location, from its creation
         self.busy = 0.0  # seconds the writer thread spent writing
-        self.spent: dict[str, float] = dict.fromkeys(SPENT, 0.0)  # ... by what it did (`split`)
+        self.spent = Clock()  # ... by what it did (`split`)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zipnet-mlflow")
         self._queued: list[Future] = []
         self._problems: dict[str, str] = {}  # run id -> what a background job could not log
@@ -327,22 +327,14 @@ class Tracker:
 
     # -- the store, and the queue in front of it ----------------------------------------
 
-    @contextlib.contextmanager
-    def _spending(self, kind: str):
-        """Time the block (on the writer thread) as `kind` of `spent`."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.spent[kind] += time.perf_counter() - started
-
     def split(self) -> str:
         """Where the writer thread's seconds went, in one line."""
-        parts = ", ".join(f"{kind} {self.spent[kind]:.2f} s" for kind in SPENT)
-        return f"MLflow's thread {sum(self.spent.values()):.2f} s: {parts}"
+        spent = self.spent.seconds
+        parts = ", ".join(f"{kind} {spent.get(kind, 0.0):.2f} s" for kind in SPENT)
+        return f"MLflow's thread {sum(spent.values()):.2f} s: {parts}"
 
     def _open(self):
-        with self._spending("import and store"):
+        with self.spent.timing("import and store"):
             client = store.open_client(self.uri)
             found = store.experiment_id(client, self.experiment, self.uri)
             location = client.get_experiment(found).artifact_location
@@ -359,10 +351,10 @@ class Tracker:
 
         try:
             if figures:
-                with self._spending("figures and files"):
+                with self.spent.timing("figures and files"):
                     outputs.warm()
             if weights:
-                with self._spending("model"):
+                with self.spent.timing("model"):
                     models.warm()
         except Exception:  # only a head start: the real calls report their own errors
             pass
@@ -418,7 +410,7 @@ class Tracker:
         log is kept against the run, which then ends FAILED with the reason."""
 
         def work():
-            started, before = time.perf_counter(), sum(self.spent.values())
+            started, before = time.perf_counter(), sum(self.spent.seconds.values())
             try:
                 job(self._store()[0], *args)
             except Exception as err:
@@ -429,7 +421,7 @@ class Tracker:
             finally:
                 took = time.perf_counter() - started
                 self.busy += took
-                self.spent["writes"] += took - (sum(self.spent.values()) - before)  # what no kind above took
+                self.spent.add("writes", took - (sum(self.spent.seconds.values()) - before))  # what no kind above took
 
         self._queued = [f for f in self._queued if not f.done()]
         self._queued.append(self._worker.submit(work))
@@ -702,7 +694,7 @@ class Tracker:
         from zipnet.tracking import outputs
 
         with tempfile.TemporaryDirectory() as tmp:
-            with self._spending("figures and files"):
+            with self.spent.timing("figures and files"):
                 at_1pct = outputs.write(
                     Path(tmp),
                     result,
@@ -723,7 +715,7 @@ class Tracker:
 
         if not (self.weights and result.params is not None and result.member is not None):
             return
-        with self._spending("model"):
+        with self.spent.timing("model"):
             known = (self._store()[1], params) if params else (None, None)  # started here: its experiment is ours
             net, example = models.net_and_example(result, digits)
             with tempfile.TemporaryDirectory() as tmp:
@@ -752,7 +744,7 @@ class Tracker:
         lean = held.outputs == "lean"
         with tempfile.TemporaryDirectory() as tmp:
             drawn = {"figures": self.figures, "weights": False, "tables": lean}
-            with self._spending("figures and files"):
+            with self.spent.timing("figures and files"):
                 outputs.write(Path(tmp), held.result, held.digits, **drawn, title=held.title)
             batch = _merge(_Batch(tags={"zipnet.outputs": "best"}), held.later)
             self._write(client, held.run_id, batch, Path(tmp))
