@@ -121,10 +121,12 @@ def open_storage(url: str, spec: StudySpec | None = None):
                 from zipnet import sqlite
 
                 sqlite.fast_commits()
+            # no pool pre-ping (a statement per call): a call on a connection the server dropped (restarted)
+            # fails, SQLAlchemy invalidates the pool's connections, and Patient tries the call again on a new one
             kwargs = (
                 {"connect_args": {"timeout": spec.storage_timeout}}
                 if url.startswith("sqlite")
-                else {"pool_pre_ping": True, "connect_args": connect_args(url)}
+                else {"connect_args": connect_args(url)}
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # heartbeats are marked experimental
@@ -431,8 +433,9 @@ def _lock_engine(url: str):
     if url not in _engines:
         import sqlalchemy
 
+        # autocommit: the lock's statements alone, no transaction around them
         _engines[url] = sqlalchemy.create_engine(
-            url, pool_pre_ping=True, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url)
+            url, poolclass=sqlalchemy.pool.NullPool, connect_args=connect_args(url), isolation_level="AUTOCOMMIT"
         )
     return _engines[url]
 
