@@ -80,9 +80,11 @@ class Heartbeat:
         self._stop: threading.Event | None = None
         self._thread: threading.Thread | None = None
 
-    def cover(self, number: int, trial_id: int) -> None:
-        """Beat for the trial now and every interval until it is released."""
-        self.record(trial_id)
+    def cover(self, number: int, trial_id: int, beat: bool = True) -> None:
+        """Beat for the trial now (unless its first beat was written with it) and every interval until
+        it is released."""
+        if beat:
+            self.record(trial_id)
         with self._guard:
             self.covered[number] = trial_id
             if self._thread is None:

@@ -31,6 +31,8 @@ class HeldTrials(_CachedStorage):
         self._study_ids: dict[str, int] = {}  # a study's id never changes
         self._queue: dict[int, tuple[list, dict]] = {}  # trial id -> (params, user attrs) not written yet
         self._queuing: int | None = None  # the thread inside `together`
+        self.birth: dict | None = None  # user attrs a trial asked here is created with (its worker), and a beat
+        self._born: set[int] = set()  # trial ids created so: their first beat is written
 
     # -- what this worker holds ------------------------------------------------------------
 
@@ -53,6 +55,19 @@ class HeldTrials(_CachedStorage):
         """Read the trial from the storage from now on (its state may have been written elsewhere)."""
         with self._lock:
             self._held.pop(trial_id, None)
+
+    def born(self, trial_id: int) -> bool:
+        """Whether the trial was created here with `birth`'s attributes and its first heartbeat."""
+        with self._lock:
+            return trial_id in self._born
+
+    def _through(self, what: str, write, *args):
+        """`write(rdb, *args)` on the RDB storage, through storage.Patient (its waits for an unreachable
+        database) where the backend is one."""
+        backend = self._backend
+        attempt = getattr(backend, "attempt", None)
+        rdb = getattr(backend, "_backend", backend)
+        return attempt(what, write, rdb, *args) if attempt is not None else write(rdb, *args)
 
     def holds(self, trial_id: int) -> bool:
         with self._lock:
@@ -110,14 +125,8 @@ class HeldTrials(_CachedStorage):
             kept = self._queue.pop(trial_id, None)
         if kept is None or not (kept[0] or kept[1]):
             return
-        backend = self._backend
-        attempt = getattr(backend, "attempt", None)
-        rdb = getattr(backend, "_backend", backend)
         try:
-            if attempt is not None:
-                attempt("together", _write_together, rdb, trial_id, *kept)
-            else:
-                _write_together(rdb, trial_id, *kept)
+            self._through("together", _write_together, trial_id, *kept)
         except BaseException:
             self.let_go(trial_id)
             raise
@@ -146,7 +155,12 @@ class HeldTrials(_CachedStorage):
     def create_new_trial(self, study_id: int, template_trial=None) -> int:
         from optuna.trial import TrialState
 
-        frozen = self._backend._create_new_trial(study_id, template_trial)
+        if template_trial is None and self.birth is not None:  # asked here: its worker's mark and first beat too
+            frozen = self._through("create_new_trial", _create, study_id, self.birth)
+            with self._lock:
+                self._born.add(frozen._trial_id)
+        else:
+            frozen = self._backend._create_new_trial(study_id, template_trial)
         if frozen.state == TrialState.RUNNING:  # asked here
             self._hold(study_id, frozen)
         else:  # added finished, or to the queue: as Optuna's cache keeps it
@@ -191,6 +205,10 @@ class HeldTrials(_CachedStorage):
         )
 
     def set_trial_user_attr(self, trial_id, key, value) -> None:
+        with self._lock:
+            frozen = self._held.get(trial_id)
+            if frozen is not None and key in frozen.user_attrs and frozen.user_attrs[key] == value:
+                return  # held with that value already (written at its creation): nothing to write
         kept = self._kept(trial_id)
         if kept is not None:
             kept[1][key] = copy.deepcopy(value)
@@ -241,12 +259,8 @@ class HeldTrials(_CachedStorage):
         here to the microsecond, and kept as a finished trial (no read of it after its tell)."""
         from optuna.exceptions import UpdateFinishedTrialError
 
-        backend = self._backend
-        attempt = getattr(backend, "attempt", None)
-        rdb = getattr(backend, "_backend", backend)
-        args = (rdb, frozen._trial_id, state, values)
         try:
-            completed = attempt("set_trial_state_values", _finish, *args) if attempt else _finish(*args)
+            completed = self._through("set_trial_state_values", _finish, frozen._trial_id, state, values)
         except UpdateFinishedTrialError:
             return False  # finished elsewhere while held here (failed as stale): as a skipped tell
         told = copy.deepcopy(frozen)
@@ -329,6 +343,51 @@ def _get_trials_except(rdb, study_id: int, included: set[int], greater_than: int
         return [rdb._build_frozen_trial_from_trial_model(t) for t in query.order_by(trial.trial_id).all()]
 
 
+def _create(rdb, study_id: int, user_attrs: dict):
+    """A new RUNNING trial (RDBStorage._create_new_trial without a template), with its user attributes and,
+    where the storage keeps heartbeats, its first beat, in one transaction; its number counted before its
+    row is added (the study's row is locked meanwhile, as Optuna locks it, so no other trial is added)."""
+    import json
+    from datetime import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import FrozenTrial, TrialState
+
+    with _create_scoped_session(rdb.scoped_session) as session:
+        models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+        number = session.execute(
+            sqlalchemy.select(sqlalchemy.func.count(models.TrialModel.trial_id)).where(
+                models.TrialModel.study_id == study_id
+            )
+        ).scalar_one()
+        trial = models.TrialModel(
+            study_id=study_id, number=number, state=TrialState.RUNNING, datetime_start=datetime.now()
+        )
+        session.add(trial)
+        session.flush()
+        for key, value in user_attrs.items():
+            session.add(models.TrialUserAttributeModel(trial_id=trial.trial_id, key=key, value_json=json.dumps(value)))
+        if rdb.get_heartbeat_interval() is not None:
+            session.add(models.TrialHeartbeatModel(trial_id=trial.trial_id))
+        session.flush()
+        return FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=trial.datetime_start,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=dict(user_attrs),
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial.trial_id,
+        )
+
+
 def _write_together(rdb, trial_id: int, params: list, user_attrs: dict) -> None:
     """A trial's params (one INSERT statement) and user attributes, in one transaction."""
     import sqlalchemy
@@ -355,17 +414,31 @@ def _write_together(rdb, trial_id: int, params: list, user_attrs: dict) -> None:
 
 
 def _finish(rdb, trial_id: int, state, values):
-    """RDBStorage.set_trial_state_values for a finished state; returns the trial's datetime_complete."""
+    """RDBStorage.set_trial_state_values for a finished state, of a held trial (it has no values yet):
+    its state changed only if it still runs, then its values added; returns its datetime_complete."""
     from datetime import datetime
 
+    import sqlalchemy
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
 
+    trial = models.TrialModel
+    completed = datetime.now()
     with _create_scoped_session(rdb.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
-        rdb.check_trial_is_updatable(trial_id, trial.state)
+        changed = session.execute(
+            sqlalchemy.update(trial)
+            .where(trial.trial_id == trial_id, trial.state == TrialState.RUNNING)
+            .values(state=state, datetime_complete=completed)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:
+            raise UpdateFinishedTrialError(f"trial {trial_id} has finished already (failed elsewhere as stale)")
+        rows = []
         for objective, value in enumerate(values or ()):
-            rdb._set_trial_value_without_commit(session, trial, objective, value)
-        trial.state = state
-        completed = trial.datetime_complete = datetime.now()
-        return completed
+            stored, kind = models.TrialValueModel.value_to_stored_repr(value)
+            rows.append({"trial_id": trial_id, "objective": objective, "value": stored, "value_type": kind})
+        if rows:
+            session.execute(sqlalchemy.insert(models.TrialValueModel).values(rows))
+    return completed

@@ -522,6 +522,8 @@ class Coordinator:
         if self.patient is not None:
             self.patient.log = log
         self.study_id = storage.get_study_id_from_name(spec.study_name)
+        if hasattr(storage, "birth"):  # zipnet.sweeps.held: a trial asked here is created with its worker
+            storage.birth = {WORKER: self.worker}
         self.mine: dict[int, int] = {}  # trial number -> trial id, asked here and not finished
         optuna_beats = heartbeats(storage)
         self.silence = Silence(spec.grace) if not optuna_beats and proxied(storage) else None  # zipnet's own beat
@@ -641,9 +643,10 @@ class Coordinator:
                 if self.extend is not None:
                     self._extend(trial)
                 snapshot.refresh(trial._trial_id)
-                if self.heartbeat is not None:
-                    self.heartbeat.cover(trial.number, trial._trial_id)
-                trial.set_user_attr(WORKER, self.worker)
+                if self.heartbeat is not None:  # its first beat written with it, where it was created here
+                    born = getattr(self.storage, "born", None)
+                    self.heartbeat.cover(trial.number, trial._trial_id, beat=not (born and born(trial._trial_id)))
+                trial.set_user_attr(WORKER, self.worker)  # no write where it was created with it
                 if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
                     trial.set_user_attr(INTERRUPTED, False)
                 asked.append(trial)
