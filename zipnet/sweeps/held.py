@@ -33,6 +33,7 @@ class HeldTrials(_CachedStorage):
         self._queuing: int | None = None  # the thread inside `together`
         self.birth: dict | None = None  # user attrs a trial asked here is created with (its worker), and a beat
         self._born: set[int] = set()  # trial ids created so: their first beat is written
+        self._checked: set[int] = set()  # studies read once: they exist
 
     # -- what this worker holds ------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class HeldTrials(_CachedStorage):
         with self._lock:
             self._study_ids = {name: sid for name, sid in self._study_ids.items() if sid != study_id}
             self._held = {tid: t for tid, t in self._held.items() if self._study_of(tid) != study_id}
+            self._checked.discard(study_id)
         super().delete_study(study_id)
 
     def _study_of(self, trial_id: int) -> int | None:
@@ -303,30 +305,45 @@ class HeldTrials(_CachedStorage):
                 study.unfinished_trial_ids.discard(trial._trial_id)
 
     def _read(self, study_id: int, included: set[int], greater_than: int, held: set[int]) -> list:
-        """RDBStorage._get_trials, leaving out the trials in `held`: through storage.Patient
-        (its waits for an unreachable database) where the backend is one."""
-        backend = self._backend
-        rdb = getattr(backend, "_backend", backend)
-        attempt = getattr(backend, "attempt", None)
-        if not held:
-            return backend._get_trials(
-                study_id, states=None, included_trial_ids=included, trial_id_greater_than=greater_than
-            )
-        if attempt is not None:
-            return attempt("get_all_trials", _get_trials_except, rdb, study_id, included, greater_than, held)
-        return _get_trials_except(rdb, study_id, included, greater_than, held)
+        """RDBStorage._get_trials, leaving out the trials in `held`: through storage.Patient (its waits
+        for an unreachable database) where the backend is one. The study's existence is checked at its
+        first read only. Called under the cache's lock."""
+        checked = study_id in self._checked
+        trials = self._through("get_all_trials", _get_trials_except, study_id, included, greater_than, held, checked)
+        self._checked.add(study_id)
+        return trials
 
 
-def _get_trials_except(rdb, study_id: int, included: set[int], greater_than: int, held: set[int]) -> list:
+@contextlib.contextmanager
+def _reading(rdb):
+    """A session for reads alone: on PostgreSQL in autocommit, each SELECT without a BEGIN and COMMIT
+    around it (in its default READ COMMITTED, each statement of a transaction sees its own snapshot
+    anyway); elsewhere (sqlite: one snapshot per transaction) in a transaction, as Optuna reads."""
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from sqlalchemy import orm
+
+    if rdb.engine.name != "postgresql":
+        with _create_scoped_session(rdb.scoped_session) as session:
+            yield session
+        return
+    with rdb.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        with orm.Session(bind=conn) as session:
+            yield session
+
+
+def _get_trials_except(
+    rdb, study_id: int, included: set[int], greater_than: int, held: set[int], checked: bool = False
+) -> list:
     import sqlalchemy
     from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
     from sqlalchemy import orm
 
     included = {tid for tid in included if tid <= greater_than}
     trial = models.TrialModel
-    with _create_scoped_session(rdb.scoped_session) as session:
-        models.StudyModel.find_or_raise_by_id(study_id, session)
+    with _reading(rdb) as session:
+        if not checked:
+            models.StudyModel.find_or_raise_by_id(study_id, session)
         query = (
             session.query(trial)
             .options(orm.selectinload(trial.params))
@@ -334,8 +351,10 @@ def _get_trials_except(rdb, study_id: int, included: set[int], greater_than: int
             .options(orm.selectinload(trial.user_attributes))
             .options(orm.selectinload(trial.system_attributes))
             .options(orm.selectinload(trial.intermediate_values))
-            .filter(trial.study_id == study_id, trial.trial_id.notin_(held))
+            .filter(trial.study_id == study_id)
         )
+        if held:
+            query = query.filter(trial.trial_id.notin_(held))
         if included and greater_than > -1:
             query = query.filter(sqlalchemy.or_(trial.trial_id.in_(included), trial.trial_id > greater_than))
         elif greater_than > -1:

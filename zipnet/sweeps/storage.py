@@ -543,37 +543,44 @@ class Coordinator:
     def now(self) -> Tally:
         return tally(self.study.get_trials(deepcopy=False))
 
-    def recover(self) -> None:
+    def recover(self, trials: list | None = None) -> bool:
         """Stale trials (their worker's heartbeat stopped) fail and are asked again. So does a
         trial whose worker died between asking it and its first heartbeat (it has no worker).
-        Runs before every ask and with every heartbeat (from the beating thread)."""
+        Runs before every ask and with every heartbeat (from the beating thread). `trials`: the
+        study as just read (else it is read). Returns whether a trial was failed here."""
         if not self.beating:
-            return
+            return False
         if self.patient is not None and not self.patient.steady(self.spec.grace):
-            return  # the database was away: the others' beats failed as this worker's did, not their workers
+            return False  # the database was away: the others' beats failed as this worker's did, not their workers
         with self._recovering:
-            self._recover()
+            return self._recover(trials)
 
-    def _recover(self) -> None:
-        stale = self._optuna_stale() if self.silence is None else self._silent()
+    def _recover(self, trials: list | None) -> bool:
+        from optuna.trial import TrialState
+
+        running = self._running() if trials is None else [t for t in trials if t.state == TrialState.RUNNING]
+        stale = self._optuna_stale(running) if self.silence is None else self._silent(running)
         for number in sorted(stale - set(self.mine)):
             self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
             if self.on_stale is not None:
                 self.on_stale(self.storage.get_trial(self.trial_id(number)))
+        return bool(stale)
 
-    def _silent(self) -> set[int]:
+    def _silent(self, running: list) -> set[int]:
         """Trials whose `zipnet.beat` stayed the same for the grace period fail, each once (the
         storage refuses to finish a trial twice: the worker whose FAIL it took asks it again; a
         trial told, or failed by another worker, meanwhile is left as it is)."""
-        silent = self.silence.silent([t for t in self._running() if t.number not in self.mine])
+        silent = self.silence.silent([t for t in running if t.number not in self.mine])
         return {t.number for t in silent if self._fail_and_retry(t.number)}
 
-    def _optuna_stale(self) -> set[int]:
+    def _optuna_stale(self, running: list) -> set[int]:
         """Optuna's stale trials (fail_stale_trials), and a trial whose worker died between asking
-        it and its first heartbeat (it has no worker)."""
+        it and its first heartbeat (it has no worker). Where every running trial is this worker's,
+        none is another's to judge: the storage is not asked for stale ones."""
         import optuna
 
-        running = self._running()
+        if all(t.number in self.mine for t in running):
+            return set()
         callback = self.storage.get_heartbeat_stale_trial_callback()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -622,16 +629,18 @@ class Coordinator:
         running; [] when none is left to ask. Raises FailureBudgetExceeded when too many failed."""
         spec = self.spec
         with lock(self.url, spec.outage_timeout) as held:
-            self.recover()
-            now = self.now()
+            # one read of the study for the recovery, the count and the batch's asks (under the lock no one
+            # else asks), read again only where a trial was failed as stale; each trial asked is read back,
+            # so the next ask sees it as it would in the storage
+            snapshot = Snapshot(self.study)
+            if self.recover(snapshot.trials):
+                snapshot = Snapshot(self.study)
+            now = tally(snapshot.trials)
             self._check_budget(now)
             free = spec.n_trials - now.counted - now.running
             if free <= 0:
                 return []
             self.study.sampler = make_sampler(spec, now.total)
-            # one read of the study for the batch's asks (under the lock no one else asks); each
-            # trial asked is read back, so the next ask sees it as it would in the storage
-            snapshot = Snapshot(self.study)
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
             together = getattr(self.storage, "together", contextlib.nullcontext)  # its params in one write
@@ -772,8 +781,8 @@ class Coordinator:
             return False
         while True:
             with lock(self.url, self.spec.outage_timeout):
-                self.recover()
-                now = self.now()
+                trials = self.study.get_trials(deepcopy=False)
+                now = self.now() if self.recover(trials) else tally(trials)
             if now.counted + now.running < self.spec.n_trials or now.waiting:
                 return True
             if now.running == 0:
