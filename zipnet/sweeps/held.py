@@ -95,9 +95,10 @@ class HeldTrials(_CachedStorage):
 
     @contextlib.contextmanager
     def together(self):
-        """Inside, a held trial's params and user attributes (an ask's) are kept, and written at
-        the end in one transaction per trial, or before any other write to the trial. Cut or
-        failed inside: nothing kept is written, and the trials are read from the storage again."""
+        """Inside, held trials' params and user attributes (a batch's asks) are kept, and written at
+        the end, all in one transaction, or a trial's before any other write to it. A study's first
+        params are checked against the study's there, as Optuna checks them. Cut or failed inside:
+        nothing kept is written, and the trials are read from the storage again."""
         self._queuing = threading.get_ident()
         try:
             yield
@@ -109,8 +110,7 @@ class HeldTrials(_CachedStorage):
             raise
         finally:
             self._queuing = None
-        for trial_id in list(self._queue):
-            self._flush(trial_id)
+        self._flush(*list(self._queue))
 
     def _kept(self, trial_id: int):
         """The trial's (params, user attrs) queue while `together` is in force here, else None."""
@@ -121,16 +121,23 @@ class HeldTrials(_CachedStorage):
                 return None
             return self._queue.setdefault(trial_id, ([], {}))
 
-    def _flush(self, trial_id: int) -> None:
+    def _flush(self, *trial_ids: int) -> None:
         with self._lock:
-            kept = self._queue.pop(trial_id, None)
-        if kept is None or not (kept[0] or kept[1]):
+            kept = {tid: self._queue.pop(tid) for tid in trial_ids if tid in self._queue}
+            kept = {tid: k for tid, k in kept.items() if k[0] or k[1]}
+        if not kept:
             return
         try:
-            self._through("together", _write_together, trial_id, *kept)
+            self._through("together", _write_together, kept)
         except BaseException:
-            self.let_go(trial_id)
+            for trial_id in kept:
+                self.let_go(trial_id)
             raise
+        with self._lock:  # a first param, now in the study: later ones are checked against it here
+            for trial_id, (params, _) in kept.items():
+                study_id = self._study_of(trial_id)
+                for name, _, distribution, _ in params if study_id is not None else ():
+                    self._studies[study_id].param_distribution.setdefault(name, distribution)
 
     # -- the storage calls -----------------------------------------------------------------
 
@@ -177,10 +184,12 @@ class HeldTrials(_CachedStorage):
         with self._lock:
             study_id = self._study_of(trial_id)
             before = self._studies[study_id].param_distribution.get(param_name) if study_id is not None else None
-        kept = self._kept(trial_id) if before is not None else None  # a first param: Optuna checks it in the study
+        kept = self._kept(trial_id)
         if kept is not None:
-            check_distribution_compatibility(before, distribution)
-            kept[0].append((param_name, param_value_internal, distribution))
+            if before is not None:
+                check_distribution_compatibility(before, distribution)
+            # a first param of the study here: checked against the study's as it is written
+            kept[0].append((param_name, param_value_internal, distribution, before is None))
             with self._lock:
                 frozen = self._held[trial_id]
                 frozen.params[param_name] = distribution.to_external_repr(param_value_internal)
@@ -407,29 +416,57 @@ def _create(rdb, study_id: int, user_attrs: dict):
         )
 
 
-def _write_together(rdb, trial_id: int, params: list, user_attrs: dict) -> None:
-    """A trial's params (one INSERT statement) and user attributes, in one transaction."""
+def _write_together(rdb, kept: dict[int, tuple[list, dict]]) -> None:
+    """Trials' params (one INSERT statement) and user attributes, in one transaction; a study's first
+    params checked against those the study has (RDBStorage._set_trial_param_without_commit's check)."""
     import sqlalchemy
     from optuna import distributions
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
+    trial, param = models.TrialModel, models.TrialParamModel
     with _create_scoped_session(rdb.scoped_session) as session:
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        rdb.check_trial_is_updatable(trial_id, trial.state)
-        if params:
-            rows = [
-                {
-                    "trial_id": trial_id,
-                    "param_name": name,
-                    "param_value": value,
-                    "distribution_json": distributions.distribution_to_json(distribution),
-                }
-                for name, value, distribution in params
-            ]
-            session.execute(sqlalchemy.insert(models.TrialParamModel).values(rows))
-        for key, value in user_attrs.items():
-            rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+        found = session.execute(
+            sqlalchemy.select(trial.trial_id, trial.state, trial.study_id).where(trial.trial_id.in_(list(kept)))
+        ).all()
+        states = {tid: (state, study_id) for tid, state, study_id in found}
+        for trial_id in kept:
+            if trial_id not in states:
+                raise KeyError(f"No trial with trial_id {trial_id} exists.")
+            rdb.check_trial_is_updatable(trial_id, states[trial_id][0])
+        first = {}  # param name -> its distribution, where the study had none here
+        for params, _ in kept.values():
+            for name, _, distribution, unchecked in params:
+                if unchecked:
+                    distributions.check_distribution_compatibility(first.setdefault(name, distribution), distribution)
+        if first:
+            studies = {study_id for _, study_id in states.values()}
+            known = (
+                session.query(param.param_name, param.distribution_json)
+                .join(trial)
+                .filter(
+                    trial.study_id.in_(studies), param.param_name.in_(list(first)), trial.trial_id.notin_(list(kept))
+                )
+                .distinct()
+                .all()
+            )
+            for name, text in known:
+                distributions.check_distribution_compatibility(distributions.json_to_distribution(text), first[name])
+        rows = [
+            {
+                "trial_id": trial_id,
+                "param_name": name,
+                "param_value": value,
+                "distribution_json": distributions.distribution_to_json(distribution),
+            }
+            for trial_id, (params, _) in kept.items()
+            for name, value, distribution, _ in params
+        ]
+        if rows:
+            session.execute(sqlalchemy.insert(param).values(rows))
+        for trial_id, (_, user_attrs) in kept.items():
+            for key, value in user_attrs.items():
+                rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
 
 def _finish(rdb, trial_id: int, state, values):

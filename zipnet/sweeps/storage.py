@@ -643,22 +643,23 @@ class Coordinator:
             self.study.sampler = make_sampler(spec, now.total)
             asking = snapshot.study(self.study.sampler, self.study.pruner)
             asked = []
-            together = getattr(self.storage, "together", contextlib.nullcontext)  # its params in one write
-            for _ in range(min(spec.batch if limit is None else limit, free)):
-                # a trial in the storage is in `mine` too, for the give-back
-                with preempt.critical(stops_too=True), together():
-                    trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
-                    self.mine[trial.number] = trial._trial_id
-                if self.extend is not None:
-                    self._extend(trial)
-                snapshot.refresh(trial._trial_id)
-                if self.heartbeat is not None:  # its first beat written with it, where it was created here
-                    born = getattr(self.storage, "born", None)
-                    self.heartbeat.cover(trial.number, trial._trial_id, beat=not (born and born(trial._trial_id)))
-                trial.set_user_attr(WORKER, self.worker)  # no write where it was created with it
-                if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
-                    trial.set_user_attr(INTERRUPTED, False)
-                asked.append(trial)
+            together = getattr(self.storage, "together", contextlib.nullcontext)  # the batch's params in one write
+            with together():
+                for _ in range(min(spec.batch if limit is None else limit, free)):
+                    # a trial in the storage is in `mine` too, for the give-back
+                    with preempt.critical(stops_too=True):
+                        trial = asking.ask({name: p.distribution for name, p in spec.params.items()})
+                        self.mine[trial.number] = trial._trial_id
+                    if self.extend is not None:
+                        self._extend(trial)
+                    snapshot.refresh(trial._trial_id)
+                    if self.heartbeat is not None:  # its first beat written with it, where it was created here
+                        born = getattr(self.storage, "born", None)
+                        self.heartbeat.cover(trial.number, trial._trial_id, beat=not (born and born(trial._trial_id)))
+                    trial.set_user_attr(WORKER, self.worker)  # no write where it was created with it
+                    if trial.user_attrs.get(INTERRUPTED):  # a retry inherits its original's attributes
+                        trial.set_user_attr(INTERRUPTED, False)
+                    asked.append(trial)
         if held.lost:
             self.log("the storage's lock was lost while asking (the database restarted): checking the count")
         return self._past_target(asked, unlocked=held.lost)
