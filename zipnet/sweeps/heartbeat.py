@@ -18,7 +18,8 @@ A storage without Optuna's heartbeat (GrpcStorageProxy: the proxy's API has no h
 gets a beat of zipnet's own through calls every storage has: each beat writes the trial's
 system attribute `zipnet.beat`, and `Silence` judges a trial stale when that attribute has not
 changed for the grace period, as the judging worker saw it on its own monotonic clock (no
-host's wall clock is compared with another's).
+host's wall clock is compared with another's). After an outage that period starts anew once the
+judging worker is steady, since the others may reconnect to the proxy later than it did.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Silence:
     def __init__(self, grace: float):
         self.grace = grace
         self.seen: dict[int, tuple[object, float]] = {}  # trial number -> (its beat, when this value was first seen)
+
+    def forget(self) -> None:
+        """After an outage: each trial is silent again only from when this worker next sees it, so
+        a worker that reconnected later than this one has a whole grace period to beat."""
+        self.seen = {}
 
     def silent(self, running) -> list:
         """The trials of `running` (other workers' RUNNING trials) silent for the grace period."""

@@ -318,16 +318,42 @@ def patient(storage) -> Patient | None:
     return backend if isinstance(backend, Patient) else None
 
 
+RECONNECT_MS = 1000  # the most a proxy's client waits between tries to reconnect (gRPC's default grows to 120 s)
+
+
+def _proxy_client():
+    """Optuna's GrpcStorageProxy on a channel that tries to reconnect at least every RECONNECT_MS.
+    gRPC's own backoff grows with the outage, so after a long one a worker could go on failing for
+    a minute after the proxy is back, while another worker, reconnected, judged its trials silent."""
+    import grpc
+    import optuna
+    from optuna.storages._grpc.auto_generated import api_pb2_grpc
+    from optuna.storages._grpc.client import GrpcClientCache
+
+    class ProxyClient(optuna.storages.GrpcStorageProxy):
+        def _setup(self) -> None:  # as Optuna's, with the reconnect bounded
+            options = [
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_MS // 4),
+                ("grpc.min_reconnect_backoff_ms", RECONNECT_MS // 4),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_MS),
+            ]
+            self._channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=options)
+            self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+            self._cache = GrpcClientCache(self._stub)
+
+    return ProxyClient
+
+
 def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
     """A GrpcStorageProxy to a proxy that answers within storage_timeout; its calls then wait out the
     proxy being away (down, restarting, cut off) for up to outage_timeout, as a database's do."""
-    import optuna
 
     spec = spec or StudySpec(where="storage", study_name="")
     timeout = spec.storage_timeout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the gRPC proxy is marked experimental
-        storage = optuna.storages.GrpcStorageProxy(host=address[0], port=address[1])
+        storage = _proxy_client()(host=address[0], port=address[1])
     try:
         storage.wait_server_ready(timeout=timeout)
     except ConnectionError:
@@ -551,6 +577,8 @@ class Coordinator:
         if not self.beating:
             return False
         if self.patient is not None and not self.patient.steady(self.spec.grace):
+            if self.silence is not None:  # a beat unchanged across the outage must stay so a whole grace after it
+                self.silence.forget()
             return False  # the database was away: the others' beats failed as this worker's did, not their workers
         with self._recovering:
             return self._recover(trials)
