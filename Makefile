@@ -8,6 +8,7 @@
 VENV ?= .venv
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
+TEST_WORKERS ?= 2
 STORAGE ?= sqlite:///mlruns/optuna.db
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.zipnet-installed
@@ -30,8 +31,10 @@ lock: $(STAMP)
 repro: $(STAMP)
 	$(BIN)/zipnet-train
 
+# the suite's test files shared between TEST_WORKERS processes (pytest-xdist): most tests wait on
+# servers and subprocesses, so two of them keep two cores busy
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(STAMP)
 	$(BIN)/pytest -m "slow or not slow"

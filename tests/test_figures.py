@@ -59,6 +59,22 @@ def test_a_redrawn_figure_equals_the_figure_drawn_afresh(kind):
     assert not np.array_equal(_draw(kind, runs[0]), _draw(kind, runs[1]))  # the data reaches the picture
 
 
+@pytest.mark.parametrize("kind", ["confusion", "misclassified", "rejection"])
+def test_a_figure_built_ahead_by_warm_templates_draws_as_one_built_at_its_first_use(kind):
+    run = _run(0)
+    wrong = int((run[1].argmax(axis=1) != run[2]).sum())
+    got = {}
+
+    def warmed():
+        figures.warm_templates(rows=-(-min(wrong, 100) // figures.COLUMNS))  # the rows this run's grid takes
+        got["pixels"] = _draw(kind, run)
+
+    thread = threading.Thread(target=warmed)
+    thread.start()
+    thread.join()
+    assert np.array_equal(got["pixels"], _fresh(kind, run))
+
+
 def test_a_learning_curve_reads_in_percent_on_either_scale():
     """Error ticks are plain percentages (1%, 2%, 5% on the log scale), never 6x10^0."""
     from matplotlib.ticker import LogLocator

@@ -2,6 +2,7 @@
 population logging, how runs end, stores that cannot open, filters, system metrics, the
 experiment's UI view and an Optuna study's views."""
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -115,6 +116,58 @@ def test_a_cli_run_logs_params_tags_per_pass_metrics_and_artifacts(tmp_path):
     assert off_diagonal == len(true_label) and all(0 <= i < 100 for i in true_label)
     for digit in range(10):  # the misses of each true digit: its row of the confusion matrix less the diagonal
         assert sum(v == digit for v in true_label.values()) == sum(matrix[digit]) - matrix[digit][digit]
+    # the process ends without closing its connections: its write-ahead log is in the database file
+    shutil.copyfile(tmp_path / "mlruns" / "mlflow.db", tmp_path / "alone.db")
+    with contextlib.closing(sqlite3.connect(tmp_path / "alone.db")) as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
+
+
+def _schema(path):
+    """Each table's columns (name, type, not null, key) and indexes (name, unique, columns): the
+    CREATE statements' text is left out, as alembic's table rebuilds may word a CHECK differently."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        out = {}
+        for table in sorted(t for t in tables if not t.startswith("sqlite_")):
+            columns = [(c[1], c[2], c[3], c[5]) for c in db.execute(f"PRAGMA table_info('{table}')")]
+            indexes = []
+            for _, name, unique, *_ in db.execute(f"PRAGMA index_list('{table}')"):
+                indexes.append((name, unique, [c[2] for c in db.execute(f"PRAGMA index_info('{name}')")]))
+            out[table] = (columns, sorted(indexes))
+        return out
+
+
+def test_a_new_sqlite_store_is_a_copy_of_a_template_at_mlflows_head_made_once_per_version(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.store.db import utils
+
+    monkeypatch.setenv("ZIPNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    head = utils._get_latest_schema_revision()
+    stale = tmp_path / "cache" / f"mlflow-0.0.1-{head}.db"  # another MLflow's: never read
+    stale.parent.mkdir()
+    stale.write_text("not a database")
+    uri = tracking.resolve_uri(f"sqlite:///{tmp_path}/a/mlflow.db")
+    client = tracked_runs.store.open_client(uri)
+    made = tmp_path / "cache" / f"mlflow-{mlflow.__version__}-{head}.db"
+    assert made.is_file() and stale.read_text() == "not a database"
+    # MLflow's own new store, from the same folder: the same tables, revision and Default experiment
+    own = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/b/mlflow.db")
+    own.search_experiments()
+    assert _schema(tmp_path / "a" / "mlflow.db") == _schema(tmp_path / "b" / "mlflow.db")
+    with contextlib.closing(sqlite3.connect(tmp_path / "a" / "mlflow.db")) as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    assert client.get_experiment("0").artifact_location == own.get_experiment("0").artifact_location
+    # a run logs into it and reads back
+    experiment = tracked_runs.store.experiment_id(client, "zipnet", uri)
+    run_id = client.create_run(experiment).info.run_id
+    client.log_metric(run_id, "test/error", 5.0, step=1)
+    client.set_terminated(run_id)
+    again = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert again.info.status == "FINISHED" and again.data.metrics == {"test/error": 5.0}
+    before = made.stat().st_mtime_ns  # the next new store copies the same template
+    tracked_runs.store.open_client(tracking.resolve_uri(f"sqlite:///{tmp_path}/c/mlflow.db"))
+    assert made.stat().st_mtime_ns == before and _schema(tmp_path / "c" / "mlflow.db") == _schema(made)
 
 
 def test_tracking_disabled_leaves_no_store(tmp_path):

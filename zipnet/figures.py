@@ -53,6 +53,14 @@ def _learning_template() -> dict:
     return {"fig": fig, "ax": ax, "lines": lines, "title": ax.set_title("", fontsize=8)}
 
 
+def warm_templates(rows: int = 10) -> None:
+    """The confusion matrix's, the rejection curve's and a `rows`-row misclassified grid's figures,
+    built for this thread ahead of their first use (a redrawn figure is the one drawn afresh)."""
+    _template(("confusion",), _confusion_template)
+    _template(("rejection_curve", 1.0), lambda: _rejection_template(1.0))
+    _template(("misclassified", rows), lambda: _misclassified_template(rows))
+
+
 def _percent(value: float, _position=None) -> str:
     return f"{value:g}%"
 

@@ -348,7 +348,6 @@ def _proxy_client():
 def _open_proxy(url: str, address: tuple[str, int], spec: StudySpec | None):
     """A GrpcStorageProxy to a proxy that answers within storage_timeout; its calls then wait out the
     proxy being away (down, restarting, cut off) for up to outage_timeout, as a database's do."""
-
     spec = spec or StudySpec(where="storage", study_name="")
     timeout = spec.storage_timeout
     with warnings.catch_warnings():
@@ -578,7 +577,8 @@ class Coordinator:
             return False
         if self.patient is not None and not self.patient.steady(self.spec.grace):
             if self.silence is not None:  # a beat unchanged across the outage must stay so a whole grace after it
-                self.silence.forget()
+                with self._recovering:  # not between a recovery's read of the silence and its update
+                    self.silence.forget()
             return False  # the database was away: the others' beats failed as this worker's did, not their workers
         with self._recovering:
             return self._recover(trials)

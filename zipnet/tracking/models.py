@@ -44,6 +44,21 @@ def requirements() -> list[str]:
 
 
 @contextlib.contextmanager
+def _unchecked():
+    """mlflow's save_model without its check that the installed packages satisfy the model's
+    requirements: a warning at most, for requirements that `requirements()` reads from the installed
+    versions themselves; the check maps every installed package to its modules (most of a second)."""
+    from mlflow.utils import environment
+
+    check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
+    try:
+        yield
+    finally:
+        environment.warn_dependency_requirement_mismatches = check
+
+
+@contextlib.contextmanager
 def _quiet(name: str, level: int = logging.ERROR):
     """A library logger held at `level` for the block."""
     logger = logging.getLogger(name)
@@ -115,7 +130,7 @@ def log_net(
         progress["linked"] = True
     about = Model(location, run_id=run_id, model_uuid=model_id, model_id=model_id)
     # mlflow.pytorch warns about every pickled model; loading this one needs zipnet, by design
-    with tempfile.TemporaryDirectory() as tmp, use_uri(uri), _quiet("mlflow.pytorch"):
+    with tempfile.TemporaryDirectory() as tmp, use_uri(uri), _quiet("mlflow.pytorch"), _unchecked():
         mlflow.pytorch.save_model(
             net,
             f"{tmp}/{NAME}",
@@ -133,7 +148,7 @@ def log_net(
 
 def warm() -> None:
     """Save a blank net as an MLflow model into a temporary folder: the first save in a process
-    checks the requirements against every installed package (most of a second)."""
+    imports what saving needs (the flavour, signatures, input examples)."""
     import tempfile
 
     import mlflow.pytorch
@@ -141,7 +156,7 @@ def warm() -> None:
 
     from zipnet.model import ZipNet
 
-    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"):
+    with tempfile.TemporaryDirectory() as tmp, _quiet("mlflow.pytorch"), _unchecked():
         mlflow.pytorch.save_model(
             ZipNet(),
             f"{tmp}/model",

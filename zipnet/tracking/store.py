@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -206,8 +208,52 @@ def check(uri: str) -> None:
             ) from err
 
 
+def cache_dir() -> Path:
+    """zipnet's cache folder (the prepared digits' too): $ZIPNET_CACHE, else ~/.cache/zipnet."""
+    return Path(os.environ.get("ZIPNET_CACHE") or Path.home() / ".cache" / "zipnet").expanduser()
+
+
+def template(folder: Path | None = None) -> Path:
+    """An empty MLflow sqlite store at the installed MLflow's head revision, made once (MLflow's own
+    table creation and migrations, a second or more) and kept in the cache folder under a name that
+    holds MLflow's version and that revision, so another MLflow never finds it. No experiment in it:
+    MLflow adds its Default experiment, with its artifacts under the new store's folder, on opening."""
+    import mlflow
+    import sqlalchemy
+    from filelock import FileLock
+    from mlflow.store.db import utils
+
+    folder = folder or cache_dir()
+    path = folder / f"mlflow-{mlflow.__version__}-{utils._get_latest_schema_revision()}.db"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(_lock_path(path)):
+        if not path.exists():
+            made = path.with_name(f"{path.name}.{os.getpid()}.new")
+            engine = sqlalchemy.create_engine(f"sqlite:///{made}")
+            try:
+                utils._initialize_tables(engine)
+            finally:
+                engine.dispose()  # its last connection closed: the write-ahead log is in the file
+            os.replace(made, path)
+    return path
+
+
+def _new_store(path: Path) -> None:
+    """The new store `path` as a copy of the template; where that fails, MLflow makes its tables."""
+    try:
+        made = path.with_name(f"{path.name}.{os.getpid()}.new")
+        shutil.copyfile(template(), made)
+        os.replace(made, path)
+    except Exception as err:
+        print(
+            f"zipnet: no MLflow store template ({one_line(err)}); MLflow creates {path.name}'s tables", file=sys.stderr
+        )
+
+
 def open_client(uri: str):
-    """An MlflowClient on `uri` whose store has opened (tables made on first use)."""
+    """An MlflowClient on `uri` whose store has opened (a new sqlite store: a copy of `template()`)."""
     from filelock import FileLock
     from mlflow import MlflowClient
 
@@ -220,6 +266,8 @@ def open_client(uri: str):
     lock = FileLock(_lock_path(path)) if path is not None else contextlib.nullcontext()
     try:
         with lock:
+            if path is not None and not path.exists():
+                _new_store(path)
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
     except Exception as err:
