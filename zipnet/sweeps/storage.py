@@ -209,7 +209,8 @@ class Patient:
     """An RDB storage that waits out its server being away: a call that cannot reach the database
     is tried again with backoff (0.5 s doubling to 10 s) for up to `timeout` seconds, then raises
     StorageUnreachable. Each outage is logged once, when it starts and when it ends. A heartbeat is
-    not retried here (its thread beats again at the next interval), only noted.
+    not retried here (its thread beats again at the next interval), only noted; nor is the read that
+    judges trials stale (Optuna's): a judgement after an outage would find every beat old.
 
     `steady(grace)`: whether this process has reached the database without a failure for the
     last `grace` seconds; the coordinator judges no other worker's trial stale until then, since
@@ -227,7 +228,7 @@ class Patient:
         found = getattr(self._backend, name)
         if not callable(found) or name.startswith("__"):
             return found
-        if name == "record_heartbeat":
+        if name in ("record_heartbeat", "_get_stale_trial_ids"):  # a beat; the read that judges trials stale
             return self._noted(found)
         return self._patient(found, name)
 
@@ -560,7 +561,11 @@ class Coordinator:
         else:  # a beat that fails is noted (no trial judged stale meanwhile), not retried
             setter = self.patient.noted("set_trial_system_attr") if self.patient else storage.set_trial_system_attr
             record = attribute_beat(setter)
-        self.heartbeat = Heartbeat(record, spec.heartbeat_interval, log, on_beat=self.recover) if self.beating else None
+        self.heartbeat = (
+            Heartbeat(record, spec.heartbeat_interval, log, on_beat=lambda: self.recover(wait=False))
+            if self.beating
+            else None
+        )
 
     def trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
@@ -568,25 +573,46 @@ class Coordinator:
     def now(self) -> Tally:
         return tally(self.study.get_trials(deepcopy=False))
 
-    def recover(self, trials: list | None = None) -> bool:
+    def recover(self, trials: list | None = None, wait: bool = True) -> bool:
         """Stale trials (their worker's heartbeat stopped) fail and are asked again. So does a
         trial whose worker died between asking it and its first heartbeat (it has no worker).
-        Runs before every ask and with every heartbeat (from the beating thread). `trials`: the
-        study as just read (else it is read). Returns whether a trial was failed here."""
+        Runs before every ask and with every heartbeat (from the beating thread, `wait=False`).
+        `trials`: the study as just read (else it is read). Returns whether a trial was failed here.
+
+        No trial is judged from a read that waited out an outage, nor in the grace period after one:
+        the others' beats failed as this worker's did. The read that judges is not retried (a failure
+        ends the judgement), and the beating thread never waits for the main thread's recovery, whose
+        calls may wait out an outage: its own beats would stop."""
         if not self.beating:
             return False
-        if self.patient is not None and not self.patient.steady(self.spec.grace):
-            if self.silence is not None:  # a beat unchanged across the outage must stay so a whole grace after it
-                with self._recovering:  # not between a recovery's read of the silence and its update
-                    self.silence.forget()
-            return False  # the database was away: the others' beats failed as this worker's did, not their workers
-        with self._recovering:
-            return self._recover(trials)
+        if not self._recovering.acquire(blocking=wait):
+            return False  # the main thread is recovering
+        try:
+            return self._steady() and self._recover(trials)
+        except Exception as err:
+            if unreachable(err):
+                return False  # the judging read failed (noted by Patient): judged again once steady
+            raise
+        finally:
+            self._recovering.release()
+
+    def _steady(self) -> bool:
+        """Whether this worker has reached the storage without a failure for a whole grace period;
+        where not, a beat unchanged across the outage must stay so a whole grace after it."""
+        if self.patient is None or self.patient.steady(self.spec.grace):
+            return True
+        if self.silence is not None:
+            self.silence.forget()
+        return False
 
     def _recover(self, trials: list | None) -> bool:
         from optuna.trial import TrialState
 
-        running = self._running() if trials is None else [t for t in trials if t.state == TrialState.RUNNING]
+        if trials is None:
+            trials = self._running()
+            if not self._steady():  # the read waited out an outage
+                return False
+        running = [t for t in trials if t.state == TrialState.RUNNING]
         stale = self._optuna_stale(running) if self.silence is None else self._silent(running)
         for number in sorted(stale - set(self.mine)):
             self.log(f"trial {number}: its worker stopped beating for {self.spec.grace} s; asked again")
