@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import sqlite3
@@ -257,6 +258,8 @@ def open_client(uri: str):
     from filelock import FileLock
     from mlflow import MlflowClient
 
+    # MLflow logs a database error's traceback before raising it on; zipnet says it in one line (store_error)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     path = sqlite_path(uri)
     if path is not None:
         from zipnet import sqlite
