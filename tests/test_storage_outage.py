@@ -77,3 +77,65 @@ def test_workers_wait_out_a_postgresql_outage_and_the_study_counts_exactly_n_tri
         assert tally(trials).counted == N_TRIALS
         assert [t.state for t in trials] == [TrialState.COMPLETE] * N_TRIALS  # none failed: none stale, none lost
         assert_study_and_runs_agree(tmp_path, name, N_TRIALS, storage=storage)
+
+
+@pytest.mark.skipif(postgres_missing() is not None, reason=str(postgres_missing()))
+def test_a_recovery_whose_read_waits_out_an_outage_judges_no_trial_stale_until_steady_again(monkeypatch):
+    """A worker looks for stale trials just as PostgreSQL goes away; its read waits out an outage
+    longer than the grace period. Every beat in the study is then older than the grace period,
+    through no fault of the workers: the judge fails nothing until it has reached the database for a
+    whole grace period. Meanwhile its beating thread's own recovery returns at once, not behind it."""
+    import threading
+
+    from zipnet import session
+    from zipnet.sweeps.storage import Coordinator, open_storage
+    from zipnet.sweeps.study import Param, StudySpec
+
+    spec = StudySpec(
+        where="test",
+        study_name="judged",
+        n_trials=2,
+        batch=1,
+        sampler={"name": "random", "seed": 0},
+        params={"optim.lr": Param("optim.lr", optuna.distributions.FloatDistribution(0.01, 0.1))},
+        heartbeat_interval=1,
+        grace_period=2,
+    )
+    with start_postgres() as pg:
+        for key, value in pg.env.items():
+            monkeypatch.setenv(key, value)
+        url = pg.url("optuna")
+        coordinators = []
+        for _ in ("worker", "judge"):  # two processes' storages: each its own Patient
+            with session.scope():
+                storage = open_storage(url, spec)
+                study = optuna.create_study(study_name=spec.study_name, storage=storage, load_if_exists=True)
+                lines: list[str] = []
+                coordinators.append((Coordinator(study, storage, url, spec, log=lines.append), lines, study))
+        (worker, _, _), (judge, said, study) = coordinators
+        try:
+            (trial,) = worker.ask()
+            worker.heartbeat.close()  # its beats stop here: once the judge is steady, it is stale indeed
+            stop_postgres(pg)
+            judged = []
+            reading = threading.Thread(target=lambda: judged.append(judge.recover()))
+            reading.start()
+            deadline = time.monotonic() + 120
+            while not any("storage unreachable" in line for line in said) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert any("storage unreachable" in line for line in said), said  # the judge's read waits
+            assert judge.recover(wait=False) is False and reading.is_alive()  # the beating thread's returns
+            time.sleep(spec.grace + 1)  # every beat is now older than the grace period
+            start_postgres_again(pg)
+            reading.join(timeout=300)
+            assert judged == [False], said
+            assert study.get_trials()[trial.number].state == TrialState.RUNNING
+            assert not any("stopped beating" in line for line in said), said
+            deadline = time.monotonic() + 120  # steady for a grace period: the silent trial is judged
+            while not judge.recover() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert any(f"trial {trial.number}: its worker stopped beating" in line for line in said), said
+            assert study.get_trials()[trial.number].state == TrialState.FAIL
+        finally:
+            worker.close()
+            judge.close()

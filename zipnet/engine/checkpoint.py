@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,9 +186,11 @@ class Checkpoint:
     # --- on disk ------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Written whole or not at all: to a temporary file beside `path`, then renamed over it."""
+        """Written whole or not at all: to a temporary file beside `path`, then renamed over it. The
+        temporary file is this process's and thread's own: two workers started in the same second
+        share Hydra's sweep folder, and one must not rename the other's half-written file."""
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         torch.save(self._payload(), partial)
         os.replace(partial, path)
 

@@ -256,6 +256,8 @@ class Patient:
     def _answered(self) -> None:
         with self._guard:
             began, self.outage = self.outage, None
+            if began is not None:  # steady from now: the last failure may be a backoff's sleep ago
+                self.failed_at = time.monotonic()
         if began is not None:
             self.log(f"storage answers again after {time.monotonic() - began:.0f} s")
 
