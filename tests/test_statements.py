@@ -13,7 +13,6 @@ from servers import postgres_missing
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(postgres_missing() is not None, reason=str(postgres_missing()))
 def test_a_trial_makes_at_most_25_storage_statements_in_postgresql():
     done = subprocess.run(
