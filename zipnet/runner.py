@@ -15,6 +15,7 @@ tells the trial before the run ends, and a trial found taken (Job.lost) ends its
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,18 @@ CHECKPOINT = "checkpoint.pt"  # a job's last checkpoint, in its output folder (t
 SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
 
 
+def _starting(watchers: list[Watcher]) -> contextlib.ExitStack:
+    """Each watcher class's `starting` context for its watchers among `watchers`, all entered."""
+    stack = contextlib.ExitStack()
+    by_class: dict[type, list[Watcher]] = {}
+    for watcher in watchers:
+        by_class.setdefault(type(watcher), []).append(watcher)
+    with stack:
+        for kind, found in by_class.items():
+            stack.enter_context(kind.starting(found))
+        return stack.pop_all()
+
+
 class Watcher:
     """Follows one job through training; every hook is optional."""
 
@@ -51,6 +64,12 @@ class Watcher:
         """One pass of a population, for every watcher of this class at once; returns the jobs
         to stop. By default each watcher's `on_pass`; a class may batch its store's calls."""
         return [job for job, result, watcher in seen if watcher.on_pass(job, result)]
+
+    @classmethod
+    def starting(cls, watchers: list[Watcher]):
+        """A context around the `start` of every watcher of this class in a population, at once: a
+        class may write its store's calls together. By default none."""
+        return contextlib.nullcontext()
 
     def saved(self, job: Job, passes_done: int) -> None:
         """The job's checkpoint after `passes_done` passes is in job.checkpoint (trainer.checkpoint_every)."""
@@ -310,11 +329,12 @@ def train_population(
             if job.start is not None and say is not None:
                 name = f"{job.name}: " if len(group) > 1 else ""
                 say(f"{name}resumed from {job.start.source}: {job.start.passes_done} of {opts['passes']} passes done")
-        for job in group:
-            started.append(job)  # aborted if anything below raises, however far its watchers got
-            for watcher in job.watchers:
-                with clock.timing(watcher.kind):
-                    watcher.start(job)
+        with _starting([w for job in group for w in job.watchers]):
+            for job in group:
+                started.append(job)  # aborted if anything below raises, however far its watchers got
+                for watcher in job.watchers:
+                    with clock.timing(watcher.kind):
+                        watcher.start(job)
         results = {}
         for part in _by_passes_done(group):  # lockstep: only members at the same pass train together
             digits = part[0].digits if len({id(job.digits) for job in part}) == 1 else [job.digits for job in part]

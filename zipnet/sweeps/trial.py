@@ -7,6 +7,7 @@ basic launcher) or on another machine (submitit), since it needs only the config
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,18 @@ class TrialWatcher(Watcher):
             f"trial {self.link.number} was failed as stale and asked again while this worker could not "
             "reach the storage"
         )
+
+    @classmethod
+    def starting(cls, watchers: list[TrialWatcher]):
+        """The population's trials' first writes (their MLflow runs' ids) in one transaction per
+        storage, not one each (zipnet.sweeps.held's `together`)."""
+        stack = contextlib.ExitStack()
+        with stack:
+            for url in dict.fromkeys(w.link.url for w in watchers):
+                together = getattr(stores.open_storage(url), "together", None)
+                if together is not None:
+                    stack.enter_context(together())
+            return stack.pop_all()
 
     def start(self, job: Job) -> None:
         job.metric = self.link.metric
