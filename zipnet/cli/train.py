@@ -217,6 +217,12 @@ def main() -> None:
             raise
         if here.refused:  # some jobs of the grid could not run: the exit status says so
             sys.exit(2)
+
+
+def cli() -> None:
+    """The `zipnet-train` command: main(), then, where it succeeded, the process's quick end (main
+    itself returns, for a caller in the same process: a test, a notebook)."""
+    main()
     _exit_now()
 
 
@@ -239,4 +245,4 @@ def _exit_now() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli()
