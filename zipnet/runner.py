@@ -35,16 +35,16 @@ CHECKPOINT = "checkpoint.pt"  # a job's last checkpoint, in its output folder (t
 SUMMARY_OVER = 16  # a population larger than this prints one summary line per pass, not each member's lines
 
 
-def _starting(watchers: list[Watcher]) -> contextlib.ExitStack:
-    """Each watcher class's `starting` context for its watchers among `watchers`, all entered."""
-    stack = contextlib.ExitStack()
+@contextlib.contextmanager
+def _starting(watchers: list[Watcher]):
+    """Inside, each watcher class's `starting` context for its watchers among `watchers`."""
     by_class: dict[type, list[Watcher]] = {}
     for watcher in watchers:
         by_class.setdefault(type(watcher), []).append(watcher)
-    with stack:
+    with contextlib.ExitStack() as stack:
         for kind, found in by_class.items():
             stack.enter_context(kind.starting(found))
-        return stack.pop_all()
+        yield
 
 
 class Watcher:

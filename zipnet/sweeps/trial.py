@@ -162,16 +162,16 @@ class TrialWatcher(Watcher):
         )
 
     @classmethod
+    @contextlib.contextmanager
     def starting(cls, watchers: list[TrialWatcher]):
         """The population's trials' first writes (their MLflow runs' ids) in one transaction per
         storage, not one each (zipnet.sweeps.held's `together`)."""
-        stack = contextlib.ExitStack()
-        with stack:
-            for url in dict.fromkeys(w.link.url for w in watchers):
-                together = getattr(stores.open_storage(url), "together", None)
-                if together is not None:
-                    stack.enter_context(together())
-            return stack.pop_all()
+        storages = {id(s): s for s in (stores.open_storage(w.link.url) for w in watchers)}  # one per storage
+        with contextlib.ExitStack() as stack:
+            for storage in storages.values():
+                if hasattr(storage, "together"):
+                    stack.enter_context(storage.together())
+            yield
 
     def start(self, job: Job) -> None:
         job.metric = self.link.metric
